@@ -1,0 +1,169 @@
+"""The `frameos` command line. Parsers are built from commands.py; heavy imports stay lazy so
+`check` and `contract` start fast (BARS B4). No path through here ends in a traceback for bad
+input: every FrameosError becomes one clear message and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frameos import __version__
+from frameos.commands import COMMANDS, Flag
+from frameos.errors import ConfigError, FrameosError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's contract: never returns
+        self.print_usage(sys.stderr)
+        self.exit(2, f"frameos {self.prog.split()[-1]}: error: {message}\n"
+                     f"(see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="frameos", description="A supervisor for device hosts, on Trio.")
+    parser.add_argument("--version", action="version", version=f"frameos {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for flag in cmd.flags:
+            _add_flag(p, flag)
+    return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    if flag.switch:
+        parser.add_argument(flag.name, action="store_true", help=flag.help)
+    elif flag.positional:
+        parser.add_argument(flag.name, nargs="?", default=flag.default, help=flag.help,
+                            metavar=flag.metavar)
+    else:
+        parser.add_argument(flag.name, metavar=flag.metavar, choices=flag.choices,
+                            default=flag.default, type=flag.kind, help=flag.help)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `frameos` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        handler = globals()[f"cmd_{args.command}"]
+        status: int = handler(args)
+        return status
+    except FrameosError as exc:
+        _report(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed by a reader such as `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _report(exc: FrameosError) -> None:
+    if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+        print("frameos: configuration has problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(f"frameos: {exc}", file=sys.stderr)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    import json
+
+    from frameos.contract import build
+
+    sys.stdout.write(json.dumps(build(), indent=2) + "\n")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from frameos import events as ev
+    from frameos.config import event_log_path, find_config, load_config
+    from frameos.emit import SyncEmitter, choose_output
+
+    output = choose_output(args.output)
+    config_path: Path | None = None
+    try:
+        config_path = find_config(args.config, os.environ)
+        config = load_config(config_path)
+        apps, scenes = _load_manifests(args)
+    except ConfigError as exc:
+        emitter = SyncEmitter(output, Path(args.event_log) if args.event_log else None)
+        emitter.emit(ev.RuntimeCheckFailed(error=str(exc),
+                                           problems=[str(p) for p in exc.problems]))
+        emitter.close()
+        if output == "json":
+            _report(exc)
+        return 1
+    explicit_log = args.event_log or config.log_to_file
+    emitter = SyncEmitter(output, event_log_path(config, args.event_log) if explicit_log else None)
+    emitter.emit(ev.RuntimeCheckOk(config=str(config_path), vms=len(config.vms),
+                                   apps_loaded=len(apps), scenes_loaded=len(scenes)))
+    emitter.close()
+    return 0
+
+
+def _load_manifests(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """Load `--apps` and `--scenes`, reporting the problems of both together."""
+    from frameos.manifests import load_apps, load_scenes
+
+    problems = []
+    apps: list[Any] = []
+    scenes: list[Any] = []
+    try:
+        apps = load_apps(Path(args.apps)) if args.apps else []
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        scenes = load_scenes(Path(args.scenes)) if args.scenes else []
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return apps, scenes
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from frameos.config import demo_config, find_config, load_config
+    from frameos.emit import choose_output
+
+    if args.demo and args.config:
+        from frameos.errors import UsageError
+
+        raise UsageError("--demo and --config exclude each other: the demo has its own config")
+    if args.demo:
+        config, source = demo_config(), "demo"
+    else:
+        path = find_config(args.config, os.environ)
+        config, source = load_config(path), str(path)
+    apps, scenes = _load_manifests(args)
+
+    from frameos.supervisor import Options, run_blocking
+
+    options = Options(
+        config=config,
+        config_source=source,
+        config_path=None if args.demo else Path(source),
+        output=choose_output(args.output),
+        verbose=args.verbose,
+        event_log=args.event_log,
+        apps_loaded=len(apps),
+        scenes_loaded=len(scenes),
+    )
+    return run_blocking(options)
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from frameos.parity import main as parity_main
+
+    return parity_main(args)

@@ -1,0 +1,57 @@
+"""The envelope: an event serialized once, with its sequence number and time (SPEC §3.1).
+
+The `line` bytes (JSON + newline) are what stdout, the event log, websocket clients and HTTP
+polls all carry; nothing re-serializes an event after `encode`.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from frameos.events import ENVELOPE_VERSION, Event, Severity
+
+_HEAD = b'{"v":%d,"seq":%d,"timestamp":%.6f,"event":"%s","severity":"%s","fields":'
+
+
+class Envelope:
+    """One published event: its seq, name, severity, time and serialized line."""
+
+    __slots__ = ("line", "name", "seq", "severity", "timestamp")
+
+    def __init__(self, seq: int, name: str, severity: str, timestamp: float, line: bytes) -> None:
+        self.seq = seq
+        self.name = name
+        self.severity = severity
+        self.timestamp = timestamp
+        self.line = line
+
+    @property
+    def json(self) -> bytes:
+        """The envelope JSON without the trailing newline."""
+        return self.line[:-1]
+
+    def fields(self) -> dict[str, object]:
+        """Decode the fields (for renderers; the hot path never calls this)."""
+        data = orjson.loads(self.line)
+        fields: dict[str, object] = data["fields"]
+        return fields
+
+
+def encode(event: Event, seq: int, timestamp: float, severity: Severity | None = None) -> Envelope:
+    """Serialize an event into its envelope, once."""
+    sev = severity or event.SEVERITY
+    head = _HEAD % (ENVELOPE_VERSION, seq, timestamp, event.NAME.encode(), sev.encode())
+    return Envelope(seq, event.NAME, sev, timestamp, head + event.to_json() + b"}\n")
+
+
+def decode(line: bytes) -> Envelope:
+    """Parse one log line back into an Envelope (raises ValueError when it is not one)."""
+    try:
+        data = orjson.loads(line)
+        seq, name, severity, ts = data["seq"], data["event"], data["severity"], data["timestamp"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an event envelope: {exc}") from None
+    if not isinstance(seq, int) or not isinstance(name, str):
+        raise ValueError("not an event envelope: seq or event has the wrong type")
+    body = line if line.endswith(b"\n") else line + b"\n"
+    return Envelope(seq, name, str(severity), float(ts), body)

@@ -1,0 +1,398 @@
+"""The /ws/events fast path (SPEC §7.2; design F of shared/notes/ws-fanout.md).
+
+hypercorn's websocket path costs ~50 µs per delivery whatever the app does, so the event stream
+has its own: wsproto does the handshake and parses what clients send; each event is framed once
+for every client (server frames are unmasked); an idle client's frames go straight to its
+non-blocking socket, and only a would-block leaves bytes in the client's bounded queue, which its
+sender task flushes when the socket is writable. A client more than `queue_depth` frames or
+`queue_bytes` bytes behind is dropped; the others never wait for it.
+
+All writes to a client socket go through `WsClient.send`, a synchronous call: with trio's single
+thread that makes it the only writer, and frame order is the order of `send` calls.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
+
+from frameos.bus import Bus
+from frameos.config import WebsocketConfig
+from frameos.envelope import Envelope
+from frameos.errors import StaleCursorError
+
+HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_MAX_BYTES = 16 * 1024
+CLOSE_FLUSH_S = 1.0
+REPLAY_CHUNK = 1000
+SNDBUF = 256 * 1024  # bound the kernel's share of a slow client's backlog
+WS_PATH_TEXT = "/ws/events"
+
+
+def frame_text(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65_536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def frames_of(batch: Sequence[Envelope]) -> bytes:
+    return b"".join(frame_text(e.json) for e in batch)
+
+
+CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # close 1002, for a peer whose framing is broken
+
+
+class WsClient:
+    """One connected websocket client: its socket, bounded backlog and state."""
+
+    def __init__(self, hub: WsHub, stream: trio.SocketStream, conn: WSConnection, peer: str):
+        self.hub = hub
+        self.stream = stream
+        self.fd = stream.socket.fileno()
+        self.conn = conn
+        self.peer = peer
+        self.backlog: deque[bytes] = deque()
+        self.backlog_bytes = 0
+        self.backlog_frames = 0
+        self.closed = False
+        self.close_reason = ""
+        self.last_seen = trio.current_time()
+        self._has_backlog = trio.Event()
+        self.gone = trio.Event()
+
+    def send(self, data: bytes, frames: int = 1) -> None:
+        """Write now if nothing is queued, else queue; drop the client if it is too far behind."""
+        if self.closed:
+            return
+        if not self.backlog:
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self.abort(f"write failed: {exc.strerror}")
+                return
+            if written == len(data):
+                return
+            data = data[written:]
+        self.backlog.append(data)
+        self.backlog_bytes += len(data)
+        self.backlog_frames += frames
+        limits = self.hub.limits
+        if self.backlog_frames > limits.queue_depth or self.backlog_bytes > limits.queue_bytes:
+            self.hub.dropped_slow += 1
+            self.abort(f"fell {self.backlog_frames} frames / {self.backlog_bytes} bytes behind")
+            return
+        self._has_backlog.set()
+
+    def _flush(self) -> None:
+        data = b"".join(self.backlog) if len(self.backlog) > 1 else self.backlog[0]
+        try:
+            written = os.write(self.fd, data)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.abort(f"write failed: {exc.strerror}")
+            return
+        self.backlog.clear()
+        rest = data[written:]
+        self.backlog_bytes = len(rest)
+        self.backlog_frames = 1 if rest else 0
+        if rest:
+            self.backlog.append(rest)
+
+    async def run_sender(self) -> None:
+        """Flush the backlog whenever the socket is writable; returns when the client closes."""
+        while not self.closed:
+            await self._has_backlog.wait()
+            self._has_backlog = trio.Event()
+            while self.backlog and not self.closed:
+                await trio.lowlevel.wait_writable(self.fd)
+                self._flush()
+
+    async def wait_drained(self) -> None:
+        """Wait until the backlog is empty (used while replaying from the log)."""
+        while self.backlog and not self.closed:
+            await trio.lowlevel.wait_writable(self.fd)
+            self._flush()
+
+    async def run_reader(self) -> None:
+        """Answer pings, honour close, note liveness; a protocol error closes with 1002."""
+        while not self.closed:
+            try:
+                data = await self.stream.receive_some(65_536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.abort("connection lost")
+                return
+            if not data:
+                self.abort("peer closed the connection")
+                return
+            self.last_seen = trio.current_time()
+            try:
+                self.conn.receive_data(data)
+                for event in self.conn.events():
+                    self._on_event(event)
+            except RemoteProtocolError as exc:
+                self.hub.protocol_errors += 1
+                self.send(CLOSE_PROTOCOL_ERROR)
+                self.abort(f"protocol error: {exc}")
+                return
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Ping):
+            self.send(self.conn.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self.send(self.conn.send(event.response()))
+            self.finish("closed by client")
+        elif isinstance(event, (TextMessage, BytesMessage)):
+            self.hub.client_messages += 1  # the stream is one-way; client data is ignored
+        elif isinstance(event, Pong):
+            pass
+
+    def ping(self) -> None:
+        self.send(self.conn.send(Ping(b"frameos")))
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame (best effort) and finish."""
+        if self.closed:
+            return
+        try:
+            self.send(self.conn.send(CloseConnection(code=code, reason=reason)))
+        except Exception:  # wsproto refuses when the handshake state is already closing
+            pass
+        self.finish(reason)
+
+    def finish(self, reason: str) -> None:
+        """Mark closed after the backlog has had its chance; the connection task closes it."""
+        if not self.closed:
+            self.close_reason = reason
+            self.closed = True
+            self._has_backlog.set()
+            self.gone.set()
+
+    def abort(self, reason: str) -> None:
+        self.backlog.clear()
+        self.finish(reason)
+
+
+class WsHub:
+    """Every connected client; a bus subscriber that frames each batch once."""
+
+    def __init__(self, bus: Bus, limits: WebsocketConfig) -> None:
+        self.bus = bus
+        self.limits = limits
+        self.clients: set[WsClient] = set()
+        self.connected_total = 0
+        self.dropped_slow = 0
+        self.protocol_errors = 0
+        self.client_messages = 0
+        self.frames_sent = 0
+        self.closing = False
+
+    def deliver(self, batch: Sequence[Envelope]) -> None:
+        if not self.clients:
+            return
+        data = frames_of(batch)
+        count = len(batch)
+        for client in tuple(self.clients):
+            client.send(data, count)
+        self.frames_sent += count * len(self.clients)
+
+    async def run_keepalive(self) -> None:
+        """Ping every client each `ping_interval_s`; drop those silent past `idle_timeout_s`."""
+        while True:
+            await trio.sleep(self.limits.ping_interval_s)
+            now = trio.current_time()
+            for client in tuple(self.clients):
+                if now - client.last_seen > self.limits.idle_timeout_s:
+                    client.close(1001, "idle timeout")
+                else:
+                    client.ping()
+
+    def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        self.closing = True
+        for client in tuple(self.clients):
+            client.close(code, reason)
+
+    async def attach(self, client: WsClient, since: int | None) -> None:
+        """Replay events after `since` from the log, then go live with no gap or duplicate."""
+        cursor = self.bus.last_seq if since is None else since
+        while not client.closed:
+            recent = self.bus.ring_after(cursor)
+            if recent is not None:
+                # Synchronous from here on: no event can be delivered between replay and live.
+                # (the ring holds only written events, so nothing here is ahead of the log)
+                if recent:
+                    client.send(frames_of(recent), len(recent))
+                self.clients.add(client)
+                return
+            lines = await trio.to_thread.run_sync(self.bus.log.read_after, cursor, REPLAY_CHUNK)
+            if not lines:
+                client.close(1011, "replay found no events after the cursor")
+                return
+            for line in lines:
+                client.send(frame_text(line[:-1]))
+            cursor = orjson.loads(lines[-1])["seq"]
+            await client.wait_drained()
+
+    async def serve(self, stream: trio.SocketStream, head: bytes) -> None:
+        """Handshake, attach, then run reader and sender until the client goes."""
+        conn = WSConnection(ConnectionType.SERVER)
+        request = await _handshake(stream, conn, head)
+        if request is None:
+            return
+        try:
+            since = _since(request.target)
+            if since is not None:
+                await _check_cursor(self.bus, since)
+        except _Reject as reject:
+            await _reject_http(stream, reject.status, reject.body)
+            return
+        if self.closing:
+            await _reject_http(stream, 503, _error("shutting_down", "the server is stopping"))
+            return
+        _tune(stream)
+        await stream.send_all(conn.send(AcceptConnection()))
+        client = WsClient(self, stream, conn, _peer(stream))
+        self.connected_total += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.run_reader)
+                nursery.start_soon(client.run_sender)
+                await self.attach(client, since)
+                await client.gone.wait()
+                with trio.move_on_after(CLOSE_FLUSH_S):
+                    await client.wait_drained()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.clients.discard(client)
+            client.closed = True
+            with trio.move_on_after(CLOSE_FLUSH_S, shield=True):
+                await stream.aclose()
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, body: dict[str, object]) -> None:
+        self.status, self.body = status, body
+
+
+def _error(code: str, message: str, **details: object) -> dict[str, object]:
+    return {"error": code, "message": message, "details": details}
+
+
+def _since(target: str) -> int | None:
+    query = parse_qs(urlsplit(target).query)
+    if "since" not in query:
+        return None
+    raw = query["since"][-1]
+    if not raw.isdigit():
+        raise _Reject(400, _error("invalid_cursor", f"since must be a non-negative integer "
+                                  f"sequence number, found {raw!r}", parameter="since"))
+    return int(raw)
+
+
+async def _check_cursor(bus: Bus, since: int) -> None:
+    oldest = await trio.to_thread.run_sync(bus.log.oldest_seq)
+    head = bus.last_seq
+    if since > head:
+        raise _Reject(400, _error("invalid_cursor", f"since={since} is ahead of the newest event "
+                                  f"{head}", requested_cursor=since, head_cursor=head))
+    try:
+        check_stale(since, oldest, head)
+    except StaleCursorError as exc:
+        raise _Reject(410, stale_body(exc)) from None
+
+
+def check_stale(cursor: int, oldest_seq: int | None, head: int) -> None:
+    """Raise StaleCursorError when events after `cursor` have been rotated away."""
+    if oldest_seq is not None and cursor < oldest_seq - 1:
+        raise StaleCursorError(cursor, oldest_seq, head)
+
+
+def stale_body(exc: StaleCursorError) -> dict[str, object]:
+    return _error("stale_cursor", str(exc), requested_cursor=exc.requested,
+                  oldest_available_cursor=exc.oldest - 1, head_cursor=exc.head,
+                  recovery=f"resume from oldest_available_cursor ({exc.oldest - 1})")
+
+
+async def _handshake(stream: trio.SocketStream, conn: WSConnection, head: bytes) -> Request | None:
+    received = len(head)
+    data = head
+    with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        while True:
+            try:
+                conn.receive_data(data)
+                for event in conn.events():
+                    if isinstance(event, Request):
+                        return event
+            except RemoteProtocolError as exc:
+                await _reject_http(stream, 400, _error(
+                    "bad_request", f"/ws/events needs a websocket upgrade: {exc}",
+                    fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
+                        "Sec-WebSocket-Version: 13"))
+                return None
+            if received > HANDSHAKE_MAX_BYTES:
+                await _reject_http(stream, 431, _error("headers_too_large",
+                                                       "handshake headers exceed 16 KiB"))
+                return None
+            try:
+                data = await stream.receive_some(16_384)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                break
+            received += len(data)
+    await stream.aclose()
+    return None
+
+
+async def _reject_http(stream: trio.SocketStream, status: int, body: dict[str, object]) -> None:
+    payload = orjson.dumps(body)
+    reason = {400: "Bad Request", 410: "Gone", 431: "Request Header Fields Too Large",
+              503: "Service Unavailable"}.get(status, "Error")
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n").encode()
+    with trio.move_on_after(CLOSE_FLUSH_S):
+        try:
+            await stream.send_all(head + payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await stream.aclose()
+
+
+def _tune(stream: trio.SocketStream) -> None:
+    import socket
+
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+    except OSError:
+        pass
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
