@@ -163,6 +163,10 @@ class BootstrapConfig(Model):
 
 
 VM_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+# How a person reads each pattern a model uses (manifests add theirs).
+PATTERN_HINTS = {
+    VM_NAME: "lowercase letters, digits, '.', '_' or '-' (starting with a letter or digit)",
+}
 
 
 class VmConfig(Model):
@@ -271,6 +275,10 @@ def _found(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _number(value: Any) -> Any:
+    return f"{value:g}" if isinstance(value, float) else value
+
+
 def _expected(err: Mapping[str, Any]) -> str:
     kind, ctx = err["type"], err.get("ctx") or {}
     simple = {
@@ -294,7 +302,7 @@ def _expected(err: Mapping[str, Any]) -> str:
     bounds = {"greater_than_equal": "≥ {ge}", "less_than_equal": "≤ {le}",
               "greater_than": "> {gt}", "less_than": "< {lt}"}
     if kind in bounds:
-        return "expected a value " + bounds[kind].format(**ctx)
+        return "expected a value " + bounds[kind].format(**{k: _number(v) for k, v in ctx.items()})
     if kind == "literal_error":
         return f"expected one of {ctx.get('expected')}"
     if kind == "too_short":
@@ -302,7 +310,8 @@ def _expected(err: Mapping[str, Any]) -> str:
     if kind == "string_too_short":
         return "expected a non-empty string"
     if kind == "string_pattern_mismatch":
-        return "expected lowercase letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+        pattern = str(ctx.get("pattern"))
+        return "expected " + PATTERN_HINTS.get(pattern, f"text matching {pattern}")
     message = str(err["msg"])
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 

@@ -13,10 +13,11 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from frameos.config import problems_from, read_json
+from frameos.config import PATTERN_HINTS, problems_from, read_json
 from frameos.errors import ConfigError, Problem
 
 SEMVER = r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+PATTERN_HINTS[SEMVER] = "a semver-like version such as 1.2.3 or 1.2.3-beta.1"
 
 
 class _Strict(BaseModel):

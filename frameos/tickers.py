@@ -1,15 +1,11 @@
-"""Heartbeat and metrics tickers, scheduled by deadline so they never drift (SPEC §3.2).
-
-Tick k fires at `start + k * interval`. When the loop was blocked past whole intervals, the
-missed ticks are skipped (not bunched) and the lag shows in `loop_lag_ms`.
-"""
+"""Heartbeat and metrics tickers, scheduled by deadline so they never drift (SPEC §3.2)."""
 
 from __future__ import annotations
 
 import math
 import os
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -18,21 +14,34 @@ from frameos.events import RuntimeHeartbeat, RuntimeMetricsTick
 from frameos.state import RuntimeState
 
 
-async def ticks(interval: Callable[[], float]) -> AsyncIterator[float]:
-    """Yield the lateness (seconds) of each tick; the interval is re-read every tick (reload)."""
-    deadline = trio.current_time() + interval()
-    while True:
-        await trio.sleep_until(deadline)
+class Ticker:
+    """A deadline schedule: tick k is due at `start + k * interval`.
+
+    When the loop was blocked past whole intervals, the missed ticks are skipped (not bunched):
+    the tick that fires is the latest one due, and `wait` returns how late it fired. The interval
+    is re-read every tick, so a reload takes effect at the next tick.
+    """
+
+    def __init__(self, interval: Callable[[], float]) -> None:
+        self.interval = interval
+        self.deadline = trio.current_time() + interval()
+
+    async def wait(self) -> float:
+        """Sleep until the next tick is due; returns its lateness in seconds."""
+        await trio.sleep_until(self.deadline)
+        step = self.interval()
         now = trio.current_time()
-        yield now - deadline
-        step = interval()
-        missed = math.floor((now - deadline) / step)
-        deadline += step * (missed + 1)
+        self.deadline += math.floor((now - self.deadline) / step) * step
+        lateness = now - self.deadline
+        self.deadline += step
+        return lateness
 
 
 async def heartbeat(bus: Bus, state: RuntimeState) -> None:
     """Publish runtime:heartbeat every `heartbeat_interval`; record liveness for the watchdog."""
-    async for lateness in ticks(lambda: state.config.heartbeat_interval):
+    ticker = Ticker(lambda: state.config.heartbeat_interval)
+    while True:
+        lateness = await ticker.wait()
         state.heartbeats += 1
         state.last_heartbeat_mono = trio.current_time()
         state.last_heartbeat_lag_ms = lateness * 1000
@@ -43,7 +52,9 @@ async def heartbeat(bus: Bus, state: RuntimeState) -> None:
 
 async def metrics(bus: Bus, state: RuntimeState, ws_clients: Callable[[], int]) -> None:
     """Publish runtime:metrics_tick every `metrics_interval` with process and bus figures."""
-    async for _ in ticks(lambda: state.config.metrics_interval):
+    ticker = Ticker(lambda: state.config.metrics_interval)
+    while True:
+        await ticker.wait()
         state.metrics_ticks += 1
         stats = process_stats()
         await bus.publish(RuntimeMetricsTick(

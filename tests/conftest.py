@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -25,3 +34,108 @@ def require(condition: bool, what: str) -> None:
 def require_tools(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     require(not missing, "tool(s) " + ", ".join(missing))
+
+
+# --- running the real `frameos` process ---------------------------------------------------------
+
+
+
+
+class Frameos:
+    """A running `frameos` process whose JSON-lines stdout is parsed as it arrives."""
+
+    def __init__(self, proc: trio.Process, stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.stdout = b""
+        self.events: list[dict[str, Any]] = []
+        self._changed = trio.Event()
+        self.eof = False
+
+    async def read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        buffer = b""
+        async for chunk in self.proc.stdout:
+            self.stdout += chunk
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self.events.append(json.loads(line))
+            self._changed.set()
+            self._changed = trio.Event()
+        self.eof = True
+        self._changed.set()
+
+    async def wait_for(self, name: str, pred: Callable[[dict[str, Any]], bool] | None = None,
+                       timeout: float = 15, start: int = 0) -> dict[str, Any]:
+        """The first event named `name` (matching `pred`) at index ≥ start."""
+        with trio.fail_after(timeout):
+            index = start
+            while True:
+                while index < len(self.events):
+                    event = self.events[index]
+                    index += 1
+                    if event["event"] == name and (pred is None or pred(event)):
+                        return event
+                if self.eof:
+                    raise AssertionError(f"frameos exited before {name}; stderr: {self.stderr}")
+                changed = self._changed
+                await changed.wait()
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 20) -> int:
+        with trio.fail_after(timeout):
+            code = await self.proc.wait()
+            while not self.eof:
+                await trio.sleep(0.01)
+            return code
+
+    @property
+    def url(self) -> str:
+        ready = next(e for e in self.events if e["event"] == "runtime:ready")
+        return str(ready["fields"]["server"])
+
+
+def frameos_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "frameos", *args]
+
+
+def write_config(tmp_path: Path, **overrides: Any) -> Path:
+    """A test config: ephemeral port, state in tmp_path, fast heartbeat."""
+    data: dict[str, Any] = {"frame_port": 0, "state_dir": str(tmp_path / "state"),
+                            "heartbeat_interval": 0.2, "metrics_interval": 60}
+    data.update(overrides)
+    path = tmp_path / "frame.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@asynccontextmanager
+async def running_frameos(tmp_path: Path, *args: str, ready: bool = True,
+                          env: dict[str, str] | None = None) -> AsyncIterator[Frameos]:
+    """Start the real `frameos`, read its stdout, and make sure it is gone afterwards."""
+    stderr_path = tmp_path / f"stderr-{len(list(tmp_path.glob('stderr-*')))}.txt"
+    with stderr_path.open("wb") as stderr:
+        proc = await trio.lowlevel.open_process(
+            frameos_argv(*args), stdout=subprocess.PIPE, stderr=stderr, env=env)
+    instance = Frameos(proc, stderr_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(instance.read_stdout)
+        try:
+            if ready:
+                await instance.wait_for("runtime:ready")
+            yield instance
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+            with trio.move_on_after(5, shield=True):
+                await proc.wait()

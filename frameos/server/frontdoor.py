@@ -162,6 +162,8 @@ class FrontDoor:
             await server.run()
         finally:
             self.connections -= 1
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()  # idempotent; covers a handler cancelled mid-peek
 
 
 async def _bind(host: str, port: int) -> list[trio.SocketListener]:

@@ -31,7 +31,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from frameos.bus import Bus
 from frameos.config import WebsocketConfig
@@ -139,6 +139,7 @@ class WsClient:
 
     async def run_reader(self) -> None:
         """Answer pings, honour close, note liveness; a protocol error closes with 1002."""
+        self._process(None)  # frames that arrived with the handshake
         while not self.closed:
             try:
                 data = await self.stream.receive_some(65_536)
@@ -149,20 +150,29 @@ class WsClient:
                 self.abort("peer closed the connection")
                 return
             self.last_seen = trio.current_time()
-            try:
+            self._process(data)
+
+    def _process(self, data: bytes | None) -> None:
+        try:
+            if data is not None:
                 self.conn.receive_data(data)
-                for event in self.conn.events():
-                    self._on_event(event)
-            except RemoteProtocolError as exc:
-                self.hub.protocol_errors += 1
-                self.send(CLOSE_PROTOCOL_ERROR)
-                self.abort(f"protocol error: {exc}")
-                return
+            for event in self.conn.events():
+                self._on_event(event)
+        except (RemoteProtocolError, LocalProtocolError) as exc:
+            self._protocol_error(str(exc))
+
+    def _protocol_error(self, detail: str) -> None:
+        self.hub.protocol_errors += 1
+        self.send(CLOSE_PROTOCOL_ERROR)
+        self.finish(f"protocol error: {detail}")
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, Ping):
             self.send(self.conn.send(event.response()))
         elif isinstance(event, CloseConnection):
+            if event.code == 1002 or event.code == 1007:  # wsproto's verdict on a bad frame
+                self._protocol_error(event.reason or "invalid frame")
+                return
             self.send(self.conn.send(event.response()))
             self.finish("closed by client")
         elif isinstance(event, (TextMessage, BytesMessage)):
@@ -259,9 +269,10 @@ class WsHub:
     async def serve(self, stream: trio.SocketStream, head: bytes) -> None:
         """Handshake, attach, then run reader and sender until the client goes."""
         conn = WSConnection(ConnectionType.SERVER)
-        request = await _handshake(stream, conn, head)
-        if request is None:
+        handshake = await _handshake(stream, conn, head)
+        if handshake is None:
             return
+        request, raw = handshake
         try:
             since = _since(request.target)
             if since is not None:
@@ -274,6 +285,10 @@ class WsHub:
             return
         _tune(stream)
         await stream.send_all(conn.send(AcceptConnection()))
+        # wsproto's server side drops bytes that followed the handshake in the same read
+        trailing = raw[raw.index(b"\r\n\r\n") + 4:]
+        if trailing:
+            conn.receive_data(trailing)
         client = WsClient(self, stream, conn, _peer(stream))
         self.connected_total += 1
         try:
@@ -336,8 +351,10 @@ def stale_body(exc: StaleCursorError) -> dict[str, object]:
                   recovery=f"resume from oldest_available_cursor ({exc.oldest - 1})")
 
 
-async def _handshake(stream: trio.SocketStream, conn: WSConnection, head: bytes) -> Request | None:
-    received = len(head)
+async def _handshake(stream: trio.SocketStream, conn: WSConnection,
+                     head: bytes) -> tuple[Request, bytes] | None:
+    """Read until wsproto has the upgrade request; returns it with every raw byte read."""
+    raw = head
     data = head
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         while True:
@@ -345,14 +362,14 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection, head: bytes)
                 conn.receive_data(data)
                 for event in conn.events():
                     if isinstance(event, Request):
-                        return event
+                        return event, raw
             except RemoteProtocolError as exc:
                 await _reject_http(stream, 400, _error(
                     "bad_request", f"/ws/events needs a websocket upgrade: {exc}",
                     fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
                         "Sec-WebSocket-Version: 13"))
                 return None
-            if received > HANDSHAKE_MAX_BYTES:
+            if len(raw) > HANDSHAKE_MAX_BYTES:
                 await _reject_http(stream, 431, _error("headers_too_large",
                                                        "handshake headers exceed 16 KiB"))
                 return None
@@ -362,7 +379,7 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection, head: bytes)
                 data = b""
             if not data:
                 break
-            received += len(data)
+            raw += data
     await stream.aclose()
     return None
 
