@@ -1,0 +1,369 @@
+"""Telling systemd what the supervisor is doing (SPEC §9).
+
+    bus ── deliver(batch) ──► ServiceView: events → datagrams ──┐
+    reload ── before_reload ─► "RELOADING=1 MONOTONIC_USEC=…" ──┼─► bounded channel ─► sender
+    watchdog task ── LoopHealth says healthy ──► "WATCHDOG=1" ──┘     (one writer: NotifySocket)
+
+- `READY=1` at runtime:ready (the server is bound and every VM launched), and again after a
+  reload; `STOPPING=1` at runtime:stopping; `STATUS=` whenever the line an operator would read
+  changes ("3/3 VMs running · 2 watchers", "stopping (received SIGTERM) · 1 VM left: db (SIGTERM)").
+- `EXTEND_TIMEOUT_USEC=` on every stop-ladder event (while starting or stopping): the longest
+  remaining rung of the VMs still in their ladder, plus `EXTEND_MARGIN_S`. A ladder that keeps
+  making progress never runs into TimeoutStopSec; one that stalls still does.
+- `WATCHDOG=1` every `WATCHDOG_USEC / 2`, only once ready and only while the loop is healthy: the
+  heartbeat ticker is on time and the event log writer is moving. A frozen or wedged process stops
+  pinging and systemd restarts it.
+
+Derived from events and `RuntimeState` only (not from the workers' objects). With
+`NOTIFY_SOCKET` unset, `run` returns at once and nothing is sent. The notifier ends after the
+run's last event (`summary`), once its datagrams are out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
+from typing import Protocol
+
+import trio
+
+from frameos.config import TimeoutsConfig
+from frameos.envelope import Envelope
+from frameos.events import Event, Message, Severity
+from frameos.sdnotify import NotifySocket, monotonic_usec, watchdog_usec
+from frameos.state import Phase, RuntimeState
+
+EXTEND_MARGIN_S = 5.0
+QUEUE_DEPTH = 64
+MAX_NAMES = 4  # VMs named in a stopping STATUS line before "…"
+
+Datagram = tuple[str, ...]
+
+
+class BusView(Protocol):
+    """What the notifier needs of the bus."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    written_seq: int
+
+    def subscribe(self, subscriber: SystemdNotifier) -> None: ...
+
+    def unsubscribe(self, subscriber: SystemdNotifier) -> None: ...
+
+    def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope: ...
+
+
+class Stage(Enum):
+    """What systemd has been told: starting → ready ⇄ reloading; any → stopping → stopped."""
+
+    STARTING = "starting"
+    READY = "ready"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+RUNNING = (Stage.READY, Stage.RELOADING)  # the stages in which systemd's watchdog is armed
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class ServiceView:
+    """Turns events into the datagrams systemd should see; pure, so tests read it directly."""
+
+    def __init__(self, state: RuntimeState, watchers: Callable[[], int]) -> None:
+        self.state = state
+        self.watchers = watchers
+        self.stage = Stage.STARTING
+        self.launched: set[str] = set()
+        self.ladder: dict[str, tuple[str, float]] = {}  # vm → (rung, deadline)
+        self.stopped_vms = 0
+        self.reason = ""
+        self.note = ""
+        self.exit_status: int | None = None
+        self.last_status = ""
+
+    # --- events --------------------------------------------------------------------------------
+
+    def observe(self, batch: Sequence[Envelope], now: float) -> list[Datagram]:
+        """The datagrams for one written batch, in order: one per state change, then updates."""
+        out: list[Datagram] = []
+        extend = False
+        for envelope in batch:
+            if envelope.name.startswith("vm."):
+                extend |= self._vm_event(envelope.name, envelope.fields(), now)
+            elif envelope.name.startswith("runtime:") or envelope.name == "summary":
+                change = self._runtime_event(envelope)
+                if change is not None:
+                    self.last_status = self._status_line()
+                    out.append((change, self.last_status))
+        extend = extend and self.stage in (Stage.STARTING, Stage.STOPPING)
+        status = self._status_line()
+        tail = ([status] if status != self.last_status else [])
+        tail += [f"EXTEND_TIMEOUT_USEC={self.extend_usec(now)}"] if extend else []
+        if tail:
+            out.append(tuple(tail))
+        self.last_status = status
+        return out
+
+    def _runtime_event(self, envelope: Envelope) -> str | None:
+        name = envelope.name
+        # Events out of place (a reload that began before ready) change nothing here.
+        if name == "runtime:ready" and self.stage is Stage.STARTING:
+            self.stage = Stage.READY
+            return "READY=1"
+        if name == "runtime:reload" and self.stage is Stage.RELOADING:
+            error = envelope.fields().get("error")
+            self.stage = Stage.READY
+            self.note = "last reload failed, running config kept" if error else ""
+            return "READY=1"
+        if name == "runtime:stopping" and self.stage in (Stage.STARTING, *RUNNING):
+            self.stage = Stage.STOPPING
+            self.reason = str(envelope.fields().get("reason") or "requested")
+            return "STOPPING=1"
+        if name == "runtime:stop":
+            self.stage = Stage.STOPPED
+        elif name == "summary":
+            status = envelope.fields().get("exit_status")
+            self.exit_status = status if isinstance(status, int) else None
+        return None
+
+    def _vm_event(self, name: str, fields: Mapping[str, object], now: float) -> bool:
+        """Track launches and stop ladders; True when the event is a ladder step."""
+        vm = str(fields.get("vm", "?"))
+        if name == "vm.launched":
+            self.launched.add(vm)
+            return False
+        if name == "vm.shutdown_complete":
+            self.ladder.pop(vm, None)
+            self.launched.discard(vm)
+            self.stopped_vms += 1
+            return True
+        rung = ladder_rung(name, fields, self._timeouts(vm))
+        if rung is None:
+            return False
+        label, budget_s = rung
+        self.ladder[vm] = (label, now + budget_s)
+        return True
+
+    def _timeouts(self, vm: str) -> TimeoutsConfig:
+        for config in self.state.config.vms:
+            if config.name == vm:
+                return config.timeouts
+        return TimeoutsConfig()
+
+    def extend_usec(self, now: float) -> int:
+        """The longest remaining rung of the VMs still stopping, plus the margin, in µs."""
+        remaining = max((deadline - now for _, deadline in self.ladder.values()), default=0.0)
+        return int((max(remaining, 0.0) + EXTEND_MARGIN_S) * 1_000_000)
+
+    # --- reload --------------------------------------------------------------------------------
+
+    def reloading(self) -> Datagram | None:
+        """The datagram that starts a reload, or None when not running (start-up, stopping)."""
+        if self.stage is not Stage.READY:
+            return None
+        self.stage = Stage.RELOADING
+        self.last_status = self._status_line()
+        return ("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", self.last_status)
+
+    # --- the STATUS line -----------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        return "STATUS=" + " · ".join(part for part in self._status_parts() if part)
+
+    def _status_parts(self) -> list[str]:
+        if self.stage is Stage.STARTING:
+            total = len(self.state.config.vms)
+            return ["starting", f"{len(self.launched)}/{total} VMs launched" if total else "",
+                    self._ladder_text("stopping")]
+        if self.stage is Stage.RELOADING:
+            return ["reloading configuration"]
+        if self.stage is Stage.STOPPING:
+            left = (f"{plural(len(self.ladder), 'VM')} left: {self._ladder_text('')}"
+                    if self.ladder else "all VMs stopped" if self.stopped_vms else "")
+            return [f"stopping ({self.reason})", left]
+        if self.stage is Stage.STOPPED:
+            if self.exit_status is not None:
+                return [f"exiting with status {self.exit_status}"]
+            return ["stopped", "flushing the event log"]
+        counts = self.state.worker_counts()
+        vms = f"{counts.running}/{counts.total} VMs running" if counts.total else "running · no VMs"
+        return [vms,
+                plural(self.watchers(), "watcher"),
+                f"{counts.failed} failed" if counts.failed else "",
+                self._ladder_text("stopping"), self.note]
+
+    def _ladder_text(self, prefix: str) -> str:
+        if not self.ladder:
+            return ""
+        names = sorted(self.ladder)
+        shown = ", ".join(f"{vm} ({self.ladder[vm][0]})" for vm in names[:MAX_NAMES])
+        more = ", …" if len(names) > MAX_NAMES else ""
+        return f"{prefix} {shown}{more}".strip() if prefix else f"{shown}{more}"
+
+
+def ladder_rung(name: str, fields: Mapping[str, object],
+                timeouts: TimeoutsConfig) -> tuple[str, float] | None:
+    """(label, seconds until the VM's next ladder event is due) for a stop-ladder event."""
+    if name == "vm.shutdown_requested":
+        return "stop requested", timeouts.total_ms / 1000
+    if name == "vm.cooperative_attempted":
+        return f"cooperative {fields.get('method', '')}".strip(), _ms(fields, "timeout_ms") / 1000
+    if name == "vm.cooperative_timed_out":
+        return "cooperative timed out", (timeouts.sigterm_ms + timeouts.sigkill_ms) / 1000
+    if name == "vm.cooperative_succeeded":
+        return "cleaning up", 0.0
+    if name == "vm.shutdown_escalated":
+        return str(fields.get("signal", "signal")), _ms(fields, "timeout_ms") / 1000
+    return None
+
+
+def _ms(fields: Mapping[str, object], key: str) -> int:
+    value = fields.get(key)
+    return value if isinstance(value, int) else 0
+
+
+class LoopHealth:
+    """Is the trio loop doing its job? The heartbeat ticker is on time and the log writer moves."""
+
+    def __init__(self, bus: BusView, state: RuntimeState, watchdog_s: float, now: float) -> None:
+        self.bus, self.state, self.watchdog_s = bus, state, watchdog_s
+        self.started = now
+        self._written = bus.written_seq
+        self._progress = now
+
+    def limit(self) -> float:
+        """How old the heartbeat (or the writer's progress) may be: max(2 × heartbeat, wd / 2)."""
+        return max(2 * self.state.config.heartbeat_interval, self.watchdog_s / 2)
+
+    def problem(self, now: float) -> str | None:
+        """Why the loop is not healthy, or None when it is."""
+        limit = self.limit()
+        if self.state.phase in (Phase.STARTING, Phase.READY):
+            age = now - max(self.state.last_heartbeat_mono, self.started)
+            if age > limit:
+                return f"the heartbeat is {age:.1f} s late (limit {limit:g} s)"
+        pending = self.bus.last_seq - self.bus.written_seq
+        if pending <= 0 or self.bus.written_seq != self._written:
+            self._written, self._progress = self.bus.written_seq, now
+        elif now - self._progress > limit:
+            return (f"the event log writer has not moved for {now - self._progress:.1f} s "
+                    f"({plural(pending, 'event')} pending)")
+        return None
+
+
+class SystemdNotifier:
+    """Readiness, status, stop progress, reloads and watchdog pings for systemd. Run in the
+    outer nursery (`await outer.start(notifier.run)`) and register `before_reload`."""
+
+    def __init__(self, bus: BusView, state: RuntimeState, *,
+                 watchers: Callable[[], int] = lambda: 0,
+                 env: Mapping[str, str] | None = None, pid: int | None = None) -> None:
+        env = os.environ if env is None else env
+        self.bus, self.state = bus, state
+        self.socket = NotifySocket.from_env(env, on_error=self._socket_failed)
+        usec = watchdog_usec(env, pid) if self.socket.enabled else None
+        self.watchdog_s = usec / 1_000_000 if usec else None
+        self.view = ServiceView(state, watchers)
+        self.dropped = 0
+        self.pings = 0
+        self._withheld = False
+        self._send, self._receive = trio.open_memory_channel[Datagram](QUEUE_DEPTH)
+        self._closed = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send until the run's `summary` went out. Returns at once when NOTIFY_SOCKET is unset.
+
+        On cancellation, what is queued is not sent.
+        """
+        if not self.socket.enabled:
+            self._closed = True
+            task_status.started()
+            return
+        self.bus.subscribe(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.watchdog_s is not None:
+                    nursery.start_soon(self._watchdog, self.watchdog_s)
+                task_status.started()
+                async for datagram in self._receive:
+                    await self.socket.send(*datagram)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closed = True
+            self.bus.unsubscribe(self)
+            self.socket.close()
+
+    def deliver(self, batch: Sequence[Envelope]) -> None:
+        """Bus subscriber: queue the datagrams this batch calls for; close after `summary`."""
+        if self._closed:
+            return
+        self._queue(self.view.observe(batch, trio.current_time()))
+        if any(envelope.name == "summary" for envelope in batch):
+            self.close()
+
+    def close(self) -> None:
+        """Send what is queued, then end `run` (it also ends by itself after `summary`)."""
+        if not self._closed:
+            self._closed = True
+            self._send.close()
+
+    async def before_reload(self) -> None:
+        """Supervisor hook: `RELOADING=1` + `MONOTONIC_USEC=` before the config is re-read.
+
+        Queued like everything else (never waits on systemd); the checkpoint lets it go out.
+        """
+        datagram = None if self._closed else self.view.reloading()
+        if datagram is not None:
+            self._queue([datagram])
+        await trio.lowlevel.checkpoint()
+
+    def _queue(self, datagrams: Iterable[Datagram]) -> None:
+        for datagram in datagrams:
+            try:
+                self._send.send_nowait(datagram)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                self.dropped += 1
+
+    async def _watchdog(self, watchdog_s: float) -> None:
+        """Every `watchdog_s / 2` once ready (systemd arms its watchdog at READY=1): ping when
+        the loop is healthy, else withhold the ping."""
+        interval = watchdog_s / 2
+        health = LoopHealth(self.bus, self.state, watchdog_s, trio.current_time())
+        deadline = trio.current_time()
+        while True:
+            deadline += interval
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            if deadline + interval <= now:  # late by a whole interval or more: skip, don't bunch
+                deadline = now
+            if self.view.stage in RUNNING:
+                self._ping_if_healthy(health.problem(now), watchdog_s)
+
+    def _ping_if_healthy(self, problem: str | None, watchdog_s: float) -> None:
+        """Ping, or withhold it; say so (once) when pings stop and when they resume."""
+        if problem is None:
+            self.pings += 1
+            self._queue([("WATCHDOG=1",)])
+            if self._withheld:
+                self._withheld = False
+                self._report("watchdog pings to systemd resumed", "info")
+        elif not self._withheld:
+            self._withheld = True
+            self._report(f"withholding watchdog pings: {problem}; systemd restarts frameos "
+                         f"if this lasts {watchdog_s:g} s", "warn")
+
+    def _socket_failed(self, text: str) -> None:
+        self._report(f"{text}; systemd gets no readiness, status or watchdog pings from frameos "
+                     f"while this lasts (said once)")
+
+    def _report(self, text: str, severity: Severity = "warn") -> None:
+        with contextlib.suppress(trio.ClosedResourceError):  # the run's last events are out
+            self.bus.publish_nowait(Message(text=text), severity)
