@@ -109,6 +109,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     emitter = SyncEmitter(output, event_log_path(config, args.event_log) if explicit_log else None)
     emitter.emit(ev.RuntimeCheckOk(config=str(config_path), vms=len(config.vms),
                                    apps_loaded=len(apps), scenes_loaded=len(scenes)))
+    if args.plan:
+        from frameos.workers.plan import plans
+
+        for planned in plans(config):
+            emitter.emit(planned)
     emitter.close()
     return 0
 

@@ -31,6 +31,7 @@ from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
 from frameos.sinks import HumanSink, JsonSink, QueueSink
 from frameos.state import Phase, RuntimeState
+from frameos.systemd import SystemdNotifier
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # Keys a reload cannot apply to a running process: they take effect after a restart.
@@ -127,6 +128,11 @@ class Supervisor:
         async with trio.open_nursery() as outer:
             await outer.start(bus.run)
             await outer.start(sink.run)
+            # systemd: READY/STATUS/STOPPING/watchdog; does nothing without NOTIFY_SOCKET.
+            # `watchers` is read only once ready, when the hub exists.
+            notifier = SystemdNotifier(bus, state, watchers=lambda: len(self.hub.clients))
+            await outer.start(notifier.run)
+            self.before_reload.append(notifier.before_reload)
             signals = trio.CancelScope()
             await outer.start(self._signal_task, signals)
             if torn_bytes:
@@ -146,8 +152,9 @@ class Supervisor:
                 duration_ms=duration_ms))
             await bus.publish(ev.Summary(
                 duration_ms=duration_ms, exit_status=status, vms=len(state.config.vms),
-                restarts=0, events_published=bus.published + 1, events_dropped=bus.dropped,
-                bytes_logged=bus.bytes_logged), "info" if status == EXIT_OK else "error")
+                restarts=self.pool.restarts, events_published=bus.published + 1,
+                events_dropped=bus.dropped, bytes_logged=bus.bytes_logged),
+                "info" if status == EXIT_OK else "error")
             signals.cancel()
             await bus.aclose()
             sink.close()
@@ -164,12 +171,18 @@ class Supervisor:
         from frameos.server.metrics import Metrics
         from frameos.server.wsfast import WsHub
         from frameos.tickers import heartbeat, metrics
+        from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
 
         bus, state, config = self.bus, self.state, self.state.config
         hub = WsHub(bus, config.websocket)
         bus.subscribe(hub)
         self.hub = hub
         self.metrics = Metrics(state, bus, hub)
+        self.pool = pool = VmPool(config, bus, on_exhausted=lambda reason: self.shutdown.request(
+            reason, exit_status=EXIT_EXHAUSTED))
+        pool.attach(state)
+        self.metrics.registry.register(pool.collector())
+        self.reload_hooks.append(pool.on_reload)
         door = FrontDoor(create_app(state, bus, hub, self.metrics), hub)
         stopping, server_stop = trio.Event(), trio.Event()
         with self.inner_scope:
@@ -179,6 +192,7 @@ class Supervisor:
                 state.server_url = f"http://{_url_host(host)}:{port}"
                 inner.start_soon(until, stopping, heartbeat, bus, state)
                 inner.start_soon(until, stopping, metrics, bus, state, lambda: len(hub.clients))
+                await inner.start(pool.run)  # every VM launched (or failed to)
                 state.set_phase(Phase.READY)
                 await bus.publish(ev.RuntimeReady(
                     server=state.server_url, health_endpoint=f"{state.server_url}/healthz",
@@ -191,6 +205,7 @@ class Supervisor:
                                                      signal=self.shutdown.signal))
                 self.inner_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
                 stopping.set()
+                await pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
                 server_stop.set()
         bus.unsubscribe(hub)
         if self.forced:

@@ -1,0 +1,107 @@
+"""The demo's simulated VMs (`frameos run --demo`): no qemu, no root, no network.
+
+Two small Python programs that speak the same stop protocol as a VM:
+
+    demo-polite    stops on the cooperative signal (SIGINT); crashes once, 6 s into its first
+                   run, to show a restart; bootstrapped by two quick steps on every launch
+    demo-stubborn  ignores the cooperative signal, so its ladder escalates to SIGTERM
+
+Run one by hand with `python -m frameos.workers.demo polite|stubborn`. This module imports
+only the standard library: the config loader imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+CRASH_AFTER_S = 6
+LADDER = {"cooperative_ms": 1500, "sigterm_ms": 2000, "sigkill_ms": 1000}
+
+
+def _step(name: str, code: str) -> dict[str, Any]:
+    return {"name": name, "command": [sys.executable, "-c", code], "timeout_ms": 5000,
+            "retries": 1, "retry_delay_ms": 200}
+
+
+WAIT_FOR_GUEST = ("import os, time; time.sleep(0.3); "
+                  "print('guest', os.environ['FRAMEOS_VM'], 'answers on', "
+                  "os.environ['FRAMEOS_SSH_HOST'] + ':' + os.environ['FRAMEOS_SSH_PORT'])")
+PROVISION = ("import time\n"
+             "for item in ('users', 'packages', 'services'):\n"
+             "    print('provisioning', item, flush=True); time.sleep(0.1)")
+
+
+def demo_vm_configs() -> list[dict[str, Any]]:
+    """The `vms` of the demo config."""
+    def vm(name: str, kind: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "command": [sys.executable, "-m", "frameos.workers.demo", kind],
+            "cooperative": {"method": "signal", "signal": "SIGINT"},
+            "timeouts": dict(LADDER),
+            "restart": {"policy": "permanent", "backoff_initial_ms": 500,
+                        "backoff_max_ms": 4000, "max_restarts": 5, "window_s": 60},
+        }
+
+    polite = vm("demo-polite", "polite")
+    polite["bootstrap"] = {
+        "trigger": "always",
+        "ssh": {"user": "demo", "host": "127.0.0.1", "port": 2222},
+        "steps": [_step("wait-for-guest", WAIT_FOR_GUEST), _step("provision", PROVISION)],
+    }
+    return [polite, vm("demo-stubborn", "stubborn")]
+
+
+def _say(text: str) -> None:
+    print(f"[{os.environ.get('FRAMEOS_VM', 'demo')} pid {os.getpid()}] {text}", flush=True)
+
+
+def _finish(text: str, code: int, linger_s: float) -> None:
+    _say(text)
+    time.sleep(linger_s)
+    sys.exit(code)
+
+
+def polite() -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        _finish(f"{signal.Signals(signum).name}: saving state and powering off", 0, 0.3)
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        _finish("simulated crash", 3, 0)
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    if os.environ.get("FRAMEOS_VM_ATTEMPT") == "1":
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(CRASH_AFTER_S)
+
+
+def stubborn() -> None:
+    def on_int(signum: int, frame: FrameType | None) -> None:
+        _say("SIGINT: ignoring the cooperative request")
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        _finish("SIGTERM: stopping after a short cleanup", 0, 0.5)
+
+    signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def main(argv: list[str]) -> int:
+    kinds = {"polite": polite, "stubborn": stubborn}
+    if len(argv) != 1 or argv[0] not in kinds:
+        print("usage: python -m frameos.workers.demo polite|stubborn", file=sys.stderr)
+        return 2
+    kinds[argv[0]]()
+    _say(f"{argv[0]} guest up")
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,66 @@
+"""Pidfiles: how a restarted frameos finds the VMs a killed instance left behind (SPEC §5).
+
+One JSON file per running VM, written (atomically) right after launch and removed once the
+process is gone. It names the process by pid *and* start time, so a reused pid is never taken
+for the VM, and it keeps what the stop ladder needs (method, signal, command, QMP socket,
+timeouts) so the orphan is stopped the way it was configured when it was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frameos.workers import procfs
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """What a pidfile holds."""
+
+    vm: str
+    pid: int
+    start_time: int
+    pgid: int
+    method: str = "none"
+    signal: str = "SIGINT"
+    command: list[str] | None = None
+    qmp_socket: str | None = None
+    overlay: str | None = None
+    timeouts: dict[str, int] = field(default_factory=dict)
+    owner_pid: int = 0
+
+    def alive(self) -> bool:
+        """True while the recorded leader runs (same pid, same start time, not a zombie)."""
+        return procfs.is_alive(self.pid, self.start_time)
+
+    def leftovers(self) -> list[procfs.ProcStat]:
+        """Live processes of the recorded group (leader included), [] when none or not ours."""
+        return procfs.orphan_group(self.pgid, self.start_time)
+
+
+def write(path: Path, record: PidRecord) -> None:
+    """Write atomically: a crash mid-write leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(asdict(record), sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read(path: Path) -> PidRecord | None:
+    """The record at `path`; None when absent. A corrupt file is reported as ValueError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(text)
+        return PidRecord(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"pidfile {path} is not readable ({exc})") from None
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
