@@ -44,3 +44,56 @@ def build() -> dict[str, Any]:
             c.name: {name: field_names(REGISTRY[name]) for name in c.events} for c in COMMANDS
         },
     }
+
+
+def events_markdown() -> str:
+    """docs/events.md, generated from the event models (a test keeps the file in step)."""
+    out = [
+        "# Event reference",
+        "",
+        "<!-- generated from frameos/events.py by `nox -s docs`; do not edit by hand -->",
+        "",
+        "Every event travels in one envelope, the same bytes on stdout (JSON mode), in the event",
+        "log, on `/ws/events` and from `GET /v1/events`:",
+        "",
+        "```json",
+        '{"v": 1, "seq": 17, "timestamp": 1763763000.123, "event": "vm.launched", '
+        '"severity": "info", "fields": {"vm": "alpha", "pid": 4242, "attempt": 1}}',
+        "```",
+        "",
+        "- `seq` increases strictly per instance and continues across restarts (from the log).",
+        "- `severity` is one of " + ", ".join(f"`{s}`" for s in SEVERITIES) + "; the column below "
+        "is the default, some events raise it (e.g. `message`, `summary` on failure).",
+        "- Fields are only ever added; a rename or removal bumps `v`. Consumers ignore unknown "
+        "events and fields.",
+        "- `frameos contract` prints the same information as JSON Schema.",
+        "",
+        "| event | severity | fields |",
+        "| --- | --- | --- |",
+    ]
+    for name, cls in sorted(REGISTRY.items()):
+        schema = cls.model_json_schema(by_alias=True)
+        props = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        fields = []
+        for field in field_names(cls):
+            kind = _type_of(props.get(field, {}))
+            optional = "" if field in required else "?"
+            fields.append(f"`{field}{optional}`: {kind}")
+        out.append(f"| `{name}` | {cls.SEVERITY} | {'<br>'.join(fields) or '—'} |")
+    out += ["", "`?` marks a field that may be null or absent in older logs.", ""]
+    return "\n".join(out)
+
+
+def _type_of(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return " \\| ".join(str(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["anyOf"])
+    if prop.get("type") == "array":
+        return f"list of {_type_of(prop.get('items', {}))}"
+    if "$ref" in prop:
+        return prop["$ref"].rsplit("/", 1)[-1]
+    if "const" in prop:
+        return str(prop["const"])
+    return str(prop.get("type", "any"))

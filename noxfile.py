@@ -1,0 +1,64 @@
+"""Developer and CI sessions. `nox -s tests` is the whole test suite (what .ci/run runs)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+# The interpreter nox runs with, if it is one pyproject allows; CI and laptops have one Python.
+PYTHON = None
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit, end-to-end, QEMU and systemd tests (the last two skip on a
+    laptop without them and fail under CI=true), with branch coverage."""
+    session.install("-e", ".[test]")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report", "--skip-covered", "--sort=cover")
+
+
+@nox.session(python=PYTHON)
+def e2e(session: nox.Session) -> None:
+    """Only the tests with real processes: frameos, QEMU, the real systemd."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "e2e or qemu or systemd", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "frameos", "tests", "bench", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy")
+    session.run("mypy", "--strict", "frameos")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """`frameos run --demo`: two simulated VMs and a bootstrap, no root, no qemu. Ctrl-C stops."""
+    session.install("-e", ".")
+    session.run("frameos", "run", "--demo", *session.posargs, external=False)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The bars of shared/BARS.md, with peers measured in the same run (JSON lines)."""
+    session.install("-e", ".", "websockets", "supervisor", "circus")
+    session.run("python", "bench/run_all.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/events.md and the contract golden file from the event models."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_contract.py", env={"FRAMEOS_UPDATE_GOLDEN": "1"})
