@@ -20,8 +20,9 @@ from frameos.errors import ConfigError, FrameosError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's contract: never returns
         self.print_usage(sys.stderr)
-        self.exit(2, f"frameos {self.prog.split()[-1]}: error: {message}\n"
-                     f"(see `{self.prog} --help`)\n")
+        self.exit(
+            2, f"frameos {self.prog.split()[-1]}: error: {message}\n(see `{self.prog} --help`)\n"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +41,18 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     if flag.switch:
         parser.add_argument(flag.name, action="store_true", help=flag.help)
     elif flag.positional:
-        parser.add_argument(flag.name, nargs="?", default=flag.default, help=flag.help,
-                            metavar=flag.metavar)
+        parser.add_argument(
+            flag.name, nargs="?", default=flag.default, help=flag.help, metavar=flag.metavar
+        )
     else:
-        parser.add_argument(flag.name, metavar=flag.metavar, choices=flag.choices,
-                            default=flag.default, type=flag.kind, help=flag.help)
+        parser.add_argument(
+            flag.name,
+            metavar=flag.metavar,
+            choices=flag.choices,
+            default=flag.default,
+            type=flag.kind,
+            help=flag.help,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,16 +107,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         apps, scenes = _load_manifests(args)
     except ConfigError as exc:
         emitter = SyncEmitter(output, Path(args.event_log) if args.event_log else None)
-        emitter.emit(ev.RuntimeCheckFailed(error=str(exc),
-                                           problems=[str(p) for p in exc.problems]))
+        emitter.emit(ev.RuntimeCheckFailed(error=str(exc), problems=[str(p) for p in exc.problems]))
         emitter.close()
         if output == "json":
             _report(exc)
         return 1
     explicit_log = args.event_log or config.log_to_file
     emitter = SyncEmitter(output, event_log_path(config, args.event_log) if explicit_log else None)
-    emitter.emit(ev.RuntimeCheckOk(config=str(config_path), vms=len(config.vms),
-                                   apps_loaded=len(apps), scenes_loaded=len(scenes)))
+    emitter.emit(
+        ev.RuntimeCheckOk(
+            config=str(config_path),
+            vms=len(config.vms),
+            apps_loaded=len(apps),
+            scenes_loaded=len(scenes),
+        )
+    )
     if args.plan:
         from frameos.workers.plan import plans
 

@@ -98,7 +98,9 @@ class CooperativeConfig(Model):
     @model_validator(mode="after")
     def _command_given(self) -> CooperativeConfig:
         if self.method == "command" and not self.command:
-            raise ValueError("method 'command' needs `command`: the argv that asks the guest to stop")
+            raise ValueError(
+                "method 'command' needs `command`: the argv that asks the guest to stop"
+            )
         return self
 
 
@@ -234,7 +236,8 @@ class FrameConfig(Model):
             if vm.name in seen:
                 raise _PathError(
                     f"vms[{index}].name",
-                    f"duplicate VM name {vm.name!r} (also vms[{seen[vm.name]}]); names must be unique",
+                    f"duplicate VM name {vm.name!r} (also vms[{seen[vm.name]}]); "
+                    "names must be unique",
                 )
             seen[vm.name] = index
             ladder_s = vm.timeouts.total_ms / 1000
@@ -299,8 +302,12 @@ def _expected(err: Mapping[str, Any]) -> str:
     }
     if kind in simple:
         return f"expected {simple[kind]}"
-    bounds = {"greater_than_equal": "≥ {ge}", "less_than_equal": "≤ {le}",
-              "greater_than": "> {gt}", "less_than": "< {lt}"}
+    bounds = {
+        "greater_than_equal": "≥ {ge}",
+        "less_than_equal": "≤ {le}",
+        "greater_than": "> {gt}",
+        "less_than": "< {lt}",
+    }
     if kind in bounds:
         return "expected a value " + bounds[kind].format(**{k: _number(v) for k, v in ctx.items()})
     if kind == "literal_error":
@@ -333,7 +340,9 @@ def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> 
         elif item["type"] == "value_error" or item["type"] == "assertion_error":
             problems.append(Problem(source, path, _expected(item)))
         else:
-            problems.append(Problem(source, path, f"{_expected(item)}, found {_found(item['input'])}"))
+            problems.append(
+                Problem(source, path, f"{_expected(item)}, found {_found(item['input'])}")
+            )
     return problems
 
 
@@ -370,8 +379,11 @@ def _unknown_key(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     if key in snake:
         return f"given twice (as {key!r} and {snake[key]!r}); keep one spelling"
     close = difflib.get_close_matches(key, names + list(snake), n=1)
-    hint = f"did you mean {snake.get(close[0], close[0])!r}?" if close else (
-        "known keys: " + ", ".join(names))
+    hint = (
+        f"did you mean {snake.get(close[0], close[0])!r}?"
+        if close
+        else ("known keys: " + ", ".join(names))
+    )
     return f"unknown key; {hint}"
 
 
@@ -388,18 +400,31 @@ def read_json(path: Path) -> Any:
     except IsADirectoryError:
         raise ConfigError([Problem(source, "", "is a directory, expected a JSON file")]) from None
     except PermissionError:
-        raise ConfigError([Problem(source, "", "cannot be read (permission denied); "
-                                   "fix its permissions or run as its owner")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    "",
+                    "cannot be read (permission denied); fix its permissions or run as its owner",
+                )
+            ]
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(source, "", f"is not UTF-8 text ({exc.reason} at byte "
-                                   f"{exc.start})")]) from None
+        raise ConfigError(
+            [Problem(source, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
     except OSError as exc:
         raise ConfigError([Problem(source, "", f"cannot be read: {exc.strerror}")]) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([Problem(source, "", f"invalid JSON at line {exc.lineno} column "
-                                   f"{exc.colno}: {exc.msg}")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    source, "", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+                )
+            ]
+        ) from None
 
 
 def find_config(explicit: str | None, env: Mapping[str, str]) -> Path:
@@ -411,18 +436,30 @@ def find_config(explicit: str | None, env: Mapping[str, str]) -> Path:
     default = Path(DEFAULT_CONFIG)
     if default.exists():
         return default
-    raise ConfigError([Problem(
-        "config", "",
-        f"no config found: looked at --config (not given), ${CONFIG_ENV} (not set) and "
-        f"./{DEFAULT_CONFIG} (missing); pass --config PATH, or try `frameos run --demo`",
-    )])
+    raise ConfigError(
+        [
+            Problem(
+                "config",
+                "",
+                f"no config found: looked at --config (not given), ${CONFIG_ENV} (not set) and "
+                f"./{DEFAULT_CONFIG} (missing); pass --config PATH, or try `frameos run --demo`",
+            )
+        ]
+    )
 
 
 def validate_config(data: Any, source: str) -> FrameConfig:
     """Validate parsed JSON as a FrameConfig, or raise a ConfigError listing every problem."""
     if not isinstance(data, dict):
-        raise ConfigError([Problem(source, "", f"expected a JSON object at the top level, "
-                                   f"found {type(data).__name__}")])
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    "",
+                    f"expected a JSON object at the top level, found {type(data).__name__}",
+                )
+            ]
+        )
     try:
         return FrameConfig.model_validate(data)
     except ValidationError as err:
@@ -444,12 +481,17 @@ def resolve(config: FrameConfig, source: str, env: Mapping[str, str]) -> FrameCo
         state_dir = Path(systemd_state) if systemd_state else Path("state")
     config = config.model_copy(update={"state_dir": state_dir.absolute()})
     if not is_loopback(config.frame_host) and token_source(config, env) is None:
-        raise ConfigError([Problem(
-            source, "frame_host",
-            f"binding {config.frame_host!r} (not loopback) needs an API token: set "
-            f"auth.token_file to a file holding the token, or pass the systemd credential "
-            f"{TOKEN_CREDENTIAL!r} (LoadCredential=); or bind 127.0.0.1",
-        )])
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    "frame_host",
+                    f"binding {config.frame_host!r} (not loopback) needs an API token: set "
+                    f"auth.token_file to a file holding the token, or pass the systemd credential "
+                    f"{TOKEN_CREDENTIAL!r} (LoadCredential=); or bind 127.0.0.1",
+                )
+            ]
+        )
     return config
 
 

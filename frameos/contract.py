@@ -23,9 +23,13 @@ def build() -> dict[str, Any]:
             c.name: {
                 "help": c.help,
                 "flags": [
-                    {"name": f.name, "help": f.help, "takes_value": not f.switch,
-                     **({"choices": list(f.choices)} if f.choices else {}),
-                     **({"default": f.default} if f.default is not None else {})}
+                    {
+                        "name": f.name,
+                        "help": f.help,
+                        "takes_value": not f.switch,
+                        **({"choices": list(f.choices)} if f.choices else {}),
+                        **({"default": f.default} if f.default is not None else {}),
+                    }
                     for f in c.flags
                 ],
                 "events": list(c.events),
@@ -93,7 +97,7 @@ def _type_of(prop: dict[str, Any]) -> str:
     if prop.get("type") == "array":
         return f"list of {_type_of(prop.get('items', {}))}"
     if "$ref" in prop:
-        return prop["$ref"].rsplit("/", 1)[-1]
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
     if "const" in prop:
         return str(prop["const"])
     return str(prop.get("type", "any"))

@@ -24,7 +24,7 @@ class FrameosError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with an input: where (file and JSON path), what was expected, what was found."""
+    """One thing wrong with an input: where (file, JSON path), what was expected and found."""
 
     source: str
     path: str

@@ -24,7 +24,8 @@ REGISTRY: dict[str, type[Event]] = {}
 class Event(BaseModel):
     """Base of every event: frozen, strict, registered under its wire name."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # defer_build: `check` and `contract` start fast; each schema is built on first use
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, defer_build=True)
 
     NAME: ClassVar[str] = ""
     SEVERITY: ClassVar[Severity] = "info"
@@ -78,8 +79,10 @@ class RuntimeHeartbeat(Event):
 
 class RuntimeMetricsTick(Event):
     NAME = "runtime:metrics_tick"
-    TEMPLATE = ("metrics: rss {rss_bytes} B, cpu {cpu_seconds:.2f} s, {open_fds} fds, "
-                "{events_published} events ({events_dropped} dropped), {ws_clients} ws clients")
+    TEMPLATE = (
+        "metrics: rss {rss_bytes} B, cpu {cpu_seconds:.2f} s, {open_fds} fds, "
+        "{events_published} events ({events_dropped} dropped), {ws_clients} ws clients"
+    )
     uptime_seconds: float
     metrics_interval_seconds: float
     apps_loaded: int
@@ -138,8 +141,10 @@ ContractSource = Literal["fixture", "discovered"]
 
 class RuntimeParityOk(Event):
     NAME = "runtime:parity_ok"
-    TEMPLATE = ("renderer {renderer_api_version} and driver {driver_api_version} "
-                "({driver_device_kind}) agree on {shared_formats}")
+    TEMPLATE = (
+        "renderer {renderer_api_version} and driver {driver_api_version} "
+        "({driver_device_kind}) agree on {shared_formats}"
+    )
     renderer_api_version: str
     driver_api_version: str
     driver_device_kind: str
@@ -415,8 +420,10 @@ class WorkerStale(Event):
 
 class Summary(Event):
     NAME = "summary"
-    TEMPLATE = ("summary: {duration_ms} ms, exit {exit_status}, {vms} VMs, {restarts} restarts, "
-                "{events_published} events ({events_dropped} dropped), {bytes_logged} B logged")
+    TEMPLATE = (
+        "summary: {duration_ms} ms, exit {exit_status}, {vms} VMs, {restarts} restarts, "
+        "{events_published} events ({events_dropped} dropped), {bytes_logged} B logged"
+    )
     duration_ms: int
     exit_status: int
     vms: int

@@ -76,21 +76,42 @@ def _load(path: Path, key: str, item: type[_Strict]) -> list[Any]:
     else:
         prefix = ""
     if not isinstance(data, list):
-        raise ConfigError([Problem(source, prefix, f"expected a list of {key} (or an object "
-                                   f"{{\"{key}\": [...]}}), found {type(data).__name__}")])
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    prefix,
+                    f"expected a list of {key} (or an object "
+                    f'{{"{key}": [...]}}), found {type(data).__name__}',
+                )
+            ]
+        )
     try:
         items: list[Any] = TypeAdapter(list[item]).validate_python(data)  # type: ignore[valid-type]
     except ValidationError as err:
         problems = problems_from(err, source, item)
         if prefix:
-            problems = [Problem(p.source, f"{prefix}{p.path if p.path.startswith('[') else '.' + p.path}",
-                                p.message) for p in problems]
+            problems = [
+                Problem(
+                    p.source,
+                    f"{prefix}{p.path if p.path.startswith('[') else '.' + p.path}",
+                    p.message,
+                )
+                for p in problems
+            ]
         raise ConfigError(problems) from None
     seen: set[str] = set()
     for index, entry in enumerate(items):
         if entry.id in seen:
-            raise ConfigError([Problem(source, f"{prefix}[{index}].id",
-                                       f"duplicate id {entry.id!r}; ids must be unique")])
+            raise ConfigError(
+                [
+                    Problem(
+                        source,
+                        f"{prefix}[{index}].id",
+                        f"duplicate id {entry.id!r}; ids must be unique",
+                    )
+                ]
+            )
         seen.add(entry.id)
     return items
 

@@ -52,8 +52,13 @@ def socket_target(address: str) -> str | None:
 class NotifySocket:
     """One connection to systemd's notification socket; sends datagrams of `KEY=VALUE` lines."""
 
-    def __init__(self, address: str | None, *, on_error: Callable[[str], None] | None = None,
-                 timeout_s: float = SEND_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        timeout_s: float = SEND_TIMEOUT_S,
+    ) -> None:
         self.address = address or None
         self.timeout_s = timeout_s
         self.sent = 0
@@ -63,8 +68,9 @@ class NotifySocket:
         self._sock: trio.socket.SocketType | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *,
-                 on_error: Callable[[str], None] | None = None) -> NotifySocket:
+    def from_env(
+        cls, env: Mapping[str, str], *, on_error: Callable[[str], None] | None = None
+    ) -> NotifySocket:
         return cls(env.get("NOTIFY_SOCKET"), on_error=on_error)
 
     @property

@@ -78,7 +78,8 @@ class QueueSink:
         if self._unreported and not self._closing:
             lost, self._unreported = self._unreported, 0
             self.bus.publish_nowait(
-                Message(text=f"{self.name} fell behind and dropped {lost} events"), "warn")
+                Message(text=f"{self.name} fell behind and dropped {lost} events"), "warn"
+            )
 
     def close(self) -> None:
         """Finish after writing what is queued."""
@@ -99,7 +100,7 @@ class JsonSink(QueueSink):
         data = memoryview(b"".join(e.line for e in batch))
         try:
             while data:
-                data = data[os.write(self.fd, data):]
+                data = data[os.write(self.fd, data) :]
         except BrokenPipeError:
             self._closing = True
 

@@ -35,8 +35,15 @@ from frameos.systemd import SystemdNotifier
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # Keys a reload cannot apply to a running process: they take effect after a restart.
-RESTART_KEYS = ("frame_host", "frame_port", "state_dir", "event_log", "log_to_file", "websocket",
-                "auth")
+RESTART_KEYS = (
+    "frame_host",
+    "frame_port",
+    "state_dir",
+    "event_log",
+    "log_to_file",
+    "websocket",
+    "auth",
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +109,12 @@ class Supervisor:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.shutdown = Shutdown()
-        self.state = RuntimeState(config=options.config, config_source=options.config_source,
-                                  apps_loaded=options.apps_loaded,
-                                  scenes_loaded=options.scenes_loaded)
+        self.state = RuntimeState(
+            config=options.config,
+            config_source=options.config_source,
+            apps_loaded=options.apps_loaded,
+            scenes_loaded=options.scenes_loaded,
+        )
         self.inner_scope = trio.CancelScope()
         self.forced = False
         # Called before a reload starts and after it applied (systemd notifier, workers).
@@ -113,8 +123,11 @@ class Supervisor:
 
     async def run(self) -> int:
         config = self.options.config
-        log = EventLog(event_log_path(config, self.options.event_log),
-                       max_bytes=config.event_log.max_bytes, keep=config.event_log.keep)
+        log = EventLog(
+            event_log_path(config, self.options.event_log),
+            max_bytes=config.event_log.max_bytes,
+            keep=config.event_log.keep,
+        )
         recovery = log.open()
         try:
             self.bus = Bus(log, last_seq=recovery.last_seq, fsync=config.event_log.fsync)
@@ -136,25 +149,45 @@ class Supervisor:
             signals = trio.CancelScope()
             await outer.start(self._signal_task, signals)
             if torn_bytes:
-                await bus.publish(ev.Message(
-                    text=f"event log {bus.log.path}: torn tail of {torn_bytes} bytes truncated "
-                         f"at offset {torn_at}; seq continues from {bus.last_seq}"), "warn")
-            await bus.publish(ev.RuntimeStart(
-                server=f"http://{state.config.frame_host}:{state.config.frame_port}",
-                apps_loaded=state.apps_loaded, scenes_loaded=state.scenes_loaded,
-                config=state.config_source))
+                await bus.publish(
+                    ev.Message(
+                        text=f"event log {bus.log.path}: torn tail of {torn_bytes} bytes truncated "
+                        f"at offset {torn_at}; seq continues from {bus.last_seq}"
+                    ),
+                    "warn",
+                )
+            await bus.publish(
+                ev.RuntimeStart(
+                    server=f"http://{state.config.frame_host}:{state.config.frame_port}",
+                    apps_loaded=state.apps_loaded,
+                    scenes_loaded=state.scenes_loaded,
+                    config=state.config_source,
+                )
+            )
             status = await self._run_inner()
             state.set_phase(Phase.STOPPED)
             duration_ms = int(state.uptime() * 1000)
-            await bus.publish(ev.RuntimeStop(
-                server=state.server_url, metrics_interval_seconds=state.config.metrics_interval,
-                apps_loaded=state.apps_loaded, scenes_loaded=state.scenes_loaded,
-                duration_ms=duration_ms))
-            await bus.publish(ev.Summary(
-                duration_ms=duration_ms, exit_status=status, vms=len(state.config.vms),
-                restarts=self.pool.restarts, events_published=bus.published + 1,
-                events_dropped=bus.dropped, bytes_logged=bus.bytes_logged),
-                "info" if status == EXIT_OK else "error")
+            await bus.publish(
+                ev.RuntimeStop(
+                    server=state.server_url,
+                    metrics_interval_seconds=state.config.metrics_interval,
+                    apps_loaded=state.apps_loaded,
+                    scenes_loaded=state.scenes_loaded,
+                    duration_ms=duration_ms,
+                )
+            )
+            await bus.publish(
+                ev.Summary(
+                    duration_ms=duration_ms,
+                    exit_status=status,
+                    vms=len(state.config.vms),
+                    restarts=self.pool.restarts,
+                    events_published=bus.published + 1,
+                    events_dropped=bus.dropped,
+                    bytes_logged=bus.bytes_logged,
+                ),
+                "info" if status == EXIT_OK else "error",
+            )
             signals.cancel()
             await bus.aclose()
             sink.close()
@@ -178,8 +211,11 @@ class Supervisor:
         bus.subscribe(hub)
         self.hub = hub
         self.metrics = Metrics(state, bus, hub)
-        self.pool = pool = VmPool(config, bus, on_exhausted=lambda reason: self.shutdown.request(
-            reason, exit_status=EXIT_EXHAUSTED))
+        self.pool = pool = VmPool(
+            config,
+            bus,
+            on_exhausted=lambda reason: self.shutdown.request(reason, exit_status=EXIT_EXHAUSTED),
+        )
         pool.attach(state)
         self.metrics.registry.register(pool.collector())
         self.reload_hooks.append(pool.on_reload)
@@ -187,22 +223,29 @@ class Supervisor:
         stopping, server_stop = trio.Event(), trio.Event()
         with self.inner_scope:
             async with trio.open_nursery() as inner:
-                host, port = await inner.start(door.run, config.frame_host, config.frame_port,
-                                               server_stop)
+                host, port = await inner.start(
+                    door.run, config.frame_host, config.frame_port, server_stop
+                )
                 state.server_url = f"http://{_url_host(host)}:{port}"
                 inner.start_soon(until, stopping, heartbeat, bus, state)
                 inner.start_soon(until, stopping, metrics, bus, state, lambda: len(hub.clients))
                 await inner.start(pool.run)  # every VM launched (or failed to)
                 state.set_phase(Phase.READY)
-                await bus.publish(ev.RuntimeReady(
-                    server=state.server_url, health_endpoint=f"{state.server_url}/healthz",
-                    event_stream_transport="websocket",
-                    metrics_interval_seconds=config.metrics_interval,
-                    apps_loaded=state.apps_loaded, scenes_loaded=state.scenes_loaded))
+                await bus.publish(
+                    ev.RuntimeReady(
+                        server=state.server_url,
+                        health_endpoint=f"{state.server_url}/healthz",
+                        event_stream_transport="websocket",
+                        metrics_interval_seconds=config.metrics_interval,
+                        apps_loaded=state.apps_loaded,
+                        scenes_loaded=state.scenes_loaded,
+                    )
+                )
                 await self.shutdown.requested.wait()
                 state.set_phase(Phase.STOPPING)
-                await bus.publish(ev.RuntimeStopping(reason=self.shutdown.reason,
-                                                     signal=self.shutdown.signal))
+                await bus.publish(
+                    ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
+                )
                 self.inner_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
                 stopping.set()
                 await pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
@@ -211,19 +254,30 @@ class Supervisor:
         if self.forced:
             return EXIT_FAILED
         if self.inner_scope.cancelled_caught:
-            await bus.publish(ev.Message(
-                text=f"shutdown_timeout_s ({state.config.shutdown_timeout_s:g} s) passed before "
-                     f"everything stopped; the rest was cancelled"), "error")
+            await bus.publish(
+                ev.Message(
+                    text=f"shutdown_timeout_s ({state.config.shutdown_timeout_s:g} s) passed "
+                    "before "
+                    f"everything stopped; the rest was cancelled"
+                ),
+                "error",
+            )
             return EXIT_FAILED
         return self.shutdown.exit_status
 
     # --- signals -------------------------------------------------------------------------------
 
-    async def _signal_task(self, scope: trio.CancelScope,
-                           *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _signal_task(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """SIGTERM/SIGINT: stop, then force on the second; SIGHUP: reload."""
-        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
-                                              signal.SIGHUP) as signals:
+        with (
+            scope,
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
+        ):
             task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
@@ -242,7 +296,7 @@ class Supervisor:
         self.inner_scope.cancel()
 
     async def reload(self) -> None:
-        """Re-read the config; apply what can change live, report the rest; keep the old on error."""
+        """Re-read the config; apply what can change live, report the rest; keep it on error."""
         for before in self.before_reload:
             await before()
         path = self.options.config_path
@@ -252,8 +306,9 @@ class Supervisor:
         try:
             new = await trio.to_thread.run_sync(load_config, path, dict(os.environ))
         except ConfigError as exc:
-            await self.bus.publish(ev.RuntimeReload(
-                changed=[], error=f"{exc}; the running config stays"), "error")
+            await self.bus.publish(
+                ev.RuntimeReload(changed=[], error=f"{exc}; the running config stays"), "error"
+            )
             return
         old = self.state.config
         changed = diff(old, new)
@@ -263,8 +318,9 @@ class Supervisor:
         await self.bus.publish(ev.RuntimeReload(changed=changed, error=None))
         later = [c for c in changed if c.split(".")[0] in RESTART_KEYS]
         if later:
-            await self.bus.publish(ev.Message(
-                text=f"changed {', '.join(later)}: takes effect after a restart"), "warn")
+            await self.bus.publish(
+                ev.Message(text=f"changed {', '.join(later)}: takes effect after a restart"), "warn"
+            )
 
 
 def _url_host(host: str) -> str:

@@ -105,7 +105,7 @@ class ServiceView:
                     out.append((change, self.last_status))
         extend = extend and self.stage in (Stage.STARTING, Stage.STOPPING)
         status = self._status_line()
-        tail = ([status] if status != self.last_status else [])
+        tail = [status] if status != self.last_status else []
         tail += [f"EXTEND_TIMEOUT_USEC={self.extend_usec(now)}"] if extend else []
         if tail:
             out.append(tuple(tail))
@@ -181,13 +181,21 @@ class ServiceView:
     def _status_parts(self) -> list[str]:
         if self.stage is Stage.STARTING:
             total = len(self.state.config.vms)
-            return ["starting", f"{len(self.launched)}/{total} VMs launched" if total else "",
-                    self._ladder_text("stopping")]
+            return [
+                "starting",
+                f"{len(self.launched)}/{total} VMs launched" if total else "",
+                self._ladder_text("stopping"),
+            ]
         if self.stage is Stage.RELOADING:
             return ["reloading configuration"]
         if self.stage is Stage.STOPPING:
-            left = (f"{plural(len(self.ladder), 'VM')} left: {self._ladder_text('')}"
-                    if self.ladder else "all VMs stopped" if self.stopped_vms else "")
+            left = (
+                f"{plural(len(self.ladder), 'VM')} left: {self._ladder_text('')}"
+                if self.ladder
+                else "all VMs stopped"
+                if self.stopped_vms
+                else ""
+            )
             return [f"stopping ({self.reason})", left]
         if self.stage is Stage.STOPPED:
             if self.exit_status is not None:
@@ -195,10 +203,13 @@ class ServiceView:
             return ["stopped", "flushing the event log"]
         counts = self.state.worker_counts()
         vms = f"{counts.running}/{counts.total} VMs running" if counts.total else "running · no VMs"
-        return [vms,
-                plural(self.watchers(), "watcher"),
-                f"{counts.failed} failed" if counts.failed else "",
-                self._ladder_text("stopping"), self.note]
+        return [
+            vms,
+            plural(self.watchers(), "watcher"),
+            f"{counts.failed} failed" if counts.failed else "",
+            self._ladder_text("stopping"),
+            self.note,
+        ]
 
     def _ladder_text(self, prefix: str) -> str:
         if not self.ladder:
@@ -209,8 +220,9 @@ class ServiceView:
         return f"{prefix} {shown}{more}".strip() if prefix else f"{shown}{more}"
 
 
-def ladder_rung(name: str, fields: Mapping[str, object],
-                timeouts: TimeoutsConfig) -> tuple[str, float] | None:
+def ladder_rung(
+    name: str, fields: Mapping[str, object], timeouts: TimeoutsConfig
+) -> tuple[str, float] | None:
     """(label, seconds until the VM's next ladder event is due) for a stop-ladder event."""
     if name == "vm.shutdown_requested":
         return "stop requested", timeouts.total_ms / 1000
@@ -254,8 +266,10 @@ class LoopHealth:
         if pending <= 0 or self.bus.written_seq != self._written:
             self._written, self._progress = self.bus.written_seq, now
         elif now - self._progress > limit:
-            return (f"the event log writer has not moved for {now - self._progress:.1f} s "
-                    f"({plural(pending, 'event')} pending)")
+            return (
+                f"the event log writer has not moved for {now - self._progress:.1f} s "
+                f"({plural(pending, 'event')} pending)"
+            )
         return None
 
 
@@ -263,9 +277,15 @@ class SystemdNotifier:
     """Readiness, status, stop progress, reloads and watchdog pings for systemd. Run in the
     outer nursery (`await outer.start(notifier.run)`) and register `before_reload`."""
 
-    def __init__(self, bus: BusView, state: RuntimeState, *,
-                 watchers: Callable[[], int] = lambda: 0,
-                 env: Mapping[str, str] | None = None, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        bus: BusView,
+        state: RuntimeState,
+        *,
+        watchers: Callable[[], int] = lambda: 0,
+        env: Mapping[str, str] | None = None,
+        pid: int | None = None,
+    ) -> None:
         env = os.environ if env is None else env
         self.bus, self.state = bus, state
         self.socket = NotifySocket.from_env(env, on_error=self._socket_failed)
@@ -357,12 +377,17 @@ class SystemdNotifier:
                 self._report("watchdog pings to systemd resumed", "info")
         elif not self._withheld:
             self._withheld = True
-            self._report(f"withholding watchdog pings: {problem}; systemd restarts frameos "
-                         f"if this lasts {watchdog_s:g} s", "warn")
+            self._report(
+                f"withholding watchdog pings: {problem}; systemd restarts frameos "
+                f"if this lasts {watchdog_s:g} s",
+                "warn",
+            )
 
     def _socket_failed(self, text: str) -> None:
-        self._report(f"{text}; systemd gets no readiness, status or watchdog pings from frameos "
-                     f"while this lasts (said once)")
+        self._report(
+            f"{text}; systemd gets no readiness, status or watchdog pings from frameos "
+            f"while this lasts (said once)"
+        )
 
     def _report(self, text: str, severity: Severity = "warn") -> None:
         with contextlib.suppress(trio.ClosedResourceError):  # the run's last events are out

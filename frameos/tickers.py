@@ -45,9 +45,13 @@ async def heartbeat(bus: Bus, state: RuntimeState) -> None:
         state.heartbeats += 1
         state.last_heartbeat_mono = trio.current_time()
         state.last_heartbeat_lag_ms = lateness * 1000
-        await bus.publish(RuntimeHeartbeat(
-            uptime_seconds=round(state.uptime(), 3), server=state.server_url,
-            loop_lag_ms=round(lateness * 1000, 3)))
+        await bus.publish(
+            RuntimeHeartbeat(
+                uptime_seconds=round(state.uptime(), 3),
+                server=state.server_url,
+                loop_lag_ms=round(lateness * 1000, 3),
+            )
+        )
 
 
 async def metrics(bus: Bus, state: RuntimeState, ws_clients: Callable[[], int]) -> None:
@@ -57,13 +61,20 @@ async def metrics(bus: Bus, state: RuntimeState, ws_clients: Callable[[], int]) 
         await ticker.wait()
         state.metrics_ticks += 1
         stats = process_stats()
-        await bus.publish(RuntimeMetricsTick(
-            uptime_seconds=round(state.uptime(), 3),
-            metrics_interval_seconds=state.config.metrics_interval,
-            apps_loaded=state.apps_loaded, scenes_loaded=state.scenes_loaded,
-            rss_bytes=stats.rss_bytes, cpu_seconds=round(stats.cpu_seconds, 3),
-            open_fds=stats.open_fds, events_published=bus.published,
-            events_dropped=bus.dropped, ws_clients=ws_clients()))
+        await bus.publish(
+            RuntimeMetricsTick(
+                uptime_seconds=round(state.uptime(), 3),
+                metrics_interval_seconds=state.config.metrics_interval,
+                apps_loaded=state.apps_loaded,
+                scenes_loaded=state.scenes_loaded,
+                rss_bytes=stats.rss_bytes,
+                cpu_seconds=round(stats.cpu_seconds, 3),
+                open_fds=stats.open_fds,
+                events_published=bus.published,
+                events_dropped=bus.dropped,
+                ws_clients=ws_clients(),
+            )
+        )
 
 
 class ProcessStats:

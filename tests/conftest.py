@@ -39,8 +39,6 @@ def require_tools(*tools: str) -> None:
 # --- running the real `frameos` process ---------------------------------------------------------
 
 
-
-
 class Frameos:
     """A running `frameos` process whose JSON-lines stdout is parsed as it arrives."""
 
@@ -66,8 +64,13 @@ class Frameos:
         self.eof = True
         self._changed.set()
 
-    async def wait_for(self, name: str, pred: Callable[[dict[str, Any]], bool] | None = None,
-                       timeout: float = 15, start: int = 0) -> dict[str, Any]:
+    async def wait_for(
+        self,
+        name: str,
+        pred: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 15,
+        start: int = 0,
+    ) -> dict[str, Any]:
         """The first event named `name` (matching `pred`) at index ≥ start."""
         with trio.fail_after(timeout):
             index = start
@@ -111,8 +114,12 @@ def frameos_argv(*args: str) -> list[str]:
 
 def write_config(tmp_path: Path, **overrides: Any) -> Path:
     """A test config: ephemeral port, state in tmp_path, fast heartbeat."""
-    data: dict[str, Any] = {"frame_port": 0, "state_dir": str(tmp_path / "state"),
-                            "heartbeat_interval": 0.2, "metrics_interval": 60}
+    data: dict[str, Any] = {
+        "frame_port": 0,
+        "state_dir": str(tmp_path / "state"),
+        "heartbeat_interval": 0.2,
+        "metrics_interval": 60,
+    }
     data.update(overrides)
     path = tmp_path / "frame.json"
     path.write_text(json.dumps(data))
@@ -120,13 +127,15 @@ def write_config(tmp_path: Path, **overrides: Any) -> Path:
 
 
 @asynccontextmanager
-async def running_frameos(tmp_path: Path, *args: str, ready: bool = True,
-                          env: dict[str, str] | None = None) -> AsyncIterator[Frameos]:
+async def running_frameos(
+    tmp_path: Path, *args: str, ready: bool = True, env: dict[str, str] | None = None
+) -> AsyncIterator[Frameos]:
     """Start the real `frameos`, read its stdout, and make sure it is gone afterwards."""
     stderr_path = tmp_path / f"stderr-{len(list(tmp_path.glob('stderr-*')))}.txt"
     with stderr_path.open("wb") as stderr:
         proc = await trio.lowlevel.open_process(
-            frameos_argv(*args), stdout=subprocess.PIPE, stderr=stderr, env=env)
+            frameos_argv(*args), stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
     instance = Frameos(proc, stderr_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(instance.read_stdout)

@@ -28,15 +28,29 @@ def py(code: str, **step: object) -> dict[str, object]:
 
 
 def vm_with(steps: list[dict[str, object]], trigger: str = "auto", **extra: object) -> VmConfig:
-    return VmConfig.model_validate({
-        "name": "b", "command": ["true"], **extra,
-        "bootstrap": {"trigger": trigger, "steps": steps,
-                      "ssh": {"user": "root", "host": "10.0.0.2", "port": 2222,
-                              "identity": "/keys/id", "options": ["-o", "BatchMode=yes"]}}})
+    return VmConfig.model_validate(
+        {
+            "name": "b",
+            "command": ["true"],
+            **extra,
+            "bootstrap": {
+                "trigger": trigger,
+                "steps": steps,
+                "ssh": {
+                    "user": "root",
+                    "host": "10.0.0.2",
+                    "port": 2222,
+                    "identity": "/keys/id",
+                    "options": ["-o", "BatchMode=yes"],
+                },
+            },
+        }
+    )
 
 
-async def bootstrap(vm: VmConfig, tmp_path: Path,
-                    pub: RecordingPublisher | None = None) -> tuple[bool, RecordingPublisher]:
+async def bootstrap(
+    vm: VmConfig, tmp_path: Path, pub: RecordingPublisher | None = None
+) -> tuple[bool, RecordingPublisher]:
     pub = pub or RecordingPublisher()
     ctx = BootstrapContext(vm, VmPaths.of(vm, tmp_path), {"PATH": os.environ["PATH"]}, pub, 4321)
     return await run_bootstrap(ctx), pub
@@ -57,10 +71,15 @@ async def test_success_writes_stamp_then_noop(tmp_path: Path) -> None:
     vm = vm_with([py("print('one')", name="first"), py("print('two')", name="second")])
     ok, pub = await bootstrap(vm, tmp_path)
     assert ok
-    assert pub.names() == ["bootstrap.started", "message", "bootstrap.step", "message",
-                           "bootstrap.step", "bootstrap.completed"]
-    assert [getattr(e, "text", "") for e in pub.of("message")] == ["b/first: one",
-                                                                   "b/second: two"]
+    assert pub.names() == [
+        "bootstrap.started",
+        "message",
+        "bootstrap.step",
+        "message",
+        "bootstrap.step",
+        "bootstrap.completed",
+    ]
+    assert [getattr(e, "text", "") for e in pub.of("message")] == ["b/first: one", "b/second: two"]
     assert read_stamp(tmp_path / "bootstrap" / "b.stamp") == digest(vm)
     ok, pub = await bootstrap(vm, tmp_path)
     (done,) = pub.of("bootstrap.completed")
@@ -82,8 +101,7 @@ async def test_retries_then_failure_keeps_the_tail(tmp_path: Path) -> None:
     ok, pub = await bootstrap(vm, tmp_path)
     assert not ok
     steps = steps_of(pub)
-    assert [(s.status, s.attempt) for s in steps] == [("failed", 1), ("failed", 2),
-                                                      ("failed", 3)]
+    assert [(s.status, s.attempt) for s in steps] == [("failed", 1), ("failed", 2), ("failed", 3)]
     detail = steps[-1].detail or ""
     assert detail.startswith("exited with status 4; last output:\nline 10\n")
     assert detail.endswith("line 29")
@@ -95,10 +113,12 @@ async def test_retries_then_failure_keeps_the_tail(tmp_path: Path) -> None:
 
 async def test_hanging_step_times_out_and_its_group_dies(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild"
-    code = (f"import subprocess, time\n"
-            f"p = subprocess.Popen(['sleep', '60'])\n"
-            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
-            f"print('hanging', flush=True)\ntime.sleep(60)")
+    code = (
+        f"import subprocess, time\n"
+        f"p = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        f"print('hanging', flush=True)\ntime.sleep(60)"
+    )
     vm = vm_with([py(code, name="hang", timeout_ms=1500), py("print('never')", name="after")])
     with trio.fail_after(10):
         ok, pub = await bootstrap(vm, tmp_path)
@@ -129,17 +149,25 @@ async def test_output_is_bounded(tmp_path: Path) -> None:
 
 
 async def test_ssh_metadata_reaches_steps(tmp_path: Path) -> None:
-    code = ("import os\nfor k in sorted(os.environ):\n"
-            "    if k.startswith('FRAMEOS_'): print(k + '=' + os.environ[k])")
+    code = (
+        "import os\nfor k in sorted(os.environ):\n"
+        "    if k.startswith('FRAMEOS_'): print(k + '=' + os.environ[k])"
+    )
     vm = vm_with([py(code)], base_image=str(tmp_path / "base.qcow2"))
     ok, pub = await bootstrap(vm, tmp_path)
     assert ok
     lines = {getattr(e, "text", "").removeprefix("b/s: ") for e in pub.of("message")}
     assert lines == {
-        "FRAMEOS_SSH_USER=root", "FRAMEOS_SSH_HOST=10.0.0.2", "FRAMEOS_SSH_PORT=2222",
-        "FRAMEOS_SSH_IDENTITY=/keys/id", "FRAMEOS_SSH_OPTIONS=-o BatchMode=yes",
-        "FRAMEOS_VM=b", "FRAMEOS_VM_PID=4321", f"FRAMEOS_QMP_SOCKET={tmp_path}/vms/b.qmp",
-        f"FRAMEOS_OVERLAY={tmp_path}/overlays/b.qcow2"}
+        "FRAMEOS_SSH_USER=root",
+        "FRAMEOS_SSH_HOST=10.0.0.2",
+        "FRAMEOS_SSH_PORT=2222",
+        "FRAMEOS_SSH_IDENTITY=/keys/id",
+        "FRAMEOS_SSH_OPTIONS=-o BatchMode=yes",
+        "FRAMEOS_VM=b",
+        "FRAMEOS_VM_PID=4321",
+        f"FRAMEOS_QMP_SOCKET={tmp_path}/vms/b.qmp",
+        f"FRAMEOS_OVERLAY={tmp_path}/overlays/b.qcow2",
+    }
 
 
 async def test_cancelled_bootstrap_reports_failure(tmp_path: Path) -> None:
@@ -158,7 +186,8 @@ def test_digest_covers_inputs(tmp_path: Path) -> None:
     script = tmp_path / "provision.sh"
     script.write_text("echo 1\n")
     steps = BootstrapConfig.model_validate(
-        {"steps": [{"name": "p", "command": ["sh", "provision.sh"]}]})
+        {"steps": [{"name": "p", "command": ["sh", "provision.sh"]}]}
+    )
     vm = VmConfig(name="c", command=["true"], cwd=tmp_path, bootstrap=steps)
     before = digest(vm)
     assert digest(vm) == before
@@ -172,27 +201,50 @@ def test_decide_and_planned(tmp_path: Path) -> None:
     assert decide(vm, "sha256:other")[0] is True
     assert decide(vm, digest(vm))[0] is False
     plan = planned(vm, tmp_path)
-    assert (plan.action, plan.trigger, plan.steps, plan.ssh.port) == ("would_run", "auto",
-                                                                      ["s"], 2222)
+    assert (plan.action, plan.trigger, plan.steps, plan.ssh.port) == (
+        "would_run",
+        "auto",
+        ["s"],
+        2222,
+    )
     bare = planned(VmConfig(name="d", command=["true"]), tmp_path)
-    assert (bare.action, bare.steps, bare.reason) == ("would_skip", [],
-                                                      "no bootstrap steps configured")
+    assert (bare.action, bare.steps, bare.reason) == (
+        "would_skip",
+        [],
+        "no bootstrap steps configured",
+    )
 
 
 def test_check_plan_prints_plans_and_changes_nothing(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    config = {"state_dir": str(state), "vms": [
-        {"name": "a", "command": ["true"],
-         "bootstrap": {"steps": [{"name": "x", "command": ["true"]}]}},
-        {"name": "b", "command": ["true"]}]}
+    config = {
+        "state_dir": str(state),
+        "vms": [
+            {
+                "name": "a",
+                "command": ["true"],
+                "bootstrap": {"steps": [{"name": "x", "command": ["true"]}]},
+            },
+            {"name": "b", "command": ["true"]},
+        ],
+    }
     path = tmp_path / "frame.json"
     path.write_text(json.dumps(config))
-    out = subprocess.run([PY, "-m", "frameos", "check", "--plan", "--config", str(path),
-                          "--output", "json"], capture_output=True, check=False, timeout=30)
+    out = subprocess.run(
+        [PY, "-m", "frameos", "check", "--plan", "--config", str(path), "--output", "json"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["runtime:check_ok", "bootstrap.planned",
-                                           "bootstrap.planned"]
+    assert [e["event"] for e in events] == [
+        "runtime:check_ok",
+        "bootstrap.planned",
+        "bootstrap.planned",
+    ]
     assert [(e["fields"]["vm"], e["fields"]["action"]) for e in events[1:]] == [
-        ("a", "would_run"), ("b", "would_skip")]
+        ("a", "would_run"),
+        ("b", "would_skip"),
+    ]
     assert not state.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import trio
 
@@ -76,7 +77,7 @@ async def test_slow_sink_drops_with_a_count_and_a_later_message(tmp_path: Path) 
 
     class SlowSink(QueueSink):
         name = "slow sink"
-        written: list[Envelope] = []
+        written: ClassVar[list[Envelope]] = []
 
         def write(self, batch: list[Envelope]) -> None:
             trio.from_thread.run(release.wait)

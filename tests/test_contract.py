@@ -22,16 +22,44 @@ EVENTS_DOC = ROOT / "docs" / "events.md"
 UPDATE = os.environ.get("FRAMEOS_UPDATE_GOLDEN") == "1"
 
 SPEC_NAMES = {
-    "runtime:start", "runtime:ready", "runtime:heartbeat", "runtime:metrics_tick",
-    "runtime:stopping", "runtime:stop", "runtime:reload", "runtime:check_ok",
-    "runtime:check_failed", "runtime:parity_ok", "runtime:parity_failed", "message",
-    "vm.overlay_prepared", "vm.layer_discarded", "vm.launched", "vm.exited",
-    "vm.restart_scheduled", "vm.gave_up", "vm.shutdown_requested", "vm.cooperative_attempted",
-    "vm.cooperative_succeeded", "vm.cooperative_timed_out", "vm.shutdown_escalated",
-    "vm.shutdown_complete", "bootstrap.planned", "bootstrap.started", "bootstrap.step",
-    "bootstrap.completed", "bootstrap.failed", "cleanup.progress", "command.accepted",
-    "command.rejected", "command.completed", "command.failed", "worker.registered",
-    "worker.status", "worker.stale", "summary",
+    "runtime:start",
+    "runtime:ready",
+    "runtime:heartbeat",
+    "runtime:metrics_tick",
+    "runtime:stopping",
+    "runtime:stop",
+    "runtime:reload",
+    "runtime:check_ok",
+    "runtime:check_failed",
+    "runtime:parity_ok",
+    "runtime:parity_failed",
+    "message",
+    "vm.overlay_prepared",
+    "vm.layer_discarded",
+    "vm.launched",
+    "vm.exited",
+    "vm.restart_scheduled",
+    "vm.gave_up",
+    "vm.shutdown_requested",
+    "vm.cooperative_attempted",
+    "vm.cooperative_succeeded",
+    "vm.cooperative_timed_out",
+    "vm.shutdown_escalated",
+    "vm.shutdown_complete",
+    "bootstrap.planned",
+    "bootstrap.started",
+    "bootstrap.step",
+    "bootstrap.completed",
+    "bootstrap.failed",
+    "cleanup.progress",
+    "command.accepted",
+    "command.rejected",
+    "command.completed",
+    "command.failed",
+    "worker.registered",
+    "worker.status",
+    "worker.stale",
+    "summary",
 }
 
 
@@ -40,15 +68,17 @@ def test_every_spec_event_is_declared_once() -> None:
 
 
 def test_contract_command_prints_the_golden_contract() -> None:
-    result = subprocess.run(frameos_argv("contract"), capture_output=True, text=True,
-                            check=True, timeout=30)
+    result = subprocess.run(
+        frameos_argv("contract"), capture_output=True, text=True, check=True, timeout=30
+    )
     printed = json.loads(result.stdout)
     assert printed == build()
     if UPDATE:
         GOLDEN.write_text(json.dumps(printed, indent=2, sort_keys=True) + "\n")
     assert printed == json.loads(GOLDEN.read_text()), (
         "the contract changed: if intended, run FRAMEOS_UPDATE_GOLDEN=1 pytest "
-        "tests/test_contract.py and review the diff")
+        "tests/test_contract.py and review the diff"
+    )
 
 
 def test_command_event_fields_come_from_the_models() -> None:
@@ -56,7 +86,8 @@ def test_command_event_fields_come_from_the_models() -> None:
     for command in COMMANDS:
         for name in command.events:
             assert contract["command_event_fields"][command.name][name] == field_names(
-                REGISTRY[name])
+                REGISTRY[name]
+            )
     assert contract["events"]["worker.status"]["fields"] == ["worker_id", "from", "to"]
 
 

@@ -23,16 +23,20 @@ async def http_get(url: str) -> tuple[int, bytes]:
     host, port = host_port.rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
-        await stream.send_all(f"GET /{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-                              .encode())
+        await stream.send_all(
+            f"GET /{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+        )
         data = b""
         # read by content-length: hypercorn 0.18 does not close after `connection: close`
         with trio.fail_after(5):
             while chunk := await stream.receive_some(65536):
                 data += chunk
                 head, _, body = data.partition(b"\r\n\r\n")
-                length = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")]
+                length = [
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ]
                 if length and len(body) >= length[0]:
                     break
     head, _, body = data.partition(b"\r\n\r\n")
@@ -78,8 +82,7 @@ async def test_stdout_and_event_log_hold_the_same_bytes(tmp_path: Path) -> None:
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-async def test_seq_continues_across_restarts_and_a_torn_tail_is_recovered(
-        tmp_path: Path) -> None:
+async def test_seq_continues_across_restarts_and_a_torn_tail_is_recovered(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     log = tmp_path / "state" / "events.jsonl"
     async with running_frameos(tmp_path, "run", "--config", str(config)) as first:
@@ -99,8 +102,7 @@ async def test_seq_continues_across_restarts_and_a_torn_tail_is_recovered(
     assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate, nothing renumbered
 
 
-async def test_sighup_reports_changes_and_keeps_the_old_config_on_error(
-        tmp_path: Path) -> None:
+async def test_sighup_reports_changes_and_keeps_the_old_config_on_error(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
         data = json.loads(config.read_text())
@@ -125,12 +127,25 @@ async def test_sighup_reports_changes_and_keeps_the_old_config_on_error(
 
 async def test_second_sigint_forces_the_stop(tmp_path: Path) -> None:
     armed = tmp_path / "armed"
-    stubborn = [sys.executable, "-c",
-                "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "open(sys.argv[1], 'w').close(); time.sleep(600)", str(armed)]
-    config = write_config(tmp_path, shutdown_timeout_s=30, vms=[{
-        "name": "stubborn", "command": stubborn, "cooperative": {"method": "none"},
-        "timeouts": {"cooperative_ms": 0, "sigterm_ms": 20000, "sigkill_ms": 1000}}])
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').close(); time.sleep(600)",
+        str(armed),
+    ]
+    config = write_config(
+        tmp_path,
+        shutdown_timeout_s=30,
+        vms=[
+            {
+                "name": "stubborn",
+                "command": stubborn,
+                "cooperative": {"method": "none"},
+                "timeouts": {"cooperative_ms": 0, "sigterm_ms": 20000, "sigkill_ms": 1000},
+            }
+        ],
+    )
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
         launched = await fos.wait_for("vm.launched")
         with trio.fail_after(10):
@@ -147,19 +162,24 @@ async def test_second_sigint_forces_the_stop(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(frameos_argv(*args), capture_output=True, text=True, check=False,
-                          timeout=30, cwd=cwd)
+    return subprocess.run(
+        frameos_argv(*args), capture_output=True, text=True, check=False, timeout=30, cwd=cwd
+    )
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "invalid JSON at line 1 column 2"),
-    ('{"frame_port": "x"}', 'frame_port: expected an integer, found "x"'),
-    ('{"frame_port": 99999}', "frame_port: expected a value ≤ 65535, found 99999"),
-    ('{"assets_path": "relative"}', "assets_path: expected an absolute path"),
-    ('{"framePrt": 1}', "framePrt: unknown key; did you mean 'frame_port'?"),
-])
-def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: Path, content: str,
-                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "invalid JSON at line 1 column 2"),
+        ('{"frame_port": "x"}', 'frame_port: expected an integer, found "x"'),
+        ('{"frame_port": 99999}', "frame_port: expected a value ≤ 65535, found 99999"),
+        ('{"assets_path": "relative"}', "assets_path: expected an absolute path"),
+        ('{"framePrt": 1}', "framePrt: unknown key; did you mean 'frame_port'?"),
+    ],
+)
+def test_bad_config_refuses_to_start_with_a_clear_message(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "frame.json"
     path.write_text(content)
     for command in ("run", "check"):
@@ -180,10 +200,16 @@ def test_missing_config_points_at_the_demo(tmp_path: Path) -> None:
     assert result.returncode == 1 and "nope.json: file not found" in result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("run", "--output", "xml"), ("bogus",), ("run", "--no-such-flag"), ("check", "--config"),
-    ("parity", "--probe-timeout", "soon"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--output", "xml"),
+        ("bogus",),
+        ("run", "--no-such-flag"),
+        ("check", "--config"),
+        ("parity", "--probe-timeout", "soon"),
+    ],
+)
 def test_bad_flags_exit_2_naming_the_flag(args: tuple[str, ...]) -> None:
     result = run_cli(*args)
     assert result.returncode == 2

@@ -70,8 +70,11 @@ async def gone(*pids: int) -> None:
 
 
 def fields(fos: Frameos, name: str, vm: str | None = None) -> list[dict[str, Any]]:
-    return [e["fields"] for e in fos.events
-            if e["event"] == name and (vm is None or e["fields"].get("vm") == vm)]
+    return [
+        e["fields"]
+        for e in fos.events
+        if e["event"] == name and (vm is None or e["fields"].get("vm") == vm)
+    ]
 
 
 def run_args(path: Path) -> tuple[str, ...]:
@@ -86,19 +89,47 @@ def launched_pids(fos: Frameos, reaper: list[int]) -> dict[str, int]:
 
 async def test_crash_loop_bad_input_and_bystanders(tmp_path: Path, reaper: list[int]) -> None:
     vms = [
-        {"name": "crashy", "command": ["sh", "-c", "exit 7"], "timeouts": QUICK,
-         "restart": {"backoff_initial_ms": 100, "backoff_max_ms": 400, "max_restarts": 4}},
-        {"name": "steady", "command": POLITE_SH, "timeouts": QUICK,
-         "cooperative": {"method": "signal"}},
-        {"name": "nocmd", "command": ["/nonexistent/prog"], "restart": {"policy": "temporary"},
-         "timeouts": QUICK},
-        {"name": "nobase", "command": ["sh", "-c", "sleep 1000", "{overlay}"], "timeouts": QUICK,
-         "base_image": "/nonexistent/base.qcow2", "restart": {"policy": "temporary"}},
-        {"name": "hangboot", "command": POLITE_SH, "timeouts": QUICK,
-         "cooperative": {"method": "signal"},
-         "bootstrap": {"trigger": "always", "steps": [
-             {"name": "hang", "command": ["sh", "-c", "echo waiting; exec sleep 1000"],
-              "timeout_ms": 500}]}},
+        {
+            "name": "crashy",
+            "command": ["sh", "-c", "exit 7"],
+            "timeouts": QUICK,
+            "restart": {"backoff_initial_ms": 100, "backoff_max_ms": 400, "max_restarts": 4},
+        },
+        {
+            "name": "steady",
+            "command": POLITE_SH,
+            "timeouts": QUICK,
+            "cooperative": {"method": "signal"},
+        },
+        {
+            "name": "nocmd",
+            "command": ["/nonexistent/prog"],
+            "restart": {"policy": "temporary"},
+            "timeouts": QUICK,
+        },
+        {
+            "name": "nobase",
+            "command": ["sh", "-c", "sleep 1000", "{overlay}"],
+            "timeouts": QUICK,
+            "base_image": "/nonexistent/base.qcow2",
+            "restart": {"policy": "temporary"},
+        },
+        {
+            "name": "hangboot",
+            "command": POLITE_SH,
+            "timeouts": QUICK,
+            "cooperative": {"method": "signal"},
+            "bootstrap": {
+                "trigger": "always",
+                "steps": [
+                    {
+                        "name": "hang",
+                        "command": ["sh", "-c", "echo waiting; exec sleep 1000"],
+                        "timeout_ms": 500,
+                    }
+                ],
+            },
+        },
     ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
     async with running_frameos(tmp_path, *run_args(path)) as fos:
@@ -107,13 +138,20 @@ async def test_crash_loop_bad_input_and_bystanders(tmp_path: Path, reaper: list[
         await fos.wait_for("bootstrap.failed")
         launched_pids(fos, reaper)
         assert [f["backoff_ms"] for f in fields(fos, "vm.restart_scheduled", "crashy")] == [
-            100, 200, 400, 400]
+            100,
+            200,
+            400,
+            400,
+        ]
         assert fields(fos, "vm.gave_up") == [{"vm": "crashy", "restarts": 4, "window_s": 60.0}]
         texts = [f["text"] for f in fields(fos, "message")]
-        assert any("nocmd: launch 1 failed: command '/nonexistent/prog' not found" in t
-                   for t in texts)
-        assert any("nobase: launch 1 failed: base image /nonexistent/base.qcow2 does not exist"
-                   in t for t in texts)
+        assert any(
+            "nocmd: launch 1 failed: command '/nonexistent/prog' not found" in t for t in texts
+        )
+        assert any(
+            "nobase: launch 1 failed: base image /nonexistent/base.qcow2 does not exist" in t
+            for t in texts
+        )
         (step,) = fields(fos, "bootstrap.step", "hangboot")
         assert step["detail"] == "timed out after 500 ms; last output:\nwaiting"
         assert len(fields(fos, "vm.launched", "steady")) == 1
@@ -134,13 +172,23 @@ async def test_crash_loop_bad_input_and_bystanders(tmp_path: Path, reaper: list[
 
 
 async def test_sigkilled_child_restarts_and_stubborn_group_dies(
-        tmp_path: Path, reaper: list[int]) -> None:
+    tmp_path: Path, reaper: list[int]
+) -> None:
     gc_file = tmp_path / "grandchild.pid"
     vms = [
-        {"name": "victim", "command": POLITE_SH, "cooperative": {"method": "signal"},
-         "timeouts": QUICK, "restart": {"backoff_initial_ms": 0}},
-        {"name": "stubborn", "command": stubborn_sh(gc_file), "cooperative": {"method": "none"},
-         "timeouts": {"cooperative_ms": 500, "sigterm_ms": 300, "sigkill_ms": 1000}},
+        {
+            "name": "victim",
+            "command": POLITE_SH,
+            "cooperative": {"method": "signal"},
+            "timeouts": QUICK,
+            "restart": {"backoff_initial_ms": 0},
+        },
+        {
+            "name": "stubborn",
+            "command": stubborn_sh(gc_file),
+            "cooperative": {"method": "none"},
+            "timeouts": {"cooperative_ms": 500, "sigterm_ms": 300, "sigkill_ms": 1000},
+        },
     ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
     async with running_frameos(tmp_path, *run_args(path)) as fos:
@@ -161,12 +209,19 @@ async def test_sigkilled_child_restarts_and_stubborn_group_dies(
         assert await fos.wait_exit() == 0
     stubborn = [e["event"] for e in fos.events if e["fields"].get("vm") == "stubborn"]
     assert stubborn[1:] == [
-        "vm.shutdown_requested", "vm.cooperative_attempted", "vm.cooperative_timed_out",
-        "vm.shutdown_escalated", "vm.shutdown_escalated", "vm.shutdown_complete", "vm.exited"]
+        "vm.shutdown_requested",
+        "vm.cooperative_attempted",
+        "vm.cooperative_timed_out",
+        "vm.shutdown_escalated",
+        "vm.shutdown_escalated",
+        "vm.shutdown_complete",
+        "vm.exited",
+    ]
     (done,) = fields(fos, "vm.shutdown_complete", "stubborn")
     assert done["outcome"] == "forced"
     assert fields(fos, "vm.cooperative_timed_out", "stubborn")[0]["reason"] == (
-        "channel_unavailable")
+        "channel_unavailable"
+    )
     await gone(pids["stubborn"], grandchild)
 
 
@@ -176,13 +231,24 @@ async def test_killed_frameos_leaves_no_orphans(tmp_path: Path, reaper: list[int
     await trio.run_process(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"])
     gc_file = tmp_path / "grandchild.pid"
     vms = [
-        {"name": "disk", "command": [*stubborn_sh(gc_file), "disk", "{overlay}"],
-         "base_image": str(base), "cooperative": {"method": "none"},
-         "timeouts": {"cooperative_ms": 0, "sigterm_ms": 300, "sigkill_ms": 1000}},
-        {"name": "polite", "command": [
-            sys.executable, "-c", "import signal, sys, time\n"
-            "signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\ntime.sleep(1000)"],
-         "cooperative": {"method": "signal"}, "timeouts": QUICK},
+        {
+            "name": "disk",
+            "command": [*stubborn_sh(gc_file), "disk", "{overlay}"],
+            "base_image": str(base),
+            "cooperative": {"method": "none"},
+            "timeouts": {"cooperative_ms": 0, "sigterm_ms": 300, "sigkill_ms": 1000},
+        },
+        {
+            "name": "polite",
+            "command": [
+                sys.executable,
+                "-c",
+                "import signal, sys, time\n"
+                "signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\ntime.sleep(1000)",
+            ],
+            "cooperative": {"method": "signal"},
+            "timeouts": QUICK,
+        },
     ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
     overlay = tmp_path / "state" / "overlays" / "disk.qcow2"
@@ -191,8 +257,7 @@ async def test_killed_frameos_leaves_no_orphans(tmp_path: Path, reaper: list[int
         with trio.fail_after(5):
             while not gc_file.exists():
                 await trio.sleep(0.01)
-        old = {pid for pgid in pids.values() for pid in
-               (m.pid for m in procfs.group_members(pgid))}
+        old = {pid for pgid in pids.values() for pid in (m.pid for m in procfs.group_members(pgid))}
         first.send(signal.SIGKILL)
         await first.wait_exit()
     assert len(old) == 3
@@ -204,7 +269,8 @@ async def test_killed_frameos_leaves_no_orphans(tmp_path: Path, reaper: list[int
         texts = [f["text"] for f in fields(second, "message")]
         assert sum("left running by a previous frameos" in t for t in texts) == 2
         assert fields(second, "vm.shutdown_requested", "disk")[0]["reason"] == (
-            "orphan of a previous frameos instance")
+            "orphan of a previous frameos instance"
+        )
         assert fields(second, "vm.shutdown_complete", "polite")[0]["outcome"] == "graceful"
         assert fields(second, "vm.shutdown_complete", "disk")[0]["outcome"] == "forced"
         (discarded,) = fields(second, "vm.layer_discarded", "disk")
@@ -220,10 +286,18 @@ async def test_killed_frameos_leaves_no_orphans(tmp_path: Path, reaper: list[int
 
 async def test_on_exhausted_exit_stops_the_service(tmp_path: Path, reaper: list[int]) -> None:
     vms = [
-        {"name": "fatal", "command": ["sh", "-c", "exit 1"], "timeouts": QUICK,
-         "restart": {"backoff_initial_ms": 50, "max_restarts": 1, "on_exhausted": "exit"}},
-        {"name": "bystander", "command": POLITE_SH, "cooperative": {"method": "signal"},
-         "timeouts": QUICK},
+        {
+            "name": "fatal",
+            "command": ["sh", "-c", "exit 1"],
+            "timeouts": QUICK,
+            "restart": {"backoff_initial_ms": 50, "max_restarts": 1, "on_exhausted": "exit"},
+        },
+        {
+            "name": "bystander",
+            "command": POLITE_SH,
+            "cooperative": {"method": "signal"},
+            "timeouts": QUICK,
+        },
     ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
     async with running_frameos(tmp_path, *run_args(path), ready=False) as fos:
@@ -235,22 +309,38 @@ async def test_on_exhausted_exit_stops_the_service(tmp_path: Path, reaper: list[
     assert fields(fos, "summary")[0]["exit_status"] == 3
 
 
-@pytest.mark.parametrize(("vms", "where", "what"), [
-    ([{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}], "vms[1].name",
-     "duplicate VM name 'a'"),
-    ([{"name": "a", "command": ["x"], "timeouts": {"sigkill_ms": 10}}],
-     "vms[0].timeouts.sigkill_ms", "expected a value ≥ 1000, found 10"),
-    ([{"name": "a", "command": ["x"], "timeouts": {"cooperative_ms": 60_000}}],
-     "vms[0].timeouts", "the stop ladder takes up to 75 s, which does not fit in "
-     "shutdown_timeout_s (40 s)"),
-])
-def test_bad_vm_config_is_refused(tmp_path: Path, vms: list[dict[str, Any]], where: str,
-                                  what: str) -> None:
+@pytest.mark.parametrize(
+    ("vms", "where", "what"),
+    [
+        (
+            [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}],
+            "vms[1].name",
+            "duplicate VM name 'a'",
+        ),
+        (
+            [{"name": "a", "command": ["x"], "timeouts": {"sigkill_ms": 10}}],
+            "vms[0].timeouts.sigkill_ms",
+            "expected a value ≥ 1000, found 10",
+        ),
+        (
+            [{"name": "a", "command": ["x"], "timeouts": {"cooperative_ms": 60_000}}],
+            "vms[0].timeouts",
+            "the stop ladder takes up to 75 s, which does not fit in shutdown_timeout_s (40 s)",
+        ),
+    ],
+)
+def test_bad_vm_config_is_refused(
+    tmp_path: Path, vms: list[dict[str, Any]], where: str, what: str
+) -> None:
     path = write_config(tmp_path, vms=vms)
     for command in ("check", "run"):
-        out = subprocess.run([sys.executable, "-m", "frameos", command, "--config", str(path),
-                              "--output", "json"], capture_output=True, text=True, timeout=30,
-                             check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "frameos", command, "--config", str(path), "--output", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert out.returncode == 1
         assert f"{where}: {what}" in out.stderr
         assert "Traceback" not in out.stderr

@@ -14,8 +14,9 @@ from frameos.events import Message
 
 
 def lines(first: int, count: int) -> bytes:
-    return b"".join(encode(Message(text=f"m{seq}"), seq, 1.0).line
-                    for seq in range(first, first + count))
+    return b"".join(
+        encode(Message(text=f"m{seq}"), seq, 1.0).line for seq in range(first, first + count)
+    )
 
 
 def test_append_and_reopen_continues_seq(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
 
 def test_unopenable_path_says_how_to_fix(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(EventLogError, match="cannot open.*--event-log"):
+    with pytest.raises(EventLogError, match=r"cannot open.*--event-log"):
         EventLog(tmp_path / "file" / "events.jsonl").open()
 
 
@@ -78,7 +79,9 @@ def test_rotation_keeps_files_and_reads_across_them(tmp_path: Path) -> None:
     assert oldest is not None and oldest > 1  # the oldest files were dropped
     got = [decode(line).seq for line in log.read_after(oldest - 1, 10_000)]
     assert got == list(range(oldest, 201))
-    assert [decode(line).seq for line in log.read_after(oldest + 9, 5)] == list(range(oldest + 10, oldest + 15))
+    assert [decode(line).seq for line in log.read_after(oldest + 9, 5)] == list(
+        range(oldest + 10, oldest + 15)
+    )
     log.close()
     reopened = EventLog(path, max_bytes=2000, keep=2)
     assert reopened.open().last_seq == 200

@@ -19,8 +19,12 @@ TIMEOUTS = TimeoutsConfig(cooperative_ms=2000, sigterm_ms=1000, sigkill_ms=1000)
 SIGINT, SIGTERM, SIGKILL = int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGKILL)
 
 
-async def stop(child: FakeChild, pub: RecordingPublisher, request: Request | None = None,
-               method: Method = "signal") -> LadderResult:
+async def stop(
+    child: FakeChild,
+    pub: RecordingPublisher,
+    request: Request | None = None,
+    method: Method = "signal",
+) -> LadderResult:
     if request is None:
         request = request_for(method, child, sig="SIGINT")
     ladder = Ladder("a", child, method=method, request=request, timeouts=TIMEOUTS, publisher=pub)
@@ -44,8 +48,12 @@ async def test_cooperative_success(autojump_clock: trio.testing.MockClock) -> No
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery, {SIGINT: 0.3})
         result = await stop(child, pub)
-    assert pub.names() == ["vm.shutdown_requested", "vm.cooperative_attempted",
-                           "vm.cooperative_succeeded", "vm.shutdown_complete"]
+    assert pub.names() == [
+        "vm.shutdown_requested",
+        "vm.cooperative_attempted",
+        "vm.cooperative_succeeded",
+        "vm.shutdown_complete",
+    ]
     assert result == LadderResult("graceful", 300, changed=True, exited=True)
     assert child.signals == [SIGINT]
     assert complete(pub).outcome == "graceful"
@@ -57,9 +65,13 @@ async def test_cooperative_timeout_then_sigterm(autojump_clock: trio.testing.Moc
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery, {SIGTERM: 0.2})
         result = await stop(child, pub)
-    assert pub.names() == ["vm.shutdown_requested", "vm.cooperative_attempted",
-                           "vm.cooperative_timed_out", "vm.shutdown_escalated",
-                           "vm.shutdown_complete"]
+    assert pub.names() == [
+        "vm.shutdown_requested",
+        "vm.cooperative_attempted",
+        "vm.cooperative_timed_out",
+        "vm.shutdown_escalated",
+        "vm.shutdown_complete",
+    ]
     assert timed_out(pub).reason == "timeout_expired"
     assert timed_out(pub).waited_ms == 2000
     assert result.outcome == "forced"
@@ -68,7 +80,8 @@ async def test_cooperative_timeout_then_sigterm(autojump_clock: trio.testing.Moc
 
 
 async def test_channel_unavailable_escalates_at_once(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     pub = RecordingPublisher()
 
     async def no_socket() -> None:
@@ -98,8 +111,7 @@ async def test_channel_error(autojump_clock: trio.testing.MockClock) -> None:
     assert timed_out(pub).waited_ms == 50
 
 
-async def test_method_none_goes_straight_to_sigterm(
-        autojump_clock: trio.testing.MockClock) -> None:
+async def test_method_none_goes_straight_to_sigterm(autojump_clock: trio.testing.MockClock) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery, {SIGTERM: 0})
@@ -116,8 +128,9 @@ async def test_sigterm_ignored_then_sigkill(autojump_clock: trio.testing.MockClo
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery)  # honours only SIGKILL
         result = await stop(child, pub)
-    escalations = [e.signal for e in pub.of("vm.shutdown_escalated")
-                   if isinstance(e, ev.VmShutdownEscalated)]
+    escalations = [
+        e.signal for e in pub.of("vm.shutdown_escalated") if isinstance(e, ev.VmShutdownEscalated)
+    ]
     assert escalations == ["SIGTERM", "SIGKILL"]
     assert child.signals == [SIGINT, SIGTERM, SIGKILL]
     assert result == LadderResult("forced", 3000, changed=True, exited=True)
@@ -125,7 +138,8 @@ async def test_sigterm_ignored_then_sigkill(autojump_clock: trio.testing.MockClo
 
 
 async def test_unkillable_is_reported_not_waited_twice(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery, unkillable=True)
@@ -136,8 +150,7 @@ async def test_unkillable_is_reported_not_waited_twice(
     assert any("still there" in getattr(e, "text", "") for e in pub.of("message"))
 
 
-async def test_exit_mid_ladder_during_sigterm_rung(
-        autojump_clock: trio.testing.MockClock) -> None:
+async def test_exit_mid_ladder_during_sigterm_rung(autojump_clock: trio.testing.MockClock) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         child = FakeChild(nursery)
@@ -173,10 +186,12 @@ async def test_already_exited(autojump_clock: trio.testing.MockClock) -> None:
     assert child.leftover_kills == 1
 
 
-@pytest.mark.parametrize(("cancel_at", "rung"), [
-    (0.5, "cooperative"), (2.5, "SIGTERM"), (3.5, "SIGKILL")])
+@pytest.mark.parametrize(
+    ("cancel_at", "rung"), [(0.5, "cooperative"), (2.5, "SIGTERM"), (3.5, "SIGKILL")]
+)
 async def test_cancellation_in_each_rung_leaves_nothing_alive(
-        autojump_clock: trio.testing.MockClock, cancel_at: float, rung: str) -> None:
+    autojump_clock: trio.testing.MockClock, cancel_at: float, rung: str
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         # ignores everything; in the SIGKILL case, SIGKILL takes 0.8 s to land

@@ -19,9 +19,18 @@ pytestmark = [pytest.mark.qemu, pytest.mark.e2e]
 
 
 def qemu_argv(drive: str, qmp: str) -> list[str]:
-    return ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-machine", "none",
-            "-blockdev", f"driver=qcow2,file.driver=file,file.filename={drive},node-name=disk0",
-            "-qmp", f"unix:{qmp},server=on,wait=off"]
+    return [
+        "qemu-system-x86_64",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-machine",
+        "none",
+        "-blockdev",
+        f"driver=qcow2,file.driver=file,file.filename={drive},node-name=disk0",
+        "-qmp",
+        f"unix:{qmp},server=on,wait=off",
+    ]
 
 
 @pytest.fixture
@@ -49,18 +58,26 @@ async def test_qmp_handshake_with_real_qemu(base: Path, tmp_path: Path) -> None:
 
 
 async def test_qemu_vm_through_the_whole_ladder(base: Path, tmp_path: Path) -> None:
-    vms = [{"name": "q", "command": qemu_argv("{overlay}", "{qmp_socket}"),
+    vms = [
+        {
+            "name": "q",
+            "command": qemu_argv("{overlay}", "{qmp_socket}"),
             "base_image": str(base),
-            "timeouts": {"cooperative_ms": 800, "sigterm_ms": 5000, "sigkill_ms": 1000}}]
+            "timeouts": {"cooperative_ms": 800, "sigterm_ms": 5000, "sigkill_ms": 1000},
+        }
+    ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
     overlay = tmp_path / "state" / "overlays" / "q.qcow2"
-    async with running_frameos(tmp_path, "run", "--config", str(path), "--output",
-                               "json") as fos:
+    async with running_frameos(tmp_path, "run", "--config", str(path), "--output", "json") as fos:
         prepared = await fos.wait_for("vm.overlay_prepared")
-        assert prepared["fields"] == {"vm": "q", "overlay_path": str(overlay),
-                                      "base_image": str(base)}
-        result = await trio.run_process(["qemu-img", "info", "-U", "--output=json",
-                                         str(overlay)], capture_stdout=True)
+        assert prepared["fields"] == {
+            "vm": "q",
+            "overlay_path": str(overlay),
+            "base_image": str(base),
+        }
+        result = await trio.run_process(
+            ["qemu-img", "info", "-U", "--output=json", str(overlay)], capture_stdout=True
+        )
         info = json.loads(result.stdout)
         assert info["backing-filename"] == str(base)
         assert info["backing-filename-format"] == "qcow2"
@@ -70,11 +87,20 @@ async def test_qemu_vm_through_the_whole_ladder(base: Path, tmp_path: Path) -> N
                 await trio.sleep(0.01)
         fos.send(signal.SIGTERM)
         assert await fos.wait_exit() == 0
-    ladder = [e for e in fos.events if e["fields"].get("vm") == "q"
-              and e["event"] not in ("vm.overlay_prepared", "vm.launched")]
+    ladder = [
+        e
+        for e in fos.events
+        if e["fields"].get("vm") == "q" and e["event"] not in ("vm.overlay_prepared", "vm.launched")
+    ]
     assert [e["event"] for e in ladder] == [
-        "vm.shutdown_requested", "vm.cooperative_attempted", "vm.cooperative_timed_out",
-        "vm.shutdown_escalated", "vm.shutdown_complete", "vm.exited", "vm.layer_discarded"]
+        "vm.shutdown_requested",
+        "vm.cooperative_attempted",
+        "vm.cooperative_timed_out",
+        "vm.shutdown_escalated",
+        "vm.shutdown_complete",
+        "vm.exited",
+        "vm.layer_discarded",
+    ]
     by_name = {e["event"]: e["fields"] for e in ladder}
     assert by_name["vm.cooperative_attempted"]["method"] == "qmp"
     assert by_name["vm.cooperative_timed_out"]["reason"] == "timeout_expired"

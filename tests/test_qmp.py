@@ -44,8 +44,13 @@ async def qemu_like(stream: trio.SocketStream, seen: list[bytes]) -> None:
             await stream.send_all(b'{"return": {}}\r\n')
 
 
-async def serve(path: Path, script: Script, seen: list[bytes],
-                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    path: Path,
+    script: Script,
+    seen: list[bytes],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(str(path))
     sock.listen(1)
@@ -110,9 +115,15 @@ async def _no_greeting(stream: trio.SocketStream, seen: list[bytes]) -> None:
     await stream.send_all(b'{"return": {}}\n')
 
 
-@pytest.mark.parametrize(("script", "match"), [
-    (_error_reply, "CommandNotFound: nope"), (_garbage, "not JSON"),
-    (_hangs_up, "closed the connection"), (_no_greeting, "no greeting")])
+@pytest.mark.parametrize(
+    ("script", "match"),
+    [
+        (_error_reply, "CommandNotFound: nope"),
+        (_garbage, "not JSON"),
+        (_hangs_up, "closed the connection"),
+        (_no_greeting, "no greeting"),
+    ],
+)
 async def test_protocol_errors(sock_path: Path, script: Script, match: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(serve, sock_path, script, [])
@@ -142,11 +153,11 @@ async def test_none_and_qmp_without_socket_are_unavailable() -> None:
 async def test_command_request(tmp_path: Path) -> None:
     marker = tmp_path / "asked"
     env = dict(os.environ)
-    await run_command([sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"], env,
-                      None)
+    await run_command([sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"], env, None)
     assert marker.read_text() == "x"
     with pytest.raises(ChannelError, match=r"exited with 3: boom"):
-        await run_command([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], env,
-                          None)
+        await run_command(
+            [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], env, None
+        )
     with pytest.raises(ChannelUnavailable, match="cannot start"):
         await run_command([str(tmp_path / "missing")], env, None)

@@ -43,14 +43,17 @@ def abstract_receiver() -> Iterator[tuple[str, socket.socket]]:
 
 
 async def test_lines_go_in_one_datagram_to_a_path_socket(
-        path_receiver: tuple[str, socket.socket]) -> None:
+    path_receiver: tuple[str, socket.socket],
+) -> None:
     address, receiver = path_receiver
     notify = NotifySocket(address)
     assert await notify.send("READY=1", "STATUS=3/3 VMs running · 2 watchers")
     assert await notify.send("WATCHDOG=1")
     notify.close()
     assert receive_all(receiver) == [
-        "READY=1\nSTATUS=3/3 VMs running · 2 watchers".encode(), b"WATCHDOG=1"]
+        "READY=1\nSTATUS=3/3 VMs running · 2 watchers".encode(),
+        b"WATCHDOG=1",
+    ]
     assert (notify.sent, notify.failed) == (2, 0)
 
 
@@ -128,7 +131,8 @@ async def test_reconnects_when_systemd_recreates_its_socket(tmp_path: Path) -> N
 
 
 async def test_a_full_socket_gives_up_within_the_timeout(
-        path_receiver: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
+    path_receiver: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
     address, _ = path_receiver  # never read: its queue fills up
     errors: list[str] = []
     notify = NotifySocket(address, on_error=errors.append, timeout_s=1.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from frameos.bus import Bus
@@ -39,8 +40,11 @@ class Server:
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
-    log = EventLog(tmp_path / "events.jsonl", max_bytes=config.pop("max_bytes", None),  # type: ignore[arg-type]
-                   keep=2)
+    log = EventLog(
+        tmp_path / "events.jsonl",
+        max_bytes=config.pop("max_bytes", None),  # type: ignore[arg-type]
+        keep=2,
+    )
     bus = Bus(log, last_seq=log.open().last_seq)
     cfg = validate_config({"frame_port": 0, **config}, "test")
     state = RuntimeState(config=cfg, config_source="test")
@@ -52,8 +56,9 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
         await nursery.start(bus.run)
         host, port = await nursery.start(door.run, "127.0.0.1", 0, stop)
         state.set_phase(Phase.READY)
-        yield Server(f"http://{host}:{port}", f"ws://{host}:{port}/ws/events", bus, hub, state,
-                     port, stop)
+        yield Server(
+            f"http://{host}:{port}", f"ws://{host}:{port}/ws/events", bus, hub, state, port, stop
+        )
         stop.set()
         await bus.aclose()
     log.close()
@@ -73,8 +78,10 @@ async def http(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
                 data += chunk
                 head, _, body = data.partition(b"\r\n\r\n")
                 headers = dict(
-                    line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
-                    if b": " in line)
+                    line.decode().lower().split(": ", 1)
+                    for line in head.split(b"\r\n")[1:]
+                    if b": " in line
+                )
                 if "content-length" in headers and len(body) >= int(headers["content-length"]):
                     break
     status = int(data.split(b" ", 2)[1])
@@ -105,14 +112,16 @@ async def test_health_ready_and_not_found(tmp_path: Path) -> None:
 
 async def test_bad_methods_and_bodies_get_4xx(tmp_path: Path) -> None:
     async with serving(tmp_path) as server:
-        status, _, body = await http(server.port, b"POST /healthz HTTP/1.1\r\nhost: x\r\n"
-                                                  b"content-length: 3\r\n\r\nabc")
+        status, _, body = await http(
+            server.port, b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+        )
         assert status == 405 and json.loads(body)["error"] == "method_not_allowed"
         status, _, _ = await http(server.port, b"GARBAGE\r\n\r\n")
         assert status == 400
         for bad in (b"no colon here", b"content-length: -5", b"content-length: x"):
-            status, _, _ = await http(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n"
-                                                   + bad + b"\r\n\r\n")
+            status, _, _ = await http(
+                server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + bad + b"\r\n\r\n"
+            )
             assert 400 <= status < 500, bad
         assert (await get(server.port, "/healthz"))[0] == 200
 
@@ -127,8 +136,9 @@ async def test_metrics_pass_promtool(tmp_path: Path) -> None:
     assert b'frameos_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in body
     promtool = shutil.which("promtool")
     assert promtool is not None
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
-                            check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, check=False
+    )
     assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
 
 
@@ -168,9 +178,9 @@ async def test_websocket_receives_events_and_answers_ping(tmp_path: Path) -> Non
         assert [g["seq"] for g in got] == sorted(g["seq"] for g in got)
         with trio.fail_after(2):
             await ws.ping(b"hello")  # returns when the pong arrives
-        status, body = await get(server.port, "/healthz")
+        _, body = await get(server.port, "/healthz")
         assert json.loads(body)["event_stream"]["connected_clients"] == 1
-    await trio.sleep(0)
+    await trio.lowlevel.checkpoint()
 
 
 async def test_websocket_replays_since_then_goes_live(tmp_path: Path) -> None:
@@ -205,9 +215,11 @@ async def test_slow_client_is_dropped_and_others_get_everything(tmp_path: Path) 
                     received.append(json.loads(await ws.get_message())["seq"])
 
         slow = await trio.open_tcp_stream("127.0.0.1", server.port)  # never reads
-        await slow.send_all(b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
-                            b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
-                            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        await slow.send_all(
+            b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+            b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             await trio.sleep(0.1)
@@ -232,7 +244,8 @@ async def test_thousand_malformed_frames_leave_the_server_healthy(tmp_path: Path
                 await stream.send_all(
                     b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
                     b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
-                    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                )
                 # unmasked client frame with a reserved opcode: a protocol error
                 await stream.send_all(bytes((0x83 if i % 2 else 0x8F, 0x02)) + b"ab")
                 with trio.move_on_after(2):
@@ -246,18 +259,31 @@ async def test_thousand_malformed_frames_leave_the_server_healthy(tmp_path: Path
             assert json.loads(await ws.get_message())["fields"]["text"] == "still fine"
 
 
-@pytest.mark.parametrize(("path", "headers", "status"), [
-    ("/ws/events", b"", 400),
-    ("/ws/events?since=abc", b"connection: upgrade\r\nupgrade: websocket\r\n"
-     b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n", 400),
-    ("/ws/events?since=999999", b"connection: upgrade\r\nupgrade: websocket\r\n"
-     b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n", 400),
-])
-async def test_bad_handshakes_get_json_errors(tmp_path: Path, path: str, headers: bytes,
-                                              status: int) -> None:
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/ws/events", b"", 400),
+        (
+            "/ws/events?since=abc",
+            b"connection: upgrade\r\nupgrade: websocket\r\n"
+            b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            400,
+        ),
+        (
+            "/ws/events?since=999999",
+            b"connection: upgrade\r\nupgrade: websocket\r\n"
+            b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            400,
+        ),
+    ],
+)
+async def test_bad_handshakes_get_json_errors(
+    tmp_path: Path, path: str, headers: bytes, status: int
+) -> None:
     async with serving(tmp_path) as server:
-        got, _, body = await http(server.port, f"GET {path} HTTP/1.1\r\nhost: x\r\n".encode()
-                                  + headers + b"\r\n")
+        got, _, body = await http(
+            server.port, f"GET {path} HTTP/1.1\r\nhost: x\r\n".encode() + headers + b"\r\n"
+        )
         assert got == status
         assert json.loads(body)["error"] in ("bad_request", "invalid_cursor")
 
@@ -266,7 +292,7 @@ async def test_shutdown_closes_websockets_with_going_away(tmp_path: Path) -> Non
     async with serving(tmp_path) as server, open_websocket_url(server.ws) as ws:
         await trio.sleep(0.05)
         server.stop.set()
-        with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:
+        with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:  # noqa: PT012
             while True:
                 await ws.get_message()
         assert info.value.reason.code == 1001

@@ -56,40 +56,55 @@ def frameos_program() -> Path:
 
 
 def shell_vm(name: str, trap: str, timeouts: dict[str, int]) -> dict[str, Any]:
-    return {"name": name, "command": ["/bin/sh", "-c", f"{trap}; while :; do sleep 0.1; done"],
-            "cooperative": {"method": "signal", "signal": "SIGINT"}, "timeouts": timeouts,
-            "restart": {"policy": "permanent"}}
+    return {
+        "name": name,
+        "command": ["/bin/sh", "-c", f"{trap}; while :; do sleep 0.1; done"],
+        "cooperative": {"method": "signal", "signal": "SIGINT"},
+        "timeouts": timeouts,
+        "restart": {"policy": "permanent"},
+    }
 
 
 def e2e_config(root: Path) -> dict[str, Any]:
     return {
-        "frame_host": "127.0.0.1", "frame_port": 0, "heartbeat_interval": 0.5,
-        "state_dir": str(root / "state"), "shutdown_timeout_s": 10,
+        "frame_host": "127.0.0.1",
+        "frame_port": 0,
+        "heartbeat_interval": 0.5,
+        "state_dir": str(root / "state"),
+        "shutdown_timeout_s": 10,
         "vms": [
-            shell_vm("calm", "trap 'exit 0' INT TERM",
-                     {"cooperative_ms": 2000, "sigterm_ms": 2000, "sigkill_ms": 1000}),
-            shell_vm("stubborn", "trap '' INT TERM",
-                     {"cooperative_ms": 1500, "sigterm_ms": 1500, "sigkill_ms": 1000}),
+            shell_vm(
+                "calm",
+                "trap 'exit 0' INT TERM",
+                {"cooperative_ms": 2000, "sigterm_ms": 2000, "sigkill_ms": 1000},
+            ),
+            shell_vm(
+                "stubborn",
+                "trap '' INT TERM",
+                {"cooperative_ms": 1500, "sigterm_ms": 1500, "sigkill_ms": 1000},
+            ),
         ],
     }
 
 
 def drop_in(root: Path) -> str:
-    return "\n".join([
-        "[Service]",
-        "# The venv lives under /tmp and its interpreter under /root: keep them visible.",
-        "PrivateTmp=no",
-        "ProtectHome=read-only",
-        f"ReadWritePaths={root}",
-        "# The harness shares the host's filesystem: no /var/lib/frameos there.",
-        "StateDirectory=",
-        "# Harness scale.",
-        "WatchdogSec=3s",
-        "TimeoutAbortSec=2s",
-        "RestartSec=1s",
-        "LimitCORE=0",
-        "",
-    ])
+    return "\n".join(
+        [
+            "[Service]",
+            "# The venv lives under /tmp and its interpreter under /root: keep them visible.",
+            "PrivateTmp=no",
+            "ProtectHome=read-only",
+            f"ReadWritePaths={root}",
+            "# The harness shares the host's filesystem: no /var/lib/frameos there.",
+            "StateDirectory=",
+            "# Harness scale.",
+            "WatchdogSec=3s",
+            "TimeoutAbortSec=2s",
+            "RestartSec=1s",
+            "LimitCORE=0",
+            "",
+        ]
+    )
 
 
 class Systemd:
@@ -99,8 +114,13 @@ class Systemd:
         self.bin_dir, self.units, self.root = bin_dir, units, root
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.bin_dir / "systemctl"), *args], capture_output=True,
-                              text=True, timeout=30, check=check)
+        return subprocess.run(
+            [str(self.bin_dir / "systemctl"), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=check,
+        )
 
     def show(self) -> dict[str, str]:
         props = "ActiveState,SubState,Result,MainPID,NRestarts,StatusText,TimeoutStopUSec"
@@ -109,9 +129,12 @@ class Systemd:
 
     def journal(self, *match: str) -> list[str]:
         """The journal's messages about the unit (systemd's), or those matching `match`."""
-        out = subprocess.run([str(self.bin_dir / "journalctl"), *(match or ("-u", UNIT)),
-                              "-o", "cat", "--no-pager"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            [str(self.bin_dir / "journalctl"), *(match or ("-u", UNIT)), "-o", "cat", "--no-pager"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return out.stdout.splitlines()
 
     def events(self) -> list[dict[str, Any]]:
@@ -123,10 +146,11 @@ class Systemd:
         lines = self.journal("-t", "frameos")
         events = [json.loads(line) for line in lines if line.startswith('{"v":')]
         starts = [i for i, e in enumerate(events) if e["event"] == "runtime:start"]
-        return events[starts[-1]:] if starts else []
+        return events[starts[-1] :] if starts else []
 
-    def events_once(self, ok: Callable[[list[str]], bool],
-                    timeout: float = 10) -> list[dict[str, Any]]:
+    def events_once(
+        self, ok: Callable[[list[str]], bool], timeout: float = 10
+    ) -> list[dict[str, Any]]:
         """The latest instance's events, once `ok(names)` holds (the journal lags a little)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -134,8 +158,10 @@ class Systemd:
             if ok([e["event"] for e in events]):
                 return events
             if time.monotonic() > deadline:
-                pytest.fail(f"the journal did not show it within {timeout} s: "
-                            f"{[e['event'] for e in events]}")
+                pytest.fail(
+                    f"the journal did not show it within {timeout} s: "
+                    f"{[e['event'] for e in events]}"
+                )
             time.sleep(0.1)
 
     def notifications(self) -> list[str]:
@@ -146,13 +172,18 @@ class Systemd:
     def unit_pids(self) -> set[int]:
         """The processes in the unit's cgroup (pids of the harness' namespace)."""
         group = self.systemctl("show", "-P", "ControlGroup", UNIT).stdout.strip()
-        out = subprocess.run([str(self.bin_dir / "nsrun"), "cat",
-                              f"/sys/fs/cgroup{group}/cgroup.procs"],
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            [str(self.bin_dir / "nsrun"), "cat", f"/sys/fs/cgroup{group}/cgroup.procs"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return {int(pid) for pid in out.stdout.split()}
 
-    def wait_for(self, what: str, ok: Callable[[dict[str, str]], bool],
-                 timeout: float = 20) -> dict[str, str]:
+    def wait_for(
+        self, what: str, ok: Callable[[dict[str, str]], bool], timeout: float = 20
+    ) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while True:
             props = self.show()
@@ -167,8 +198,9 @@ class Systemd:
         if props["ActiveState"] != "active":
             self.systemctl("reset-failed", UNIT, check=False)
             self.systemctl("start", UNIT)
-        return self.wait_for("active", lambda p: (p["ActiveState"], p["SubState"])
-                             == ("active", "running"))
+        return self.wait_for(
+            "active", lambda p: (p["ActiveState"], p["SubState"]) == ("active", "running")
+        )
 
     def set_drop_in(self, name: str, text: str | None) -> None:
         path = self.units / f"{UNIT}.d" / name
@@ -194,17 +226,36 @@ def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
     config = root / "frame.json"
     config.write_text(json.dumps(e2e_config(root)))
     unit = root / UNIT
-    unit.write_text(SHIPPED_UNIT.read_text().replace(SHIPPED_PROGRAM, "@PROGRAM@")
-                    .replace(SHIPPED_CONFIG, str(config)))
+    unit.write_text(
+        SHIPPED_UNIT.read_text()
+        .replace(SHIPPED_PROGRAM, "@PROGRAM@")
+        .replace(SHIPPED_CONFIG, str(config))
+    )
     ready, done = root / "harness-ready", root / "harness-done"
-    wait = ('echo "$HARNESS_DIR" > "$1.tmp" && mv "$1.tmp" "$1"; '
-            'while [ ! -e "$2" ]; do sleep 0.1; done')
+    wait = (
+        'echo "$HARNESS_DIR" > "$1.tmp" && mv "$1.tmp" "$1"; '
+        'while [ ! -e "$2" ]; do sleep 0.1; done'
+    )
     env = dict(os.environ, CHECK_TIMEOUT="150", SYSTEMD_ARGS="--log-level=debug")
     with (root / "harness.log").open("w") as log:
-        proc = subprocess.Popen([str(harness), "--no-start", str(unit), str(frameos_program()),
-                                 "/bin/sh", "-c", wait, "sh", str(ready), str(done)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(harness),
+                "--no-start",
+                str(unit),
+                str(frameos_program()),
+                "/bin/sh",
+                "-c",
+                wait,
+                "sh",
+                str(ready),
+                str(done),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 20
         while not ready.exists():
@@ -238,8 +289,9 @@ def test_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify checks that ExecStart exists: point it at this venv's frameos, nothing else changes
     unit = tmp_path / UNIT
     unit.write_text(SHIPPED_UNIT.read_text().replace(SHIPPED_PROGRAM, str(frameos_program())))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30
+    )
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
@@ -286,8 +338,9 @@ def test_activating_until_ready_then_active_with_status(systemd: Systemd) -> Non
     systemd.wait_for("active after READY=1", active)
     assert any(p["ActiveState"] == "activating" and p["MainPID"] != "0" for p in seen), seen
     props = systemd.wait_for("running", lambda p: p["SubState"] == "running")
-    assert props["StatusText"] == ("2/2 VMs running · 0 watchers" if HAS_WORKERS
-                                   else "running · no VMs · 0 watchers")
+    assert props["StatusText"] == (
+        "2/2 VMs running · 0 watchers" if HAS_WORKERS else "running · no VMs · 0 watchers"
+    )
     notes = systemd.notifications()
     ready_at = next(i for i, n in enumerate(notes) if n.startswith("READY=1"))
     assert notes[0].startswith("STATUS=starting")
@@ -296,7 +349,8 @@ def test_activating_until_ready_then_active_with_status(systemd: Systemd) -> Non
     if HAS_WORKERS:
         assert events.count("vm.launched") == 2
         assert max(i for i, e in enumerate(events) if e == "vm.launched") < events.index(
-            "runtime:ready")
+            "runtime:ready"
+        )
 
 
 def test_reload_goes_through_reloading_and_back_to_active(systemd: Systemd) -> None:
@@ -310,8 +364,9 @@ def test_reload_goes_through_reloading_and_back_to_active(systemd: Systemd) -> N
         assert time.monotonic() < deadline, systemd.notifications()[before:]
         time.sleep(0.05)
     notes = [n for n in systemd.notifications()[before:] if not n.startswith("STATUS=")]
-    assert re.fullmatch(r"RELOADING=1, MONOTONIC_USEC=\d+, STATUS=reloading configuration",
-                        notes[0]), notes
+    assert re.fullmatch(
+        r"RELOADING=1, MONOTONIC_USEC=\d+, STATUS=reloading configuration", notes[0]
+    ), notes
     assert notes[1] == f"READY=1, STATUS={props['StatusText']}"
     systemd.events_once(lambda names: "runtime:reload" in names)
 
@@ -322,9 +377,14 @@ def test_a_frozen_process_is_restarted_by_the_watchdog(systemd: Systemd) -> None
     assert len(old_vms) == (2 if HAS_WORKERS else 0)
     systemd.systemctl("kill", "-s", "SIGSTOP", "--kill-who=main", UNIT)
     systemd.wait_for("Result=watchdog", lambda p: p["Result"] == "watchdog")
-    after = systemd.wait_for("restarted and running",
-                             lambda p: p["SubState"] == "running" and p["MainPID"] != "0"
-                             and int(p["NRestarts"]) > int(before["NRestarts"]))
+    after = systemd.wait_for(
+        "restarted and running",
+        lambda p: (
+            p["SubState"] == "running"
+            and p["MainPID"] != "0"
+            and int(p["NRestarts"]) > int(before["NRestarts"])
+        ),
+    )
     assert after["MainPID"] != before["MainPID"]
     journal = "\n".join(systemd.journal())
     assert "Watchdog timeout (limit 3s)!" in journal
@@ -347,9 +407,11 @@ def test_stop_runs_the_ladder_within_timeout_stop_sec(systemd: Systemd) -> None:
     events = systemd.events_once(lambda names: "summary" in names)
     names = [e["event"] for e in events]
     stopping = names.index("runtime:stopping")
-    ladder = [(e["event"], e["fields"].get("vm"), e["fields"].get("signal") or
-               e["fields"].get("outcome")) for e in events[stopping:] if e["event"].startswith(
-                   "vm.shutdown")]
+    ladder = [
+        (e["event"], e["fields"].get("vm"), e["fields"].get("signal") or e["fields"].get("outcome"))
+        for e in events[stopping:]
+        if e["event"].startswith("vm.shutdown")
+    ]
     assert ("vm.shutdown_complete", "calm", "graceful") in ladder
     assert [step for step in ladder if step[1] == "stubborn"] == [
         ("vm.shutdown_requested", "stubborn", None),
@@ -365,8 +427,7 @@ def test_stop_runs_the_ladder_within_timeout_stop_sec(systemd: Systemd) -> None:
 
 
 @needs_workers
-def test_a_ladder_longer_than_timeout_stop_sec_is_extended_not_timed_out(
-        systemd: Systemd) -> None:
+def test_a_ladder_longer_than_timeout_stop_sec_is_extended_not_timed_out(systemd: Systemd) -> None:
     systemd.set_drop_in("short-stop.conf", "[Service]\nTimeoutStopSec=2s\n")
     try:
         props = systemd.ensure_active()
@@ -379,7 +440,9 @@ def test_a_ladder_longer_than_timeout_stop_sec_is_extended_not_timed_out(
         assert took > 2.5, took  # the ladder (≈ 3 s) outlasted TimeoutStopSec, extended
         events = systemd.events_once(lambda names: "summary" in names)
         complete = [e["fields"] for e in events if e["event"] == "vm.shutdown_complete"]
-        assert {(f["vm"], f["outcome"]) for f in complete} == {("calm", "graceful"),
-                                                               ("stubborn", "forced")}
+        assert {(f["vm"], f["outcome"]) for f in complete} == {
+            ("calm", "graceful"),
+            ("stubborn", "forced"),
+        }
     finally:
         systemd.set_drop_in("short-stop.conf", None)

@@ -20,8 +20,11 @@ from frameos.systemd import EXTEND_MARGIN_S, SystemdNotifier
 
 VMS = [
     {"name": "web", "command": ["/bin/true"]},
-    {"name": "db", "command": ["/bin/true"],
-     "timeouts": {"cooperative_ms": 4000, "sigterm_ms": 3000, "sigkill_ms": 2000}},
+    {
+        "name": "db",
+        "command": ["/bin/true"],
+        "timeouts": {"cooperative_ms": 4000, "sigterm_ms": 3000, "sigkill_ms": 2000},
+    },
 ]
 
 
@@ -34,7 +37,6 @@ class FakeBus:
         self.subscribers: list[SystemdNotifier] = []
         self.published: list[Envelope] = []
         self.stuck = False  # when set, nothing published is ever written
-
 
     def subscribe(self, subscriber: SystemdNotifier) -> None:
         self.subscribers.append(subscriber)
@@ -89,8 +91,14 @@ def make_state(running: int = 2) -> RuntimeState:
 
 
 class Harness:
-    def __init__(self, bus: FakeBus, state: RuntimeState, notifier: SystemdNotifier,
-                 sock: socket.socket, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        bus: FakeBus,
+        state: RuntimeState,
+        notifier: SystemdNotifier,
+        sock: socket.socket,
+        nursery: trio.Nursery,
+    ) -> None:
         self.bus, self.state, self.notifier, self.sock = bus, state, notifier, sock
         self.nursery = nursery
 
@@ -98,8 +106,11 @@ class Harness:
         return await received(self.sock)
 
     async def start(self) -> None:
-        self.bus.feed(ev.RuntimeStart(server="http://127.0.0.1:8787", apps_loaded=0,
-                                      scenes_loaded=0, config="test"))
+        self.bus.feed(
+            ev.RuntimeStart(
+                server="http://127.0.0.1:8787", apps_loaded=0, scenes_loaded=0, config="test"
+            )
+        )
         self.bus.feed(ev.VmLaunched(vm="web", pid=10, attempt=1))
         self.bus.feed(ev.VmLaunched(vm="db", pid=11, attempt=1))
         self.state.set_phase(Phase.READY)
@@ -107,16 +118,35 @@ class Harness:
 
 
 def ready() -> ev.RuntimeReady:
-    return ev.RuntimeReady(server="http://127.0.0.1:8787", health_endpoint="/healthz",
-                           event_stream_transport="websocket", metrics_interval_seconds=60,
-                           apps_loaded=0, scenes_loaded=0)
+    return ev.RuntimeReady(
+        server="http://127.0.0.1:8787",
+        health_endpoint="/healthz",
+        event_stream_transport="websocket",
+        metrics_interval_seconds=60,
+        apps_loaded=0,
+        scenes_loaded=0,
+    )
 
 
 def stop_events(status: int = 0) -> list[Event]:
-    return [ev.RuntimeStop(server="x", metrics_interval_seconds=60, apps_loaded=0,
-                           scenes_loaded=0, duration_ms=1234),
-            ev.Summary(duration_ms=1234, exit_status=status, vms=2, restarts=0,
-                       events_published=9, events_dropped=0, bytes_logged=900)]
+    return [
+        ev.RuntimeStop(
+            server="x",
+            metrics_interval_seconds=60,
+            apps_loaded=0,
+            scenes_loaded=0,
+            duration_ms=1234,
+        ),
+        ev.Summary(
+            duration_ms=1234,
+            exit_status=status,
+            vms=2,
+            restarts=0,
+            events_published=9,
+            events_dropped=0,
+            bytes_logged=900,
+        ),
+    ]
 
 
 @pytest.fixture
@@ -141,13 +171,17 @@ async def test_start_reports_launches_then_ready(harness: Harness) -> None:
 
 
 async def test_one_batch_gives_one_datagram(harness: Harness) -> None:
-    harness.bus.feed(ev.VmLaunched(vm="web", pid=10, attempt=1), ready(),
-                     ev.RuntimeHeartbeat(uptime_seconds=1, server="x", loop_lag_ms=0))
+    harness.bus.feed(
+        ev.VmLaunched(vm="web", pid=10, attempt=1),
+        ready(),
+        ev.RuntimeHeartbeat(uptime_seconds=1, server="x", loop_lag_ms=0),
+    )
     assert await harness.got() == ["READY=1\nSTATUS=2/2 VMs running · 2 watchers"]
 
 
 async def test_status_follows_the_vms_and_says_nothing_when_nothing_changed(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     await harness.start()
     await harness.got()
     heartbeat = ev.RuntimeHeartbeat(uptime_seconds=1, server="x", loop_lag_ms=0)
@@ -179,8 +213,9 @@ async def test_a_failed_reload_is_ready_again_and_says_so(harness: Harness) -> N
     await harness.notifier.before_reload()
     harness.bus.feed(ev.RuntimeReload(changed=[], error="frame.json: invalid JSON"))
     got = await harness.got()
-    assert got[1] == ("READY=1\nSTATUS=2/2 VMs running · 2 watchers · "
-                      "last reload failed, running config kept")
+    assert got[1] == (
+        "READY=1\nSTATUS=2/2 VMs running · 2 watchers · last reload failed, running config kept"
+    )
 
 
 async def test_no_reload_notifications_before_ready(harness: Harness) -> None:
@@ -190,19 +225,24 @@ async def test_no_reload_notifications_before_ready(harness: Harness) -> None:
 
 
 async def test_stop_ladder_extends_the_timeout_by_the_longest_remaining_rung(
-        harness: Harness, autojump_clock: trio.testing.MockClock) -> None:
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
     await harness.start()
     await harness.got()
     bus, margin = harness.bus, int(EXTEND_MARGIN_S * 1_000_000)
     harness.state.set_phase(Phase.STOPPING)
     bus.feed(ev.RuntimeStopping(reason="received SIGTERM", signal="SIGTERM"))
-    bus.feed(ev.VmShutdownRequested(vm="web", reason="stopping"),
-             ev.VmShutdownRequested(vm="db", reason="stopping"))
+    bus.feed(
+        ev.VmShutdownRequested(vm="web", reason="stopping"),
+        ev.VmShutdownRequested(vm="db", reason="stopping"),
+    )
     # web: default ladder 20 + 10 + 5 s; db: 4 + 3 + 2 s
     bus.feed(ev.VmCooperativeAttempted(vm="db", method="signal", timeout_ms=4000))
     await trio.sleep(4)
-    bus.feed(ev.VmCooperativeTimedOut(vm="db", waited_ms=4000, reason="timeout_expired"),
-             ev.VmShutdownEscalated(vm="db", signal="SIGTERM", timeout_ms=3000))
+    bus.feed(
+        ev.VmCooperativeTimedOut(vm="db", waited_ms=4000, reason="timeout_expired"),
+        ev.VmShutdownEscalated(vm="db", signal="SIGTERM", timeout_ms=3000),
+    )
     bus.feed(ev.VmCooperativeAttempted(vm="web", method="qmp", timeout_ms=20000))
     await trio.sleep(3)
     bus.feed(ev.VmShutdownEscalated(vm="db", signal="SIGKILL", timeout_ms=2000))
@@ -225,8 +265,7 @@ async def test_stop_ladder_extends_the_timeout_by_the_longest_remaining_rung(
         # t=7: web's cooperative rung (from 4, 20 s) has 17 s left
         f"{stopping} · 2 VMs left: db (SIGKILL), web (cooperative qmp)\n"
         f"EXTEND_TIMEOUT_USEC={17_000_000 + margin}",
-        f"{stopping} · 1 VM left: web (cooperative qmp)\n"
-        f"EXTEND_TIMEOUT_USEC={17_000_000 + margin}",
+        f"{stopping} · 1 VM left: web (cooperative qmp)\nEXTEND_TIMEOUT_USEC={17_000_000 + margin}",
         f"{stopping} · 1 VM left: web (cleaning up)\nEXTEND_TIMEOUT_USEC={margin}",
         f"{stopping} · all VMs stopped\nEXTEND_TIMEOUT_USEC={margin}",
     ]
@@ -245,19 +284,21 @@ async def test_summary_ends_the_notifier(systemd: tuple[str, socket.socket]) -> 
             bus.feed(ev.RuntimeStopping(reason="received SIGINT", signal="SIGINT"))
             bus.feed(*stop_events(status=1))
     assert bus.subscribers == []
-    assert await received(sock) == ["STOPPING=1\nSTATUS=stopping (received SIGINT)",
-                                    "STATUS=exiting with status 1"]
+    assert await received(sock) == [
+        "STOPPING=1\nSTATUS=stopping (received SIGINT)",
+        "STATUS=exiting with status 1",
+    ]
     notifier.deliver([])  # late deliveries are ignored
     await notifier.before_reload()
 
 
-async def test_a_single_vm_stop_while_running_shows_but_does_not_extend(
-        harness: Harness) -> None:
+async def test_a_single_vm_stop_while_running_shows_but_does_not_extend(harness: Harness) -> None:
     await harness.start()
     await harness.got()
     harness.bus.feed(ev.VmShutdownRequested(vm="web", reason="control API stop"))
     assert await harness.got() == [
-        "STATUS=2/2 VMs running · 2 watchers · stopping web (stop requested)"]
+        "STATUS=2/2 VMs running · 2 watchers · stopping web (stop requested)"
+    ]
 
 
 async def test_nothing_is_sent_or_subscribed_without_notify_socket() -> None:
@@ -300,8 +341,12 @@ async def heartbeats(state: RuntimeState, until: float) -> None:
         await trio.sleep(state.config.heartbeat_interval)
 
 
-async def ping_times(sock: socket.socket, log: list[float],
-                     *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def ping_times(
+    sock: socket.socket,
+    log: list[float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Record the trio time of every WATCHDOG=1 systemd gets."""
     receiver = trio.socket.from_stdlib_socket(sock)
     task_status.started()
@@ -310,9 +355,13 @@ async def ping_times(sock: socket.socket, log: list[float],
             log.append(trio.current_time())
 
 
-async def run_watchdog(systemd: tuple[str, socket.socket], env: dict[str, str],
-                       heartbeat_until: float, total: float,
-                       stuck_bus: bool = False) -> tuple[list[float], FakeBus]:
+async def run_watchdog(
+    systemd: tuple[str, socket.socket],
+    env: dict[str, str],
+    heartbeat_until: float,
+    total: float,
+    stuck_bus: bool = False,
+) -> tuple[list[float], FakeBus]:
     path, sock = systemd
     bus = FakeBus()
     state = make_state()
@@ -334,15 +383,18 @@ async def run_watchdog(systemd: tuple[str, socket.socket], env: dict[str, str],
 
 
 async def test_pings_every_half_interval_while_healthy(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
-    pings, bus = await run_watchdog(systemd, {"WATCHDOG_USEC": "10000000"},
-                                    heartbeat_until=1000, total=30.5)
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    pings, bus = await run_watchdog(
+        systemd, {"WATCHDOG_USEC": "10000000"}, heartbeat_until=1000, total=30.5
+    )
     assert pings == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
     assert bus.texts() == []
 
 
 async def test_no_pings_once_the_heartbeat_is_stale_and_again_when_it_resumes(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
     path, sock = systemd
     bus, state = FakeBus(), make_state()
     notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
@@ -360,31 +412,41 @@ async def test_no_pings_once_the_heartbeat_is_stale_and_again_when_it_resumes(
         nursery.cancel_scope.cancel()
     assert pings == [5.0, 10.0, 15.0, 45.0, 50.0]
     assert bus.texts() == [
-        ("warn", "withholding watchdog pings: the heartbeat is 10.0 s late (limit 5 s); "
-                 "systemd restarts frameos if this lasts 10 s"),
+        (
+            "warn",
+            "withholding watchdog pings: the heartbeat is 10.0 s late (limit 5 s); "
+            "systemd restarts frameos if this lasts 10 s",
+        ),
         ("info", "watchdog pings to systemd resumed"),
     ]
 
 
 async def test_no_pings_while_the_event_log_writer_is_stuck(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
-    pings, bus = await run_watchdog(systemd, {"WATCHDOG_USEC": "4000000"},
-                                    heartbeat_until=1000, total=20.5, stuck_bus=True)
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    pings, bus = await run_watchdog(
+        systemd, {"WATCHDOG_USEC": "4000000"}, heartbeat_until=1000, total=20.5, stuck_bus=True
+    )
     # limit = max(2 × 1 s heartbeat, 4 s / 2) = 2 s, counted from the notifier's start
     assert pings == [2.0]
     assert bus.texts()[-1] == (
-        "warn", "withholding watchdog pings: the event log writer has not moved for 4.0 s "
-                "(2 events pending); systemd restarts frameos if this lasts 4 s")
+        "warn",
+        "withholding watchdog pings: the event log writer has not moved for 4.0 s "
+        "(2 events pending); systemd restarts frameos if this lasts 4 s",
+    )
 
 
 async def test_the_limit_follows_a_slow_heartbeat_interval(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
     path, _ = systemd
     state = make_state()
-    state = RuntimeState(config=state.config.model_copy(update={"heartbeat_interval": 30.0}),
-                         config_source="test")
-    notifier = SystemdNotifier(FakeBus(), state,
-                               env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+    state = RuntimeState(
+        config=state.config.model_copy(update={"heartbeat_interval": 30.0}), config_source="test"
+    )
+    notifier = SystemdNotifier(
+        FakeBus(), state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"}
+    )
     assert notifier.watchdog_s == 10.0
     from frameos.systemd import LoopHealth
 
@@ -395,21 +457,29 @@ async def test_the_limit_follows_a_slow_heartbeat_interval(
 
 
 async def test_watchdog_pid_of_another_process_means_no_pings(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
-    pings, _ = await run_watchdog(systemd, {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"},
-                                  heartbeat_until=1000, total=20)
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    pings, _ = await run_watchdog(
+        systemd, {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, heartbeat_until=1000, total=20
+    )
     assert pings == []
 
 
 async def test_watchdog_pid_of_ours_pings(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
-    pings, _ = await run_watchdog(systemd, {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "4242"},
-                                  heartbeat_until=1000, total=3.5)
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    pings, _ = await run_watchdog(
+        systemd,
+        {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "4242"},
+        heartbeat_until=1000,
+        total=3.5,
+    )
     assert pings == [1.0, 2.0, 3.0]
 
 
 async def test_no_pings_before_ready(
-        systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock) -> None:
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
     path, sock = systemd
     bus, state = FakeBus(), make_state()
     notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
@@ -430,26 +500,33 @@ def trio_monotonic_usec() -> int:
 
 
 async def test_view_unknown_vm_uses_default_timeouts_and_stop_before_summary(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     from frameos.systemd import ServiceView
 
     view = ServiceView(make_state(), watchers=lambda: 0)
     now = trio.current_time()
-    batch = [encode(ev.RuntimeStopping(reason="on_exhausted"), 1, 0.0),
-             encode(ev.VmShutdownRequested(vm="orphan-7", reason="orphan"), 2, 0.0)]
+    batch = [
+        encode(ev.RuntimeStopping(reason="on_exhausted"), 1, 0.0),
+        encode(ev.VmShutdownRequested(vm="orphan-7", reason="orphan"), 2, 0.0),
+    ]
     assert view.observe(batch, now) == [
         ("STOPPING=1", "STATUS=stopping (on_exhausted)"),
-        ("STATUS=stopping (on_exhausted) · 1 VM left: orphan-7 (stop requested)",
-         f"EXTEND_TIMEOUT_USEC={35_000_000 + int(EXTEND_MARGIN_S * 1_000_000)}"),
+        (
+            "STATUS=stopping (on_exhausted) · 1 VM left: orphan-7 (stop requested)",
+            f"EXTEND_TIMEOUT_USEC={35_000_000 + int(EXTEND_MARGIN_S * 1_000_000)}",
+        ),
     ]
     stop, summary = stop_events()
     assert view.observe([encode(stop, 3, 0.0)], now) == [
-        ("STATUS=stopped · flushing the event log",)]
+        ("STATUS=stopped · flushing the event log",)
+    ]
     assert view.observe([encode(summary, 4, 0.0)], now) == [("STATUS=exiting with status 0",)]
 
 
 async def test_close_ends_the_notifier_after_what_is_queued(
-        systemd: tuple[str, socket.socket]) -> None:
+    systemd: tuple[str, socket.socket],
+) -> None:
     path, sock = systemd
     bus, state = FakeBus(), make_state()
     notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})

@@ -25,7 +25,8 @@ async def test_ticks_do_not_drift(autojump_clock: trio.abc.Clock) -> None:
 
 
 async def test_missed_ticks_are_skipped_and_lateness_reported(
-        autojump_clock: trio.abc.Clock) -> None:
+    autojump_clock: trio.abc.Clock,
+) -> None:
     start = trio.current_time()
     ticker = Ticker(lambda: 1.0)
     seen = []
@@ -37,13 +38,13 @@ async def test_missed_ticks_are_skipped_and_lateness_reported(
     assert seen == [(1.0, 0.0), (3.5, 0.5), (4.0, 0.0)]
 
 
-async def test_heartbeat_and_metrics_publish(tmp_path: Path,
-                                             autojump_clock: trio.abc.Clock) -> None:
+async def test_heartbeat_and_metrics_publish(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
     log = EventLog(tmp_path / "e.jsonl")
     log.open()
     bus = Bus(log)
-    state = RuntimeState(config=validate_config({"metrics_interval": 5}, "x"),
-                         config_source="x")
+    state = RuntimeState(config=validate_config({"metrics_interval": 5}, "x"), config_source="x")
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
         nursery.start_soon(heartbeat, bus, state)

@@ -28,8 +28,9 @@ def restart(**kw: object) -> RestartConfig:
 
 
 def test_backoff_doubles_to_the_cap_then_gives_up() -> None:
-    tracker = RestartTracker(restart(backoff_initial_ms=100, backoff_max_ms=500, max_restarts=5,
-                                     window_s=60))
+    tracker = RestartTracker(
+        restart(backoff_initial_ms=100, backoff_max_ms=500, max_restarts=5, window_s=60)
+    )
     decisions = [tracker.on_exit(float(t), 0.1, True) for t in range(6)]
     assert [d.backoff_ms for d in decisions[:5]] == [100, 200, 400, 500, 500]
     assert [d.verdict for d in decisions] == [Verdict.RESTART] * 5 + [Verdict.GIVE_UP]
@@ -57,10 +58,17 @@ def test_max_restarts_zero_gives_up_at_once() -> None:
     assert (decision.verdict, decision.restarts_in_window) == (Verdict.GIVE_UP, 0)
 
 
-@pytest.mark.parametrize(("policy", "abnormal", "verdict"), [
-    ("permanent", False, Verdict.RESTART), ("permanent", True, Verdict.RESTART),
-    ("transient", False, Verdict.DONE), ("transient", True, Verdict.RESTART),
-    ("temporary", False, Verdict.DONE), ("temporary", True, Verdict.DONE)])
+@pytest.mark.parametrize(
+    ("policy", "abnormal", "verdict"),
+    [
+        ("permanent", False, Verdict.RESTART),
+        ("permanent", True, Verdict.RESTART),
+        ("transient", False, Verdict.DONE),
+        ("transient", True, Verdict.RESTART),
+        ("temporary", False, Verdict.DONE),
+        ("temporary", True, Verdict.DONE),
+    ],
+)
 def test_policies(policy: str, abnormal: bool, verdict: Verdict) -> None:
     assert RestartTracker(restart(policy=policy)).on_exit(0, 1, abnormal).verdict is verdict
 
@@ -69,30 +77,37 @@ def test_policies(policy: str, abnormal: bool, verdict: Verdict) -> None:
 
 
 def vm_config(**restart_kw: object) -> VmConfig:
-    return VmConfig(name="a", command=["prog", "--flag"],
-                    cooperative=CooperativeConfig(method="signal"),
-                    timeouts=TimeoutsConfig(cooperative_ms=1000, sigterm_ms=1000,
-                                            sigkill_ms=1000),
-                    restart=restart(**restart_kw), env={"EXTRA": "1"})
+    return VmConfig(
+        name="a",
+        command=["prog", "--flag"],
+        cooperative=CooperativeConfig(method="signal"),
+        timeouts=TimeoutsConfig(cooperative_ms=1000, sigterm_ms=1000, sigkill_ms=1000),
+        restart=restart(**restart_kw),
+        env={"EXTRA": "1"},
+    )
 
 
 async def test_crash_loop_exact_backoff_then_gave_up(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     pub = RecordingPublisher()
     exhausted: list[str] = []
-    vm = vm_config(backoff_initial_ms=100, backoff_max_ms=400, max_restarts=4, window_s=60,
-                   on_exhausted="exit")
+    vm = vm_config(
+        backoff_initial_ms=100, backoff_max_ms=400, max_restarts=4, window_s=60, on_exhausted="exit"
+    )
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, lifetime=0.05, code=1)
-        worker = VmWorker(vm, tmp_path, pub, spawner=spawner, base_env={},
-                          on_exhausted=exhausted.append)
+        worker = VmWorker(
+            vm, tmp_path, pub, spawner=spawner, base_env={}, on_exhausted=exhausted.append
+        )
         assert await nursery.start(worker.run) == spawner.children[0].pid
         await trio.sleep(5)
         assert worker.state is VmState.GAVE_UP
         assert worker.not_ready_reasons() == ["vm a: gave up"]
         await worker.stop("test")
-    scheduled = [e.backoff_ms for e in pub.of("vm.restart_scheduled")
-                 if isinstance(e, ev.VmRestartScheduled)]
+    scheduled = [
+        e.backoff_ms for e in pub.of("vm.restart_scheduled") if isinstance(e, ev.VmRestartScheduled)
+    ]
     assert scheduled == [100, 200, 400, 400]
     starts = [launch[3] for launch in spawner.launches]
     gaps = [round(b - a - 0.05, 6) for a, b in itertools.pairwise(starts)]
@@ -108,8 +123,7 @@ async def test_crash_loop_exact_backoff_then_gave_up(
     assert not (tmp_path / "vms" / "a.pid").exists()
 
 
-async def test_environment_is_clean(autojump_clock: trio.testing.MockClock,
-                                    tmp_path: Path) -> None:
+async def test_environment_is_clean(autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
     pub = RecordingPublisher()
     base = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2"}
     async with trio.open_nursery() as nursery:
@@ -122,8 +136,9 @@ async def test_environment_is_clean(autojump_clock: trio.testing.MockClock,
     assert env == {"PATH": "/bin", "EXTRA": "1", "FRAMEOS_VM": "a", "FRAMEOS_VM_ATTEMPT": "1"}
 
 
-async def test_stop_while_running_runs_the_ladder(autojump_clock: trio.testing.MockClock,
-                                                  tmp_path: Path) -> None:
+async def test_stop_while_running_runs_the_ladder(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, {SIGINT: 0.2})
@@ -134,8 +149,13 @@ async def test_stop_while_running_runs_the_ladder(autojump_clock: trio.testing.M
         await trio.sleep(1)
         await worker.stop("because")
     assert pub.vm_names("a") == [
-        "vm.launched", "vm.shutdown_requested", "vm.cooperative_attempted",
-        "vm.cooperative_succeeded", "vm.shutdown_complete", "vm.exited"]
+        "vm.launched",
+        "vm.shutdown_requested",
+        "vm.cooperative_attempted",
+        "vm.cooperative_succeeded",
+        "vm.shutdown_complete",
+        "vm.exited",
+    ]
     (exited,) = pub.of("vm.exited")
     assert isinstance(exited, ev.VmExited)
     assert exited.expected
@@ -144,12 +164,14 @@ async def test_stop_while_running_runs_the_ladder(autojump_clock: trio.testing.M
 
 
 async def test_stop_during_backoff_cancels_the_restart(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, lifetime=0.1)
-        worker = VmWorker(vm_config(backoff_initial_ms=10_000), tmp_path, pub,
-                          spawner=spawner, base_env={})
+        worker = VmWorker(
+            vm_config(backoff_initial_ms=10_000), tmp_path, pub, spawner=spawner, base_env={}
+        )
         await nursery.start(worker.run)
         await trio.sleep(1)
         assert worker.state is VmState.BACKOFF
@@ -163,16 +185,32 @@ async def test_stop_during_backoff_cancels_the_restart(
     assert (done.changed, done.outcome, done.total_ms) == (False, "graceful", 0)
 
 
-@pytest.mark.parametrize(("policy", "code", "state", "failed"), [
-    ("transient", 0, VmState.FINISHED, False), ("transient", 1, VmState.BACKOFF, False),
-    ("temporary", 1, VmState.FINISHED, True)])
-async def test_policy_on_a_worker(autojump_clock: trio.testing.MockClock, tmp_path: Path,
-                                  policy: str, code: int, state: VmState, failed: bool) -> None:
+@pytest.mark.parametrize(
+    ("policy", "code", "state", "failed"),
+    [
+        ("transient", 0, VmState.FINISHED, False),
+        ("transient", 1, VmState.BACKOFF, False),
+        ("temporary", 1, VmState.FINISHED, True),
+    ],
+)
+async def test_policy_on_a_worker(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    policy: str,
+    code: int,
+    state: VmState,
+    failed: bool,
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, lifetime=0.1, code=code)
-        worker = VmWorker(vm_config(policy=policy, backoff_initial_ms=5000), tmp_path, pub,
-                          spawner=spawner, base_env={})
+        worker = VmWorker(
+            vm_config(policy=policy, backoff_initial_ms=5000),
+            tmp_path,
+            pub,
+            spawner=spawner,
+            base_env={},
+        )
         await nursery.start(worker.run)
         await trio.sleep(1)
         assert worker.state is state
@@ -182,20 +220,27 @@ async def test_policy_on_a_worker(autojump_clock: trio.testing.MockClock, tmp_pa
 
 
 async def test_failed_launch_is_reported_and_counts_as_a_crash(
-        autojump_clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     pub = RecordingPublisher()
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, fail_with=FileNotFoundError(2, "No such file", "prog"))
-        worker = VmWorker(vm_config(max_restarts=1, backoff_initial_ms=50), tmp_path, pub,
-                          spawner=spawner, base_env={})
+        worker = VmWorker(
+            vm_config(max_restarts=1, backoff_initial_ms=50),
+            tmp_path,
+            pub,
+            spawner=spawner,
+            base_env={},
+        )
         assert await nursery.start(worker.run) is None
         await trio.sleep(1)
         assert worker.state is VmState.GAVE_UP
         await worker.stop("test")
     texts = [getattr(e, "text", "") for e in pub.of("message")]
-    assert texts == ["a: launch 1 failed: command 'prog' not found; check the VM's command "
-                     "(argv[0])", "a: launch 2 failed: command 'prog' not found; check the "
-                     "VM's command (argv[0])"]
+    assert texts == [
+        "a: launch 1 failed: command 'prog' not found; check the VM's command (argv[0])",
+        "a: launch 2 failed: command 'prog' not found; check the VM's command (argv[0])",
+    ]
     assert pub.names().count("vm.restart_scheduled") == 1
 
 

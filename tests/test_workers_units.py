@@ -63,8 +63,9 @@ def test_orphan_group_sees_members_and_refuses_a_reused_leader() -> None:
 
 def test_pidfile_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "a.pid"
-    record = pidfile.PidRecord(vm="a", pid=1, start_time=2, pgid=1, method="qmp",
-                               timeouts={"sigkill_ms": 1000})
+    record = pidfile.PidRecord(
+        vm="a", pid=1, start_time=2, pgid=1, method="qmp", timeouts={"sigkill_ms": 1000}
+    )
     pidfile.write(path, record)
     assert pidfile.read(path) == record
     path.write_text("{not json")
@@ -75,13 +76,19 @@ def test_pidfile_round_trip(tmp_path: Path) -> None:
 
 
 def test_paths_placeholders_and_socket_length(tmp_path: Path) -> None:
-    vm = VmConfig(name="a", command=["q", "-drive", "file={overlay}", "-qmp",
-                                     "unix:{qmp_socket},server=on"],
-                  base_image=tmp_path / "base.qcow2")
+    vm = VmConfig(
+        name="a",
+        command=["q", "-drive", "file={overlay}", "-qmp", "unix:{qmp_socket},server=on"],
+        base_image=tmp_path / "base.qcow2",
+    )
     paths = VmPaths.of(vm, tmp_path)
     assert substitute(vm.command, paths) == [
-        "q", "-drive", f"file={tmp_path}/overlays/a.qcow2", "-qmp",
-        f"unix:{tmp_path}/vms/a.qmp,server=on"]
+        "q",
+        "-drive",
+        f"file={tmp_path}/overlays/a.qcow2",
+        "-qmp",
+        f"unix:{tmp_path}/vms/a.qmp,server=on",
+    ]
     assert vm.cooperative_method == "qmp"
     no_base = VmPaths.of(VmConfig(name="a", command=["q", "{overlay}"]), tmp_path)
     with pytest.raises(LaunchError, match="no base_image"):
@@ -92,8 +99,14 @@ def test_paths_placeholders_and_socket_length(tmp_path: Path) -> None:
 
 
 def test_child_env_drops_private_variables() -> None:
-    base = {"PATH": "/bin", "NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1",
-            "LISTEN_FDS": "3", "HOME": "/root"}
+    base = {
+        "PATH": "/bin",
+        "NOTIFY_SOCKET": "@x",
+        "WATCHDOG_USEC": "1",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "3",
+        "HOME": "/root",
+    }
     assert child_env(base, {"A": "b"}) == {"PATH": "/bin", "HOME": "/root", "A": "b"}
 
 
@@ -111,19 +124,26 @@ def frame(tmp_path: Path, vms: list[dict[str, object]]) -> FrameConfig:
     return config.model_copy(update={"state_dir": tmp_path})
 
 
-async def test_pool_health_readiness_and_metrics(autojump_clock: trio.testing.MockClock,
-                                                 tmp_path: Path) -> None:
+async def test_pool_health_readiness_and_metrics(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     pub = RecordingPublisher()
-    config = frame(tmp_path, [
-        {"name": "up", "command": ["x"], "cooperative": {"method": "signal"}},
-        {"name": "crashy", "command": ["x"], "restart": {"max_restarts": 0}}])
+    config = frame(
+        tmp_path,
+        [
+            {"name": "up", "command": ["x"], "cooperative": {"method": "signal"}},
+            {"name": "crashy", "command": ["x"], "restart": {"max_restarts": 0}},
+        ],
+    )
     async with trio.open_nursery() as nursery:
         spawner = FakeSpawner(nursery, {int(signal.SIGINT): 0})
         pool = VmPool(config, pub, spawner=spawner, base_env={})
         assert await nursery.start(pool.run) == 2
-        (crashy,) = [child for child, launch in zip(spawner.children, spawner.launches,
-                                                    strict=True)
-                     if launch[1]["FRAMEOS_VM"] == "crashy"]
+        (crashy,) = [
+            child
+            for child, launch in zip(spawner.children, spawner.launches, strict=True)
+            if launch[1]["FRAMEOS_VM"] == "crashy"
+        ]
         crashy.exit(1)  # max_restarts 0: gives up
         await trio.sleep(1)
         assert pool.counts() == WorkerCounts(total=2, running=1, failed=1)
@@ -142,14 +162,23 @@ async def test_pool_health_readiness_and_metrics(autojump_clock: trio.testing.Mo
 
 async def test_pool_stops_orphans_of_vms_no_longer_configured(tmp_path: Path) -> None:
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+        [sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True
+    )
     try:
         (tmp_path / "vms").mkdir()
         started = procfs.start_time(proc.pid)
         assert started is not None
-        pidfile.write(tmp_path / "vms" / "removed.pid", pidfile.PidRecord(
-            vm="removed", pid=proc.pid, start_time=started, pgid=proc.pid, method="none",
-            timeouts={"cooperative_ms": 0, "sigterm_ms": 2000, "sigkill_ms": 1000}))
+        pidfile.write(
+            tmp_path / "vms" / "removed.pid",
+            pidfile.PidRecord(
+                vm="removed",
+                pid=proc.pid,
+                start_time=started,
+                pgid=proc.pid,
+                method="none",
+                timeouts={"cooperative_ms": 0, "sigterm_ms": 2000, "sigkill_ms": 1000},
+            ),
+        )
         pub = RecordingPublisher()
         pool = VmPool(frame(tmp_path, []), pub)
         with trio.fail_after(10):
@@ -157,8 +186,12 @@ async def test_pool_stops_orphans_of_vms_no_longer_configured(tmp_path: Path) ->
                 await nursery.start(pool.run)
         assert not procfs.is_alive(proc.pid)
         assert pub.vm_names("removed") == [
-            "vm.shutdown_requested", "vm.cooperative_attempted", "vm.cooperative_timed_out",
-            "vm.shutdown_escalated", "vm.shutdown_complete"]
+            "vm.shutdown_requested",
+            "vm.cooperative_attempted",
+            "vm.cooperative_timed_out",
+            "vm.shutdown_escalated",
+            "vm.shutdown_complete",
+        ]
         assert not (tmp_path / "vms" / "removed.pid").exists()
     finally:
         proc.kill()
@@ -177,17 +210,27 @@ async def test_reload_reports_that_vm_changes_wait_for_a_restart(tmp_path: Path)
 
 
 def test_stop_command_placeholders(tmp_path: Path) -> None:
-    vm = VmConfig.model_validate({
-        "name": "a", "command": ["q"],
-        "cooperative": {"method": "command", "command": ["stop-vm", "{qmp_socket}"]}})
+    vm = VmConfig.model_validate(
+        {
+            "name": "a",
+            "command": ["q"],
+            "cooperative": {"method": "command", "command": ["stop-vm", "{qmp_socket}"]},
+        }
+    )
     worker = VmWorker(vm, tmp_path, RecordingPublisher(), base_env={})
     assert worker._stop_command() == ["stop-vm", f"{tmp_path}/vms/a.qmp"]
 
 
 async def test_real_launch_failures_say_what_to_fix(tmp_path: Path) -> None:
     pub = RecordingPublisher()
-    vm = VmConfig.model_validate({"name": "a", "command": ["true"], "cwd": str(tmp_path / "no"),
-                                  "restart": {"policy": "temporary"}})
+    vm = VmConfig.model_validate(
+        {
+            "name": "a",
+            "command": ["true"],
+            "cwd": str(tmp_path / "no"),
+            "restart": {"policy": "temporary"},
+        }
+    )
     worker = VmWorker(vm, tmp_path, pub, base_env={})
     async with trio.open_nursery() as nursery:
         assert await nursery.start(worker.run) is None
@@ -201,7 +244,12 @@ def test_demo_configs_are_valid_and_children_refuse_bad_usage() -> None:
 
     config = demo_config({})
     assert [vm.name for vm in config.vms] == ["demo-polite", "demo-stubborn"]
-    out = subprocess.run([sys.executable, "-m", "frameos.workers.demo", "bogus"],
-                         capture_output=True, text=True, check=False, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "frameos.workers.demo", "bogus"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert out.returncode == 2
     assert "usage" in out.stderr

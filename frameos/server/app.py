@@ -88,8 +88,12 @@ def create_app(state: RuntimeState, bus: Bus, hub: WsHub, metrics: Metrics) -> Q
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
-        bus.publish_nowait(Message(text=f"HTTP {request.method} {request.path} failed: "
-                                        f"{type(exc).__name__}: {exc}"), "error")
+        bus.publish_nowait(
+            Message(
+                text=f"HTTP {request.method} {request.path} failed: {type(exc).__name__}: {exc}"
+            ),
+            "error",
+        )
         return error(500, "internal_error", "the request failed; see the event log")
 
     return app
@@ -148,15 +152,16 @@ async def poll(bus: Bus, after_raw: str | None, limit_raw: str | None) -> Respon
     if recent is not None:
         lines = [e.json for e in recent[:limit]]
     else:
-        lines = [ln[:-1] for ln in
-                 await trio.to_thread.run_sync(bus.log.read_after, after, limit)]
+        lines = [ln[:-1] for ln in await trio.to_thread.run_sync(bus.log.read_after, after, limit)]
     next_cursor = after
     if lines:
         import orjson
 
         next_cursor = orjson.loads(lines[-1])["seq"]
     oldest_cursor = (oldest - 1) if oldest is not None else 0
-    body = (b'{"events":[' + b",".join(lines) + b'],"next_cursor":%d,"head_cursor":%d,'
-            b'"oldest_available_cursor":%d,"replay_complete":%s}'
-            % (next_cursor, head, oldest_cursor, b"true" if next_cursor >= head else b"false"))
+    body = (
+        b'{"events":[' + b",".join(lines) + b'],"next_cursor":%d,"head_cursor":%d,'
+        b'"oldest_available_cursor":%d,"replay_complete":%s}'
+        % (next_cursor, head, oldest_cursor, b"true" if next_cursor >= head else b"false")
+    )
     return json_response(body)

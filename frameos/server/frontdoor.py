@@ -98,10 +98,15 @@ class FrontDoor:
         self.lifespan_state: dict[str, Any] = {}
         self.graceful_s = graceful_s
         self.connections = 0
+        self._idle = trio.Event()
 
     async def run(
-        self, host: str, port: int, stop: trio.Event,
-        *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+        self,
+        host: str,
+        port: int,
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Bind, start the app's lifespan, serve until `stop` is set, then drain with a bound.
 
@@ -131,12 +136,17 @@ class FrontDoor:
             lifespan_nursery.cancel_scope.cancel()
 
     async def _wait_idle(self) -> None:
-        while self.connections or self.hub.clients:
-            await trio.sleep(0.01)
+        """Wait until every connection (websocket ones included) has finished."""
+        if self.connections:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     async def _accept_all(
-        self, listeners: list[trio.SocketListener], nursery: trio.Nursery,
-        *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+        self,
+        listeners: list[trio.SocketListener],
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
@@ -156,12 +166,19 @@ class FrontDoor:
             if is_event_stream(head):
                 await self.hub.serve(stream, head)
                 return
-            server = TCPServer(self.app, self.config, self.context,
-                               ConnectionState(self.lifespan_state.copy()),
-                               PrefixedStream(stream, head))
+            server = TCPServer(
+                self.app,
+                self.config,
+                self.context,
+                ConnectionState(self.lifespan_state.copy()),
+                # hypercorn annotates SSLStream but uses only the Stream API
+                PrefixedStream(stream, head),  # type: ignore[arg-type]
+            )
             await server.run()
         finally:
             self.connections -= 1
+            if not self.connections:
+                self._idle.set()
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()  # idempotent; covers a handler cancelled mid-peek
 

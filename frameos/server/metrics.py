@@ -26,38 +26,59 @@ class RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state, bus, hub = self.state, self.bus, self.hub
-        yield GaugeMetricFamily("frameos_uptime_seconds", "Seconds since start",
-                                value=state.uptime())
-        yield GaugeMetricFamily("frameos_ready", "1 when /readyz answers 200",
-                                value=0 if state.not_ready_reasons() else 1)
-        yield CounterMetricFamily("frameos_events_published", "Events published on the bus",
-                                  value=bus.published)
-        yield CounterMetricFamily("frameos_events_dropped",
-                                  "Events dropped by observers (never by the log)",
-                                  value=bus.dropped)
-        yield CounterMetricFamily("frameos_event_log_bytes", "Bytes appended to the event log",
-                                  value=bus.bytes_logged)
-        yield GaugeMetricFamily("frameos_event_seq", "Sequence number of the newest event",
-                                value=bus.last_seq)
-        yield CounterMetricFamily("frameos_heartbeats", "Heartbeats emitted",
-                                  value=state.heartbeats)
-        yield GaugeMetricFamily("frameos_loop_lag_seconds", "Lateness of the last heartbeat",
-                                value=state.last_heartbeat_lag_ms / 1000)
-        yield GaugeMetricFamily("frameos_ws_clients", "Connected websocket clients",
-                                value=len(hub.clients))
-        yield CounterMetricFamily("frameos_ws_connections", "Websocket connections accepted",
-                                  value=hub.connected_total)
-        yield CounterMetricFamily("frameos_ws_clients_dropped",
-                                  "Websocket clients dropped for falling behind",
-                                  value=hub.dropped_slow)
-        yield CounterMetricFamily("frameos_ws_frames", "Event frames handed to websocket clients",
-                                  value=hub.frames_sent)
-        yield CounterMetricFamily("frameos_ws_protocol_errors",
-                                  "Websocket clients closed for protocol errors",
-                                  value=hub.protocol_errors)
+        yield GaugeMetricFamily(
+            "frameos_uptime_seconds", "Seconds since start", value=state.uptime()
+        )
+        yield GaugeMetricFamily(
+            "frameos_ready",
+            "1 when /readyz answers 200",
+            value=0 if state.not_ready_reasons() else 1,
+        )
+        yield CounterMetricFamily(
+            "frameos_events_published", "Events published on the bus", value=bus.published
+        )
+        yield CounterMetricFamily(
+            "frameos_events_dropped",
+            "Events dropped by observers (never by the log)",
+            value=bus.dropped,
+        )
+        yield CounterMetricFamily(
+            "frameos_event_log_bytes", "Bytes appended to the event log", value=bus.bytes_logged
+        )
+        yield GaugeMetricFamily(
+            "frameos_event_seq", "Sequence number of the newest event", value=bus.last_seq
+        )
+        yield CounterMetricFamily(
+            "frameos_heartbeats", "Heartbeats emitted", value=state.heartbeats
+        )
+        yield GaugeMetricFamily(
+            "frameos_loop_lag_seconds",
+            "Lateness of the last heartbeat",
+            value=state.last_heartbeat_lag_ms / 1000,
+        )
+        yield GaugeMetricFamily(
+            "frameos_ws_clients", "Connected websocket clients", value=len(hub.clients)
+        )
+        yield CounterMetricFamily(
+            "frameos_ws_connections", "Websocket connections accepted", value=hub.connected_total
+        )
+        yield CounterMetricFamily(
+            "frameos_ws_clients_dropped",
+            "Websocket clients dropped for falling behind",
+            value=hub.dropped_slow,
+        )
+        yield CounterMetricFamily(
+            "frameos_ws_frames", "Event frames handed to websocket clients", value=hub.frames_sent
+        )
+        yield CounterMetricFamily(
+            "frameos_ws_protocol_errors",
+            "Websocket clients closed for protocol errors",
+            value=hub.protocol_errors,
+        )
         counts = state.worker_counts()
-        workers = GaugeMetricFamily("frameos_workers", "Supervised workers by state",
-                                    labels=["state"])
+        workers = GaugeMetricFamily(
+            "frameos_workers", "Supervised workers by state", labels=["state"]
+        )
         workers.add_metric(["total"], counts.total)
         workers.add_metric(["running"], counts.running)
         workers.add_metric(["failed"], counts.failed)
@@ -72,9 +93,15 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         self.registry.register(RuntimeCollector(state, bus, hub))
         self.http_requests = Counter(
-            "frameos_http_requests", "HTTP requests by route, method and status",
-            ["route", "method", "status"], registry=self.registry)
+            "frameos_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
         self.http_seconds = Histogram(
-            "frameos_http_request_duration_seconds", "HTTP request handling time by route",
-            ["route"], registry=self.registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+            "frameos_http_request_duration_seconds",
+            "HTTP request handling time by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )

@@ -13,6 +13,7 @@ thread that makes it the only writer, and frame order is the order of `send` cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections import deque
@@ -187,10 +188,9 @@ class WsClient:
         """Send a close frame (best effort) and finish."""
         if self.closed:
             return
-        try:
+        # wsproto refuses when the connection is already closing: then just finish
+        with contextlib.suppress(LocalProtocolError):
             self.send(self.conn.send(CloseConnection(code=code, reason=reason)))
-        except Exception:  # wsproto refuses when the handshake state is already closing
-            pass
         self.finish(reason)
 
     def finish(self, reason: str) -> None:
@@ -286,7 +286,7 @@ class WsHub:
         _tune(stream)
         await stream.send_all(conn.send(AcceptConnection()))
         # wsproto's server side drops bytes that followed the handshake in the same read
-        trailing = raw[raw.index(b"\r\n\r\n") + 4:]
+        trailing = raw[raw.index(b"\r\n\r\n") + 4 :]
         if trailing:
             conn.receive_data(trailing)
         client = WsClient(self, stream, conn, _peer(stream))
@@ -322,8 +322,14 @@ def _since(target: str) -> int | None:
         return None
     raw = query["since"][-1]
     if not raw.isdigit():
-        raise _Reject(400, _error("invalid_cursor", f"since must be a non-negative integer "
-                                  f"sequence number, found {raw!r}", parameter="since"))
+        raise _Reject(
+            400,
+            _error(
+                "invalid_cursor",
+                f"since must be a non-negative integer sequence number, found {raw!r}",
+                parameter="since",
+            ),
+        )
     return int(raw)
 
 
@@ -331,8 +337,15 @@ async def _check_cursor(bus: Bus, since: int) -> None:
     oldest = await trio.to_thread.run_sync(bus.log.oldest_seq)
     head = bus.last_seq
     if since > head:
-        raise _Reject(400, _error("invalid_cursor", f"since={since} is ahead of the newest event "
-                                  f"{head}", requested_cursor=since, head_cursor=head))
+        raise _Reject(
+            400,
+            _error(
+                "invalid_cursor",
+                f"since={since} is ahead of the newest event {head}",
+                requested_cursor=since,
+                head_cursor=head,
+            ),
+        )
     try:
         check_stale(since, oldest, head)
     except StaleCursorError as exc:
@@ -346,13 +359,19 @@ def check_stale(cursor: int, oldest_seq: int | None, head: int) -> None:
 
 
 def stale_body(exc: StaleCursorError) -> dict[str, object]:
-    return _error("stale_cursor", str(exc), requested_cursor=exc.requested,
-                  oldest_available_cursor=exc.oldest - 1, head_cursor=exc.head,
-                  recovery=f"resume from oldest_available_cursor ({exc.oldest - 1})")
+    return _error(
+        "stale_cursor",
+        str(exc),
+        requested_cursor=exc.requested,
+        oldest_available_cursor=exc.oldest - 1,
+        head_cursor=exc.head,
+        recovery=f"resume from oldest_available_cursor ({exc.oldest - 1})",
+    )
 
 
-async def _handshake(stream: trio.SocketStream, conn: WSConnection,
-                     head: bytes) -> tuple[Request, bytes] | None:
+async def _handshake(
+    stream: trio.SocketStream, conn: WSConnection, head: bytes
+) -> tuple[Request, bytes] | None:
     """Read until wsproto has the upgrade request; returns it with every raw byte read."""
     raw = head
     data = head
@@ -364,14 +383,21 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection,
                     if isinstance(event, Request):
                         return event, raw
             except RemoteProtocolError as exc:
-                await _reject_http(stream, 400, _error(
-                    "bad_request", f"/ws/events needs a websocket upgrade: {exc}",
-                    fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
-                        "Sec-WebSocket-Version: 13"))
+                await _reject_http(
+                    stream,
+                    400,
+                    _error(
+                        "bad_request",
+                        f"/ws/events needs a websocket upgrade: {exc}",
+                        fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
+                        "Sec-WebSocket-Version: 13",
+                    ),
+                )
                 return None
             if len(raw) > HANDSHAKE_MAX_BYTES:
-                await _reject_http(stream, 431, _error("headers_too_large",
-                                                       "handshake headers exceed 16 KiB"))
+                await _reject_http(
+                    stream, 431, _error("headers_too_large", "handshake headers exceed 16 KiB")
+                )
                 return None
             try:
                 data = await stream.receive_some(16_384)
@@ -386,25 +412,27 @@ async def _handshake(stream: trio.SocketStream, conn: WSConnection,
 
 async def _reject_http(stream: trio.SocketStream, status: int, body: dict[str, object]) -> None:
     payload = orjson.dumps(body)
-    reason = {400: "Bad Request", 410: "Gone", 431: "Request Header Fields Too Large",
-              503: "Service Unavailable"}.get(status, "Error")
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n").encode()
+    reason = {
+        400: "Bad Request",
+        410: "Gone",
+        431: "Request Header Fields Too Large",
+        503: "Service Unavailable",
+    }.get(status, "Error")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n"
+    ).encode()
     with trio.move_on_after(CLOSE_FLUSH_S):
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(head + payload)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
     await stream.aclose()
 
 
 def _tune(stream: trio.SocketStream) -> None:
     import socket
 
-    try:
+    with contextlib.suppress(OSError):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-    except OSError:
-        pass
 
 
 def _peer(stream: trio.SocketStream) -> str:

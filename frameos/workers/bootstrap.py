@@ -46,8 +46,11 @@ class BootstrapContext:
 def step_env(ctx: BootstrapContext) -> dict[str, str]:
     """The VM's environment plus the FRAMEOS_* variables steps read."""
     env = dict(ctx.env)
-    env.update(FRAMEOS_VM=ctx.vm.name, FRAMEOS_VM_PID=str(ctx.pid),
-               FRAMEOS_QMP_SOCKET=str(ctx.paths.qmp_socket))
+    env.update(
+        FRAMEOS_VM=ctx.vm.name,
+        FRAMEOS_VM_PID=str(ctx.pid),
+        FRAMEOS_QMP_SOCKET=str(ctx.paths.qmp_socket),
+    )
     if ctx.paths.overlay is not None:
         env["FRAMEOS_OVERLAY"] = str(ctx.paths.overlay)
     if ctx.vm.bootstrap is not None:
@@ -82,9 +85,13 @@ class StepOutput:
             self._line(self._partial)
             self._partial = b""
         if self.hidden:
-            self.publisher.publish_nowait(ev.Message(
-                text=f"{self.prefix}: {self.hidden} more output lines not shown "
-                     f"(limit {MAX_LINES} lines / {MAX_BYTES} bytes per step)"), "warn")
+            self.publisher.publish_nowait(
+                ev.Message(
+                    text=f"{self.prefix}: {self.hidden} more output lines not shown "
+                    f"(limit {MAX_LINES} lines / {MAX_BYTES} bytes per step)"
+                ),
+                "warn",
+            )
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode(errors="replace").rstrip("\r")
@@ -122,21 +129,27 @@ async def run_bootstrap(ctx: BootstrapContext) -> bool:
         for step in boot.steps:
             error = await _run_step(ctx, step)
             if error is not None:
-                await publish(ev.BootstrapFailed(vm=ctx.vm.name, duration_ms=_ms(started),
-                                                 error=error))
+                await publish(
+                    ev.BootstrapFailed(vm=ctx.vm.name, duration_ms=_ms(started), error=error)
+                )
                 finished = True
                 return False
         write_stamp(ctx.paths.stamp, value)
-        await publish(ev.BootstrapCompleted(vm=ctx.vm.name, status="success",
-                                            duration_ms=_ms(started)))
+        await publish(
+            ev.BootstrapCompleted(vm=ctx.vm.name, status="success", duration_ms=_ms(started))
+        )
         finished = True
         return True
     finally:
         if not finished:
             with contextlib.suppress(trio.ClosedResourceError):
-                ctx.publisher.publish_nowait(ev.BootstrapFailed(
-                    vm=ctx.vm.name, duration_ms=_ms(started),
-                    error="interrupted: the VM exited or frameos is stopping"))
+                ctx.publisher.publish_nowait(
+                    ev.BootstrapFailed(
+                        vm=ctx.vm.name,
+                        duration_ms=_ms(started),
+                        error="interrupted: the VM exited or frameos is stopping",
+                    )
+                )
 
 
 async def _run_step(ctx: BootstrapContext, step: BootstrapStep) -> str | None:
@@ -149,10 +162,16 @@ async def _run_step(ctx: BootstrapContext, step: BootstrapStep) -> str | None:
         error_or_none = await _attempt(ctx, step, output)
         output.close()
         status = "success" if error_or_none is None else "failed"
-        await ctx.publisher.publish(ev.BootstrapStep(
-            vm=ctx.vm.name, step=step.name, status=status, duration_ms=_ms(started),
-            attempt=attempt, detail=None if error_or_none is None else output.detail(
-                error_or_none)))
+        await ctx.publisher.publish(
+            ev.BootstrapStep(
+                vm=ctx.vm.name,
+                step=step.name,
+                status=status,
+                duration_ms=_ms(started),
+                attempt=attempt,
+                detail=None if error_or_none is None else output.detail(error_or_none),
+            )
+        )
         if error_or_none is None:
             return None
         error = error_or_none
@@ -165,8 +184,9 @@ async def _attempt(ctx: BootstrapContext, step: BootstrapStep, output: StepOutpu
     try:
         argv = substitute(step.command, ctx.paths)
         with trio.move_on_after(step.timeout_ms / 1000) as deadline:
-            code = await run_captured(argv, output.feed, env=step_env(ctx), cwd=ctx.vm.cwd,
-                                      grace_s=STEP_GRACE_S)
+            code = await run_captured(
+                argv, output.feed, env=step_env(ctx), cwd=ctx.vm.cwd, grace_s=STEP_GRACE_S
+            )
     except LaunchError as exc:
         return str(exc)
     except OSError as exc:

@@ -114,17 +114,23 @@ class OrphanChild:
         self.signal_group(signal.SIGKILL)
 
 
-async def spawn(argv: list[str], *, env: Mapping[str, str], cwd: Path | None,
-                output: int | None = None) -> OwnChild:
+async def spawn(
+    argv: list[str], *, env: Mapping[str, str], cwd: Path | None, output: int | None = None
+) -> OwnChild:
     """Start `argv` in a new session (its own process group) with stdin on /dev/null.
 
     `output` is a file descriptor for stdout and stderr (None: /dev/null). Raises OSError when
     the program cannot be started.
     """
     process = await trio.lowlevel.open_process(
-        argv, env=dict(env), cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL,
+        argv,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
         stdout=output if output is not None else subprocess.DEVNULL,
-        stderr=output if output is not None else subprocess.DEVNULL)
+        stderr=output if output is not None else subprocess.DEVNULL,
+    )
     return OwnChild(process)
 
 
@@ -144,9 +150,14 @@ async def terminate_group(child: Child, grace_s: float) -> None:
     child.kill_leftovers()
 
 
-async def run_captured(argv: list[str], on_output: Callable[[bytes], None], *,
-                       env: Mapping[str, str], cwd: Path | None,
-                       grace_s: float = 1.0) -> int:
+async def run_captured(
+    argv: list[str],
+    on_output: Callable[[bytes], None],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    grace_s: float = 1.0,
+) -> int:
     """Run `argv` in its own group, feeding its stdout+stderr chunks to `on_output`.
 
     Returns the exit status (negative: killed by that signal). Raises OSError when it cannot

@@ -25,9 +25,16 @@ COMMAND_GRACE_S = 1.0
 TAIL_BYTES = 2048
 
 
-def request_for(method: str, child: Child, *, sig: str = "SIGINT",
-                command: list[str] | None = None, qmp_socket: Path | None = None,
-                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Request:
+def request_for(
+    method: str,
+    child: Child,
+    *,
+    sig: str = "SIGINT",
+    command: list[str] | None = None,
+    qmp_socket: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Request:
     """The cooperative request of `method` for `child`."""
     if method == "qmp":
         if qmp_socket is None:

@@ -24,28 +24,43 @@ LADDER = {"cooperative_ms": 1500, "sigterm_ms": 2000, "sigkill_ms": 1000}
 
 
 def _step(name: str, code: str) -> dict[str, Any]:
-    return {"name": name, "command": [sys.executable, "-c", code], "timeout_ms": 5000,
-            "retries": 1, "retry_delay_ms": 200}
+    return {
+        "name": name,
+        "command": [sys.executable, "-c", code],
+        "timeout_ms": 5000,
+        "retries": 1,
+        "retry_delay_ms": 200,
+    }
 
 
-WAIT_FOR_GUEST = ("import os, time; time.sleep(0.3); "
-                  "print('guest', os.environ['FRAMEOS_VM'], 'answers on', "
-                  "os.environ['FRAMEOS_SSH_HOST'] + ':' + os.environ['FRAMEOS_SSH_PORT'])")
-PROVISION = ("import time\n"
-             "for item in ('users', 'packages', 'services'):\n"
-             "    print('provisioning', item, flush=True); time.sleep(0.1)")
+WAIT_FOR_GUEST = (
+    "import os, time; time.sleep(0.3); "
+    "print('guest', os.environ['FRAMEOS_VM'], 'answers on', "
+    "os.environ['FRAMEOS_SSH_HOST'] + ':' + os.environ['FRAMEOS_SSH_PORT'])"
+)
+PROVISION = (
+    "import time\n"
+    "for item in ('users', 'packages', 'services'):\n"
+    "    print('provisioning', item, flush=True); time.sleep(0.1)"
+)
 
 
 def demo_vm_configs() -> list[dict[str, Any]]:
     """The `vms` of the demo config."""
+
     def vm(name: str, kind: str) -> dict[str, Any]:
         return {
             "name": name,
             "command": [sys.executable, "-m", "frameos.workers.demo", kind],
             "cooperative": {"method": "signal", "signal": "SIGINT"},
             "timeouts": dict(LADDER),
-            "restart": {"policy": "permanent", "backoff_initial_ms": 500,
-                        "backoff_max_ms": 4000, "max_restarts": 5, "window_s": 60},
+            "restart": {
+                "policy": "permanent",
+                "backoff_initial_ms": 500,
+                "backoff_max_ms": 4000,
+                "max_restarts": 5,
+                "window_s": 60,
+            },
         }
 
     polite = vm("demo-polite", "polite")

@@ -49,8 +49,16 @@ class LadderResult:
 class Ladder:
     """One run of the ladder for one process; `run` is the whole thing."""
 
-    def __init__(self, vm: str, child: Child, *, method: Method, request: Request,
-                 timeouts: TimeoutsConfig, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        vm: str,
+        child: Child,
+        *,
+        method: Method,
+        request: Request,
+        timeouts: TimeoutsConfig,
+        publisher: Publisher,
+    ) -> None:
         self.vm, self.child, self.method, self.request = vm, child, method, request
         self.timeouts, self.publisher = timeouts, publisher
         self.started = 0.0
@@ -67,14 +75,19 @@ class Ladder:
             await publish(ev.VmShutdownRequested(vm=self.vm, reason=reason))
             if await self._cooperative():
                 return await self._complete("graceful", changed)
-            for sig, limit_ms in ((signal.SIGTERM, self.timeouts.sigterm_ms),
-                                  (signal.SIGKILL, self.timeouts.sigkill_ms)):
+            for sig, limit_ms in (
+                (signal.SIGTERM, self.timeouts.sigterm_ms),
+                (signal.SIGKILL, self.timeouts.sigkill_ms),
+            ):
                 if await self._escalate(sig, limit_ms):
                     return await self._complete("forced", changed)
-            await publish(ev.Message(
-                text=f"{self.vm}: pid {self.child.pid} is still there "
-                     f"{self.timeouts.sigkill_ms} ms after SIGKILL (stuck in the kernel?)"),
-                "error")
+            await publish(
+                ev.Message(
+                    text=f"{self.vm}: pid {self.child.pid} is still there "
+                    f"{self.timeouts.sigkill_ms} ms after SIGKILL (stuck in the kernel?)"
+                ),
+                "error",
+            )
             return await self._complete("forced", changed, exited=False)
         finally:
             await self._kill_bounded()
@@ -88,8 +101,9 @@ class Ladder:
         """The first rung: True when the process exited within `cooperative_ms`."""
         limit_ms = self.timeouts.cooperative_ms
         publish = self.publisher.publish
-        await publish(ev.VmCooperativeAttempted(vm=self.vm, method=self.method,
-                                                timeout_ms=limit_ms))
+        await publish(
+            ev.VmCooperativeAttempted(vm=self.vm, method=self.method, timeout_ms=limit_ms)
+        )
         rung_start = trio.current_time()
         self.rung = "cooperative"
         if not self.child.exited:
@@ -103,8 +117,9 @@ class Ladder:
             await publish(ev.VmCooperativeSucceeded(vm=self.vm, elapsed_ms=self._elapsed_ms()))
             return True
         reason, detail = self._failure or ("timeout_expired", f"no exit within {limit_ms} ms")
-        await publish(ev.VmCooperativeTimedOut(vm=self.vm, waited_ms=waited_ms, reason=reason,
-                                               detail=detail))
+        await publish(
+            ev.VmCooperativeTimedOut(vm=self.vm, waited_ms=waited_ms, reason=reason, detail=detail)
+        )
         return False
 
     async def _deliver(self, rung: trio.CancelScope) -> None:
@@ -120,9 +135,13 @@ class Ladder:
 
     async def _escalate(self, sig: signal.Signals, limit_ms: int) -> bool:
         """One signal rung: True when the process exited within `limit_ms`."""
-        await self.publisher.publish(ev.VmShutdownEscalated(
-            vm=self.vm, signal="SIGTERM" if sig == signal.SIGTERM else "SIGKILL",
-            timeout_ms=limit_ms))
+        await self.publisher.publish(
+            ev.VmShutdownEscalated(
+                vm=self.vm,
+                signal="SIGTERM" if sig == signal.SIGTERM else "SIGKILL",
+                timeout_ms=limit_ms,
+            )
+        )
         self.rung = sig.name
         self.child.signal_group(sig)
         with trio.move_on_after(limit_ms / 1000):
@@ -131,12 +150,14 @@ class Ladder:
             self.rung = "after SIGKILL"
         return self.child.exited
 
-    async def _complete(self, outcome: Outcome, changed: bool,
-                        exited: bool = True) -> LadderResult:
+    async def _complete(self, outcome: Outcome, changed: bool, exited: bool = True) -> LadderResult:
         self._done = True
         result = LadderResult(outcome, self._elapsed_ms(), changed, exited)
-        await self.publisher.publish(ev.VmShutdownComplete(
-            vm=self.vm, outcome=outcome, total_ms=result.total_ms, changed=changed))
+        await self.publisher.publish(
+            ev.VmShutdownComplete(
+                vm=self.vm, outcome=outcome, total_ms=result.total_ms, changed=changed
+            )
+        )
         return result
 
     async def _kill_bounded(self) -> None:
@@ -150,6 +171,10 @@ class Ladder:
     def _report_interrupted(self) -> None:
         state = "killed" if self.child.exited else "SIGKILLed but still there"
         with contextlib.suppress(trio.ClosedResourceError):
-            self.publisher.publish_nowait(ev.Message(
-                text=f"{self.vm}: stop ladder interrupted during {self.rung} after "
-                     f"{self._elapsed_ms()} ms; pid {self.child.pid} {state}"), "warn")
+            self.publisher.publish_nowait(
+                ev.Message(
+                    text=f"{self.vm}: stop ladder interrupted during {self.rung} after "
+                    f"{self._elapsed_ms()} ms; pid {self.child.pid} {state}"
+                ),
+                "warn",
+            )

@@ -38,9 +38,13 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
     if record is None:
         return None
     if record.alive() or record.leftovers():
-        await publisher.publish(ev.Message(
-            text=f"{vm}: pid {record.pid} was left running by a previous frameos "
-                 f"(pid {record.owner_pid}); stopping it through the ladder"), "warn")
+        await publisher.publish(
+            ev.Message(
+                text=f"{vm}: pid {record.pid} was left running by a previous frameos "
+                f"(pid {record.owner_pid}); stopping it through the ladder"
+            ),
+            "warn",
+        )
         ladder = _ladder(vm, record, publisher)
         await ladder.run(ORPHAN_REASON)
         await _leftovers_gone(record, ladder.timeouts.sigkill_ms / 1000, publisher)
@@ -48,16 +52,17 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
     return record
 
 
-async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float,
-                          publisher: Publisher) -> None:
+async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: Publisher) -> None:
     """SIGKILL lands asynchronously: before launching anew, see the old group gone (bounded)."""
     with trio.move_on_after(bound_s):
         while record.leftovers():  # noqa: ASYNC110  # not our children: /proc is all there is
             await trio.sleep(ORPHAN_POLL_S)
     if stuck := record.leftovers():
         pids = ", ".join(str(p.pid) for p in stuck)
-        await publisher.publish(ev.Message(
-            text=f"{record.vm}: pids {pids} of the previous instance survived SIGKILL"), "error")
+        await publisher.publish(
+            ev.Message(text=f"{record.vm}: pids {pids} of the previous instance survived SIGKILL"),
+            "error",
+        )
 
 
 def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher) -> Ladder:
@@ -67,22 +72,29 @@ def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher) -> Ladder:
     except pydantic.ValidationError:
         timeouts = TimeoutsConfig()
     method: Method = next((m for m in METHODS if m == record.method), "none")
-    request = request_for(method, child, sig=record.signal, command=record.command,
-                          qmp_socket=Path(record.qmp_socket) if record.qmp_socket else None)
-    return Ladder(vm, child, method=method, request=request, timeouts=timeouts,
-                  publisher=publisher)
+    request = request_for(
+        method,
+        child,
+        sig=record.signal,
+        command=record.command,
+        qmp_socket=Path(record.qmp_socket) if record.qmp_socket else None,
+    )
+    return Ladder(vm, child, method=method, request=request, timeouts=timeouts, publisher=publisher)
 
 
-async def discard_overlay(vm: str, path: Path | None, reason: Literal["shutdown", "orphan"],
-                          publisher: Publisher) -> None:
+async def discard_overlay(
+    vm: str, path: Path | None, reason: Literal["shutdown", "orphan"], publisher: Publisher
+) -> None:
     """Remove an overlay and publish `vm.layer_discarded` (nothing when it is not there)."""
     if path is None:
         return
     reclaimed = overlay.discard(path)
     if reclaimed is not None:
-        await publisher.publish(ev.VmLayerDiscarded(
-            vm=vm, overlay_path=str(path), reclaimed_bytes=reclaimed,
-            reason=reason))
+        await publisher.publish(
+            ev.VmLayerDiscarded(
+                vm=vm, overlay_path=str(path), reclaimed_bytes=reclaimed, reason=reason
+            )
+        )
 
 
 def remove_stale_socket(path: Path) -> None:
@@ -92,8 +104,9 @@ def remove_stale_socket(path: Path) -> None:
             path.unlink()
 
 
-async def clean_up_after(vm: str, path: Path, overlay_path: Path | None,
-                         publisher: Publisher) -> None:
+async def clean_up_after(
+    vm: str, path: Path, overlay_path: Path | None, publisher: Publisher
+) -> None:
     """Everything a previous instance may have left of one VM: process, overlay, socket."""
     record = await stop_orphan(vm, path, publisher)
     if record is not None and record.overlay and Path(record.overlay) != overlay_path:
@@ -101,4 +114,3 @@ async def clean_up_after(vm: str, path: Path, overlay_path: Path | None,
     await discard_overlay(vm, overlay_path, "orphan", publisher)
     if record is not None and record.qmp_socket:
         remove_stale_socket(Path(record.qmp_socket))
-

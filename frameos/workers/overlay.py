@@ -30,8 +30,9 @@ async def prepare(base: Path, overlay: Path) -> None:
     argv = [tool, "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)]
     try:
         with trio.fail_after(CREATE_TIMEOUT_S):
-            result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
-                                            check=False)
+            result = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False
+            )
     except trio.TooSlowError:
         raise LaunchError(f"{QEMU_IMG} create took over {CREATE_TIMEOUT_S:g} s") from None
     if result.returncode != 0:

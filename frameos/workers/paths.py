@@ -1,10 +1,10 @@
 """Where a VM's files live under `state_dir`, and the environment its processes get.
 
-    state_dir/vms/NAME.pid        pidfile (pidfile.py)
-    state_dir/vms/NAME.qmp        QMP unix socket (`{qmp_socket}`)
-    state_dir/vms/NAME.log        the VM's stdout and stderr
-    state_dir/overlays/NAME.qcow2 overlay on `base_image` (`{overlay}`; `overlay_dir` overrides)
-    state_dir/bootstrap/NAME.stamp  digest of the last successful bootstrap (plan.py)
+state_dir/vms/NAME.pid        pidfile (pidfile.py)
+state_dir/vms/NAME.qmp        QMP unix socket (`{qmp_socket}`)
+state_dir/vms/NAME.log        the VM's stdout and stderr
+state_dir/overlays/NAME.qcow2 overlay on `base_image` (`{overlay}`; `overlay_dir` overrides)
+state_dir/bootstrap/NAME.stamp  digest of the last successful bootstrap (plan.py)
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class VmPaths:
         if size > UNIX_PATH_MAX:
             raise LaunchError(
                 f"QMP socket path {self.qmp_socket} is {size} bytes; unix socket paths must be "
-                f"under 108 bytes: choose a shorter state_dir or VM name")
+                f"under 108 bytes: choose a shorter state_dir or VM name"
+            )
 
 
 def substitute(argv: list[str], paths: VmPaths) -> list[str]:
@@ -72,7 +73,8 @@ def substitute(argv: list[str], paths: VmPaths) -> list[str]:
             if paths.overlay is None:
                 raise LaunchError(
                     f"vm {paths.name}: the command uses {{overlay}} but no base_image is set; "
-                    f"set base_image or remove the placeholder")
+                    f"set base_image or remove the placeholder"
+                )
             arg = arg.replace("{overlay}", str(paths.overlay))
         out.append(arg.replace("{qmp_socket}", str(paths.qmp_socket)))
     return out
@@ -84,7 +86,8 @@ def uses_qmp(argv: list[str]) -> bool:
 
 def child_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """`base` without frameos's private variables, plus `extra`."""
-    env = {k: v for k, v in base.items()
-           if k not in PRIVATE_ENV and not k.startswith(PRIVATE_PREFIXES)}
+    env = {
+        k: v for k, v in base.items() if k not in PRIVATE_ENV and not k.startswith(PRIVATE_PREFIXES)
+    }
     env.update(extra)
     return env

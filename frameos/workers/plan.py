@@ -93,8 +93,13 @@ def ssh_info(vm: VmConfig) -> SshInfo:
     ssh = vm.bootstrap.ssh if vm.bootstrap is not None else None
     if ssh is None:
         return SshInfo()
-    return SshInfo(user=ssh.user, host=ssh.host, port=ssh.port, identity=ssh.identity,
-                   options=list(ssh.options))
+    return SshInfo(
+        user=ssh.user,
+        host=ssh.host,
+        port=ssh.port,
+        identity=ssh.identity,
+        options=list(ssh.options),
+    )
 
 
 def decide(vm: VmConfig, stamp: str | None) -> tuple[bool, str, str | None]:
@@ -117,9 +122,13 @@ def planned(vm: VmConfig, state_dir: Path) -> BootstrapPlanned:
     run, why, _ = decide(vm, read_stamp(paths.stamp))
     boot = vm.bootstrap
     return BootstrapPlanned(
-        vm=vm.name, steps=[s.name for s in boot.steps] if boot else [],
-        trigger=boot.trigger if boot else "auto", ssh=ssh_info(vm),
-        action="would_run" if run else "would_skip", reason=why)
+        vm=vm.name,
+        steps=[s.name for s in boot.steps] if boot else [],
+        trigger=boot.trigger if boot else "auto",
+        ssh=ssh_info(vm),
+        action="would_run" if run else "would_skip",
+        reason=why,
+    )
 
 
 def plans(config: FrameConfig) -> list[BootstrapPlanned]:

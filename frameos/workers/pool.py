@@ -31,15 +31,29 @@ EXIT_EXHAUSTED = 3
 class VmPool:
     """The VM workers of one `frameos run`."""
 
-    def __init__(self, config: FrameConfig, publisher: Publisher, *,
-                 on_exhausted: Callable[[str], None] | None = None,
-                 base_env: Mapping[str, str] | None = None,
-                 spawner: Spawner = default_spawner) -> None:
+    def __init__(
+        self,
+        config: FrameConfig,
+        publisher: Publisher,
+        *,
+        on_exhausted: Callable[[str], None] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        spawner: Spawner = default_spawner,
+    ) -> None:
         assert config.state_dir is not None, "resolve() fills state_dir"
         self.state_dir: Path = config.state_dir
         self.publisher = publisher
-        self.workers = [VmWorker(vm, self.state_dir, publisher, on_exhausted=on_exhausted,
-                                 base_env=base_env, spawner=spawner) for vm in config.vms]
+        self.workers = [
+            VmWorker(
+                vm,
+                self.state_dir,
+                publisher,
+                on_exhausted=on_exhausted,
+                base_env=base_env,
+                spawner=spawner,
+            )
+            for vm in config.vms
+        ]
 
     @property
     def restarts(self) -> int:
@@ -48,10 +62,12 @@ class VmPool:
 
     def counts(self) -> WorkerCounts:
         states = [w.state for w in self.workers]
-        failed = sum(1 for w in self.workers if w.state is VmState.GAVE_UP
-                     or (w.state is VmState.FINISHED and w.last_abnormal))
-        return WorkerCounts(total=len(states), running=states.count(VmState.RUNNING),
-                            failed=failed)
+        failed = sum(
+            1
+            for w in self.workers
+            if w.state is VmState.GAVE_UP or (w.state is VmState.FINISHED and w.last_abnormal)
+        )
+        return WorkerCounts(total=len(states), running=states.count(VmState.RUNNING), failed=failed)
 
     def not_ready_reasons(self) -> list[str]:
         return [reason for w in self.workers for reason in w.not_ready_reasons()]
@@ -83,9 +99,13 @@ class VmPool:
         """A reload hook: VM changes are not applied live; say so."""
         vm_changes = [path for path in changed if path == "vms" or path.startswith("vms.")]
         if vm_changes:
-            await self.publisher.publish(ev.Message(
-                text="VM configuration changed: takes effect after a restart of frameos "
-                     "(running VMs keep their current settings)"), "warn")
+            await self.publisher.publish(
+                ev.Message(
+                    text="VM configuration changed: takes effect after a restart of frameos "
+                    "(running VMs keep their current settings)"
+                ),
+                "warn",
+            )
 
     async def _stop_unknown_orphans(self) -> None:
         """Pidfiles of VMs no longer configured: their processes still go through the ladder."""
@@ -98,8 +118,9 @@ class VmPool:
         async with trio.open_nursery() as nursery:
             for name in names:
                 if name.endswith(".pid") and name[:-4] not in known:
-                    nursery.start_soon(clean_up_after, name[:-4], directory / name, None,
-                                       self.publisher)
+                    nursery.start_soon(
+                        clean_up_after, name[:-4], directory / name, None, self.publisher
+                    )
 
     def collector(self) -> Collector:
         return PoolCollector(self)
@@ -112,12 +133,13 @@ class PoolCollector(Collector):
         self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        state = GaugeMetricFamily("frameos_vm_state", "1 for the state each VM is in",
-                                  labels=["vm", "state"])
-        restarts = CounterMetricFamily("frameos_vm_restarts", "Restarts of each VM",
-                                       labels=["vm"])
-        uptime = GaugeMetricFamily("frameos_vm_uptime_seconds",
-                                   "Seconds since the running VM was launched", labels=["vm"])
+        state = GaugeMetricFamily(
+            "frameos_vm_state", "1 for the state each VM is in", labels=["vm", "state"]
+        )
+        restarts = CounterMetricFamily("frameos_vm_restarts", "Restarts of each VM", labels=["vm"])
+        uptime = GaugeMetricFamily(
+            "frameos_vm_uptime_seconds", "Seconds since the running VM was launched", labels=["vm"]
+        )
         for worker in self.pool.workers:
             for value in VmState:
                 state.add_metric([worker.name, value.value], 1 if worker.state is value else 0)

@@ -39,7 +39,7 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
     # The command name (field 2) is in parentheses and may hold spaces or ')': split after the
     # last ')'. What follows starts at field 3 (state); field 5 is pgrp, field 22 starttime.
-    rest = raw[raw.rfind(b")") + 2:].split()
+    rest = raw[raw.rfind(b")") + 2 :].split()
     try:
         return ProcStat(pid, rest[0].decode(), int(rest[2]), int(rest[19]))
     except (IndexError, ValueError):

@@ -87,7 +87,7 @@ class QmpConnection:
             end = self._buffer.find(b"\n")
             if end >= 0:
                 line = bytes(self._buffer[:end]).strip()
-                del self._buffer[:end + 1]
+                del self._buffer[: end + 1]
                 if line:
                     return line
                 continue

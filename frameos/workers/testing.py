@@ -25,8 +25,13 @@ class FakeChild:
 
     _next_pid = 90_000_000  # above any real pid_max: /proc never has these
 
-    def __init__(self, nursery: trio.Nursery, exits_on: Mapping[int, float] | None = None,
-                 *, unkillable: bool = False) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        exits_on: Mapping[int, float] | None = None,
+        *,
+        unkillable: bool = False,
+    ) -> None:
         FakeChild._next_pid += 1
         self._pid = FakeChild._next_pid
         self.nursery = nursery
@@ -106,16 +111,23 @@ class FakeSpawner:
     """Stands in for process creation: each launch makes a FakeChild that exits on its own
     after `lifetime` (with `code`) or on the signals of `exits_on`; or fails with `fail_with`."""
 
-    def __init__(self, nursery: trio.Nursery, exits_on: Mapping[int, float] | None = None,
-                 *, lifetime: float | None = None, code: int = 1,
-                 fail_with: OSError | None = None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        exits_on: Mapping[int, float] | None = None,
+        *,
+        lifetime: float | None = None,
+        code: int = 1,
+        fail_with: OSError | None = None,
+    ) -> None:
         self.nursery, self.exits_on, self.fail_with = nursery, exits_on, fail_with
         self.lifetime, self.code = lifetime, code
         self.children: list[FakeChild] = []
         self.launches: list[tuple[list[str], dict[str, str], Path | None, float]] = []
 
-    async def __call__(self, argv: list[str], env: Mapping[str, str], cwd: Path | None,
-                       log: int) -> FakeChild:
+    async def __call__(
+        self, argv: list[str], env: Mapping[str, str], cwd: Path | None, log: int
+    ) -> FakeChild:
         self.launches.append((argv, dict(env), cwd, trio.current_time()))
         if self.fail_with is not None:
             raise self.fail_with

@@ -61,18 +61,25 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
 }
 
 
-async def default_spawner(argv: list[str], env: Mapping[str, str], cwd: Path | None,
-                          log: int) -> Child:
+async def default_spawner(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None, log: int
+) -> Child:
     return await spawn(argv, env=env, cwd=cwd, output=log)
 
 
 class VmWorker:
     """Supervises one VM; `run` in the pool's nursery, `stop` from the supervisor's stop."""
 
-    def __init__(self, vm: VmConfig, state_dir: Path, publisher: Publisher, *,
-                 on_exhausted: Callable[[str], None] | None = None,
-                 base_env: Mapping[str, str] | None = None,
-                 spawner: Spawner = default_spawner) -> None:
+    def __init__(
+        self,
+        vm: VmConfig,
+        state_dir: Path,
+        publisher: Publisher,
+        *,
+        on_exhausted: Callable[[str], None] | None = None,
+        base_env: Mapping[str, str] | None = None,
+        spawner: Spawner = default_spawner,
+    ) -> None:
         self.vm, self.publisher, self.spawner = vm, publisher, spawner
         self.paths = VmPaths.of(vm, state_dir)
         self.on_exhausted = on_exhausted
@@ -102,8 +109,9 @@ class VmWorker:
     def set_state(self, to: VmState) -> None:
         """Move to `to`; an illegal transition is a bug and raises."""
         if to not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"vm {self.name}: illegal transition {self.state.value} → "
-                               f"{to.value}")
+            raise RuntimeError(
+                f"vm {self.name}: illegal transition {self.state.value} → {to.value}"
+            )
         self.state = to
 
     def uptime_s(self) -> float:
@@ -113,8 +121,11 @@ class VmWorker:
 
     # --- the owning task --------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
+    async def run(
+        self,
+        *,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Clean up after a previous instance, then launch and supervise until `stop`.
 
         `started` comes after the first launch (with its pid, or None when it failed).
@@ -126,8 +137,7 @@ class VmWorker:
         self._running = True
         try:
             self.paths.make_dirs()
-            await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay,
-                                 self.publisher)
+            await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay, self.publisher)
             await self._supervise(task_status)
         finally:
             self._done.set()
@@ -146,8 +156,9 @@ class VmWorker:
                 uptime, self.last_abnormal = 0.0, True
             if self._stop_requested.is_set():
                 break
-            await self._follow(self.tracker.on_exit(trio.current_time(), uptime,
-                                                    self.last_abnormal))
+            await self._follow(
+                self.tracker.on_exit(trio.current_time(), uptime, self.last_abnormal)
+            )
         if not reported:
             task_status.started(None)
         await self._finish_stop()
@@ -156,18 +167,27 @@ class VmWorker:
         """Back off and return (to relaunch), or park until `stop` when there is no restart."""
         if decision.verdict is Verdict.RESTART:
             self.set_state(VmState.BACKOFF)
-            await self.publisher.publish(ev.VmRestartScheduled(
-                vm=self.name, attempt=self.attempt + 1, backoff_ms=decision.backoff_ms))
+            await self.publisher.publish(
+                ev.VmRestartScheduled(
+                    vm=self.name, attempt=self.attempt + 1, backoff_ms=decision.backoff_ms
+                )
+            )
             await self._interruptible(trio.sleep, decision.backoff_ms / 1000)
             return
         if decision.verdict is Verdict.GIVE_UP:
             self.set_state(VmState.GAVE_UP)
-            await self.publisher.publish(ev.VmGaveUp(
-                vm=self.name, restarts=decision.restarts_in_window,
-                window_s=self.vm.restart.window_s))
+            await self.publisher.publish(
+                ev.VmGaveUp(
+                    vm=self.name,
+                    restarts=decision.restarts_in_window,
+                    window_s=self.vm.restart.window_s,
+                )
+            )
             if self.vm.restart.on_exhausted == "exit" and self.on_exhausted is not None:
-                self.on_exhausted(f"vm {self.name} gave up after {decision.restarts_in_window} "
-                                  f"restarts in {self.vm.restart.window_s:g} s")
+                self.on_exhausted(
+                    f"vm {self.name} gave up after {decision.restarts_in_window} "
+                    f"restarts in {self.vm.restart.window_s:g} s"
+                )
         else:
             self.set_state(VmState.FINISHED)
         await self._stop_requested.wait()
@@ -185,10 +205,12 @@ class VmWorker:
         if self.state is not VmState.STOPPING:
             self.set_state(VmState.STOPPING)
         if not self._laddered:  # nothing was running: say so, in the same two events
-            await self.publisher.publish(ev.VmShutdownRequested(vm=self.name,
-                                                                reason=self._stop_reason))
-            await self.publisher.publish(ev.VmShutdownComplete(
-                vm=self.name, outcome="graceful", total_ms=0, changed=False))
+            await self.publisher.publish(
+                ev.VmShutdownRequested(vm=self.name, reason=self._stop_reason)
+            )
+            await self.publisher.publish(
+                ev.VmShutdownComplete(vm=self.name, outcome="graceful", total_ms=0, changed=False)
+            )
         self.set_state(VmState.STOPPED)
 
     # --- launch ----------------------------------------------------------------------------
@@ -206,14 +228,19 @@ class VmWorker:
                 await discard_overlay(self.name, self.paths.overlay, "orphan", self.publisher)
                 await overlay.prepare(self.vm.base_image, self.paths.overlay)
                 made_overlay = True
-                await self.publisher.publish(ev.VmOverlayPrepared(
-                    vm=self.name, overlay_path=str(self.paths.overlay),
-                    base_image=str(self.vm.base_image)))
+                await self.publisher.publish(
+                    ev.VmOverlayPrepared(
+                        vm=self.name,
+                        overlay_path=str(self.paths.overlay),
+                        base_image=str(self.vm.base_image),
+                    )
+                )
             child = await self._start(argv)
         except (LaunchError, OSError) as exc:
-            await self.publisher.publish(ev.Message(
-                text=f"{self.name}: launch {self.attempt} failed: {_why(exc, self.vm)}"),
-                "error")
+            await self.publisher.publish(
+                ev.Message(text=f"{self.name}: launch {self.attempt} failed: {_why(exc, self.vm)}"),
+                "error",
+            )
             if made_overlay:
                 await discard_overlay(self.name, self.paths.overlay, "shutdown", self.publisher)
             return None
@@ -223,8 +250,10 @@ class VmWorker:
         return child
 
     async def _start(self, argv: list[str]) -> Child:
-        env = child_env(self.base_env, {"FRAMEOS_VM": self.name,
-                                        "FRAMEOS_VM_ATTEMPT": str(self.attempt), **self.vm.env})
+        env = child_env(
+            self.base_env,
+            {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **self.vm.env},
+        )
         log = _open_log(self.paths.log)
         try:
             return await self.spawner(argv, env, self.vm.cwd, log)
@@ -233,12 +262,22 @@ class VmWorker:
 
     def _write_pidfile(self, child: Child) -> None:
         vm = self.vm
-        pidfile.write(self.paths.pidfile, pidfile.PidRecord(
-            vm=self.name, pid=child.pid, start_time=procfs.start_time(child.pid) or 0,
-            pgid=child.pid, method=vm.cooperative_method, signal=vm.cooperative.signal,
-            command=self._stop_command(), qmp_socket=str(self.paths.qmp_socket),
-            overlay=str(self.paths.overlay) if self.paths.overlay else None,
-            timeouts=vm.timeouts.model_dump(), owner_pid=os.getpid()))
+        pidfile.write(
+            self.paths.pidfile,
+            pidfile.PidRecord(
+                vm=self.name,
+                pid=child.pid,
+                start_time=procfs.start_time(child.pid) or 0,
+                pgid=child.pid,
+                method=vm.cooperative_method,
+                signal=vm.cooperative.signal,
+                command=self._stop_command(),
+                qmp_socket=str(self.paths.qmp_socket),
+                overlay=str(self.paths.overlay) if self.paths.overlay else None,
+                timeouts=vm.timeouts.model_dump(),
+                owner_pid=os.getpid(),
+            ),
+        )
 
     # --- from launch to exit ---------------------------------------------------------------
 
@@ -249,8 +288,9 @@ class VmWorker:
         self.boot = "pending" if has_steps else "ok"
         boot_scope = trio.CancelScope()
         try:
-            await self.publisher.publish(ev.VmLaunched(vm=self.name, pid=child.pid,
-                                                       attempt=self.attempt))
+            await self.publisher.publish(
+                ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt)
+            )
             async with trio.open_nursery() as nursery:
                 if has_steps:
                     nursery.start_soon(self._bootstrap, child, boot_scope)
@@ -269,20 +309,38 @@ class VmWorker:
             self.boot = "running"
             ok = False
             try:
-                ok = await run_bootstrap(BootstrapContext(
-                    self.vm, self.paths, child_env(self.base_env, self.vm.env), self.publisher,
-                    child.pid))
+                ok = await run_bootstrap(
+                    BootstrapContext(
+                        self.vm,
+                        self.paths,
+                        child_env(self.base_env, self.vm.env),
+                        self.publisher,
+                        child.pid,
+                    )
+                )
             finally:
                 self.boot = "ok" if ok else "failed"
 
     def _ladder(self, child: Child) -> Ladder:
         vm = self.vm
         method: Method = vm.cooperative_method  # type: ignore[assignment]  # validated literal
-        request = request_for(method, child, sig=vm.cooperative.signal,
-                              command=self._stop_command(), qmp_socket=self.paths.qmp_socket,
-                              env=child_env(self.base_env, vm.env), cwd=vm.cwd)
-        return Ladder(self.name, child, method=method, request=request, timeouts=vm.timeouts,
-                      publisher=self.publisher)
+        request = request_for(
+            method,
+            child,
+            sig=vm.cooperative.signal,
+            command=self._stop_command(),
+            qmp_socket=self.paths.qmp_socket,
+            env=child_env(self.base_env, vm.env),
+            cwd=vm.cwd,
+        )
+        return Ladder(
+            self.name,
+            child,
+            method=method,
+            request=request,
+            timeouts=vm.timeouts,
+            publisher=self.publisher,
+        )
 
     def _stop_command(self) -> list[str] | None:
         """`cooperative.command` with its placeholders filled in (as written if one cannot be)."""
@@ -305,17 +363,28 @@ class VmWorker:
         self.child = None
         code = child.returncode
         self.last_abnormal = code != 0
-        self.publisher.publish_nowait(ev.VmExited(
-            vm=self.name, pid=child.pid, exit_code=code if code is None or code >= 0 else None,
-            signal=signal_name(-code) if code is not None and code < 0 else None,
-            uptime_ms=int((trio.current_time() - self.launched_at) * 1000),
-            expected=self._stop_requested.is_set()), None if self._laddered else "warn")
+        self.publisher.publish_nowait(
+            ev.VmExited(
+                vm=self.name,
+                pid=child.pid,
+                exit_code=code if code is None or code >= 0 else None,
+                signal=signal_name(-code) if code is not None and code < 0 else None,
+                uptime_ms=int((trio.current_time() - self.launched_at) * 1000),
+                expected=self._stop_requested.is_set(),
+            ),
+            None if self._laddered else "warn",
+        )
         pidfile.remove(self.paths.pidfile)
         reclaimed = overlay.discard(self.paths.overlay) if self.paths.overlay else None
         if reclaimed is not None:
-            self.publisher.publish_nowait(ev.VmLayerDiscarded(
-                vm=self.name, overlay_path=str(self.paths.overlay), reclaimed_bytes=reclaimed,
-                reason="shutdown"))
+            self.publisher.publish_nowait(
+                ev.VmLayerDiscarded(
+                    vm=self.name,
+                    overlay_path=str(self.paths.overlay),
+                    reclaimed_bytes=reclaimed,
+                    reason="shutdown",
+                )
+            )
 
     # --- asked from outside ----------------------------------------------------------------
 
