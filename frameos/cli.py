@@ -178,7 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         apps_loaded=len(apps),
         scenes_loaded=len(scenes),
     )
-    return run_blocking(options)
+    status = run_blocking(options)
+    # Every child is gone and the event log is closed: skip the interpreter's teardown of the
+    # server stack (~170 ms), so `systemctl stop` takes as long as the stop ladder and no more.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -31,6 +31,10 @@ from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
 from frameos.sinks import HumanSink, JsonSink, QueueSink
 from frameos.state import Phase, RuntimeState
+
+if TYPE_CHECKING:
+    from frameos.server.frontdoor import FrontDoor
+    from frameos.server.wsfast import WsHub
 from frameos.systemd import SystemdNotifier
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -116,6 +120,7 @@ class Supervisor:
             scenes_loaded=options.scenes_loaded,
         )
         self.inner_scope = trio.CancelScope()
+        self.hub: WsHub | None = None
         self.forced = False
         # Called before a reload starts and after it applied (systemd notifier, workers).
         self.before_reload: list[Callable[[], Awaitable[None]]] = []
@@ -142,8 +147,7 @@ class Supervisor:
             await outer.start(bus.run)
             await outer.start(sink.run)
             # systemd: READY/STATUS/STOPPING/watchdog; does nothing without NOTIFY_SOCKET.
-            # `watchers` is read only once ready, when the hub exists.
-            notifier = SystemdNotifier(bus, state, watchers=lambda: len(self.hub.clients))
+            notifier = SystemdNotifier(bus, state, watchers=self._watchers)
             await outer.start(notifier.run)
             self.before_reload.append(notifier.before_reload)
             signals = trio.CancelScope()
@@ -199,37 +203,30 @@ class Supervisor:
         return JsonSink(self.bus)
 
     async def _run_inner(self) -> int:
-        from frameos.server.app import create_app
-        from frameos.server.frontdoor import FrontDoor
-        from frameos.server.metrics import Metrics
-        from frameos.server.wsfast import WsHub
+        from frameos.server.listen import bind
         from frameos.tickers import heartbeat, metrics
         from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
 
         bus, state, config = self.bus, self.state, self.state.config
-        hub = WsHub(bus, config.websocket)
-        bus.subscribe(hub)
-        self.hub = hub
-        self.metrics = Metrics(state, bus, hub)
         self.pool = pool = VmPool(
             config,
             bus,
             on_exhausted=lambda reason: self.shutdown.request(reason, exit_status=EXIT_EXHAUSTED),
         )
         pool.attach(state)
-        self.metrics.registry.register(pool.collector())
         self.reload_hooks.append(pool.on_reload)
-        door = FrontDoor(create_app(state, bus, hub, self.metrics), hub)
         stopping, server_stop = trio.Event(), trio.Event()
         with self.inner_scope:
             async with trio.open_nursery() as inner:
-                host, port = await inner.start(
-                    door.run, config.frame_host, config.frame_port, server_stop
-                )
+                # Order: bind (cheap; a taken port fails before any VM starts), launch the VMs
+                # (they need nothing from the HTTP stack), then import and start the server.
+                listeners = await bind(config.frame_host, config.frame_port)
+                await inner.start(pool.run)  # every VM launched (or failed to)
+                door = self._http_surface()
+                host, port = await inner.start(door.run, listeners, server_stop)
                 state.server_url = f"http://{_url_host(host)}:{port}"
                 inner.start_soon(until, stopping, heartbeat, bus, state)
-                inner.start_soon(until, stopping, metrics, bus, state, lambda: len(hub.clients))
-                await inner.start(pool.run)  # every VM launched (or failed to)
+                inner.start_soon(until, stopping, metrics, bus, state, self._watchers)
                 state.set_phase(Phase.READY)
                 await bus.publish(
                     ev.RuntimeReady(
@@ -250,7 +247,8 @@ class Supervisor:
                 stopping.set()
                 await pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
                 server_stop.set()
-        bus.unsubscribe(hub)
+        if self.hub is not None:
+            bus.unsubscribe(self.hub)
         if self.forced:
             return EXIT_FAILED
         if self.inner_scope.cancelled_caught:
@@ -264,6 +262,24 @@ class Supervisor:
             )
             return EXIT_FAILED
         return self.shutdown.exit_status
+
+    def _watchers(self) -> int:
+        """Connected websocket clients (0 before the server exists)."""
+        return len(self.hub.clients) if self.hub is not None else 0
+
+    def _http_surface(self) -> FrontDoor:
+        """The quart-trio app, the websocket hub and the front door serving both."""
+        from frameos.server.app import create_app
+        from frameos.server.frontdoor import FrontDoor
+        from frameos.server.metrics import Metrics
+        from frameos.server.wsfast import WsHub
+
+        hub = WsHub(self.bus, self.state.config.websocket)
+        self.bus.subscribe(hub)
+        self.hub = hub
+        self.metrics = Metrics(self.state, self.bus, hub)
+        self.metrics.registry.register(self.pool.collector())
+        return FrontDoor(create_app(self.state, self.bus, hub, self.metrics), hub)
 
     # --- signals -------------------------------------------------------------------------------
 

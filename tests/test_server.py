@@ -21,6 +21,7 @@ from frameos.eventlog import EventLog
 from frameos.events import Message
 from frameos.server.app import create_app
 from frameos.server.frontdoor import FrontDoor, is_event_stream
+from frameos.server.listen import bind
 from frameos.server.metrics import Metrics
 from frameos.server.wsfast import WsHub, frame_text
 from frameos.state import Phase, RuntimeState
@@ -54,7 +55,7 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        host, port = await nursery.start(door.run, "127.0.0.1", 0, stop)
+        host, port = await nursery.start(door.run, await bind("127.0.0.1", 0), stop)
         state.set_phase(Phase.READY)
         yield Server(
             f"http://{host}:{port}", f"ws://{host}:{port}/ws/events", bus, hub, state, port, stop

@@ -11,7 +11,6 @@ pinned to the minor versions this was tested with (pyproject.toml).
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 import trio
@@ -22,7 +21,6 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from frameos.errors import ServerError
 from frameos.server.wsfast import WS_PATH_TEXT, WsHub
 
 PEEK_TIMEOUT_S = 10.0
@@ -102,17 +100,16 @@ class FrontDoor:
 
     async def run(
         self,
-        host: str,
-        port: int,
+        listeners: list[trio.SocketListener],
         stop: trio.Event,
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Bind, start the app's lifespan, serve until `stop` is set, then drain with a bound.
+        """Start the app's lifespan, serve until `stop` is set, then drain with a bound.
 
-        `task_status.started` hands back the bound (host, port): with port 0, the real port.
+        `listeners` come from `frameos.server.listen.bind`; `task_status.started` hands back the
+        bound (host, port): with port 0, the real port.
         """
-        listeners = await _bind(host, port)
         bound = listeners[0].socket.getsockname()[:2]
         lifespan = Lifespan(self.app, self.config, self.lifespan_state)
         async with trio.open_nursery() as lifespan_nursery:
@@ -181,16 +178,3 @@ class FrontDoor:
                 self._idle.set()
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()  # idempotent; covers a handler cancelled mid-peek
-
-
-async def _bind(host: str, port: int) -> list[trio.SocketListener]:
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        hint = {
-            errno.EADDRINUSE: "another process is using it; stop it or choose another frame_port",
-            errno.EACCES: "ports below 1024 need privileges; choose a port ≥ 1024",
-            errno.EADDRNOTAVAIL: "that address is not on this host; check frame_host",
-        }.get(exc.errno or 0, exc.strerror or "")
-        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}") from None
-    return listeners
