@@ -55,7 +55,7 @@ class SyncEmitter:
 
             from frameos.render import render
 
-            Console(highlight=False).print(render(envelope))
+            Console(highlight=False, soft_wrap=True).print(render(envelope))
         return envelope
 
     def close(self) -> None:

@@ -34,7 +34,8 @@ def describe(name: str, fields: dict[str, Any]) -> str:
     cls = REGISTRY.get(name)
     if cls is not None and cls.TEMPLATE:
         try:
-            return cls.TEMPLATE.format_map(_Fields(fields))
+            shown = {k: "none" if v is None else v for k, v in fields.items()}
+            return cls.TEMPLATE.format_map(_Fields(shown))
         except (ValueError, TypeError):
             pass
     return " ".join(f"{k}={v}" for k, v in fields.items())
@@ -46,7 +47,7 @@ def render(envelope: Envelope) -> Text:
     millis = int((envelope.timestamp % 1) * 1000)
     style = SEVERITY_STYLE.get(envelope.severity, "")
     line = Text(f"{stamp}.{millis:03d} ", style="dim")
-    line.append(f"{envelope.severity.upper():<8}", style=style)
+    line.append(f"{envelope.severity.upper():<9}", style=style)
     line.append(f"{envelope.name:<26} ", style="bold")
     line.append(describe(envelope.name, envelope.fields()))
     return line

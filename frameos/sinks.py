@@ -115,7 +115,10 @@ class HumanSink(QueueSink):
         from rich.console import Console
 
         self.verbose = verbose
-        self.console = console if isinstance(console, Console) else Console(highlight=False)
+        # soft_wrap: one event, one line, also when a pipe makes rich assume 80 columns
+        self.console = (
+            console if isinstance(console, Console) else Console(highlight=False, soft_wrap=True)
+        )
 
     def wants(self, envelope: Envelope) -> bool:
         return self.verbose or envelope.severity != "debug"
