@@ -313,3 +313,26 @@ def test_request_line_routing() -> None:
     assert not is_event_stream(b"GET /ws/eventsx HTTP/1.1\r\n")
     assert not is_event_stream(b"POST /ws/events HTTP/1.1\r\n")
     assert not is_event_stream(b"GET /healthz HTTP/1.1\r\n")
+
+
+async def test_idle_clients_are_closed_and_live_ones_kept(tmp_path: Path) -> None:
+    limits = {"ping_interval_s": 0.1, "idle_timeout_s": 0.35}
+    async with serving(tmp_path, websocket=limits) as server:
+        silent = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await silent.send_all(
+            b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+            b"upgrade: websocket\r\nsec-websocket-version: 13\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        async with open_websocket_url(server.ws) as live:  # answers pings by itself
+            received = b""
+            with trio.fail_after(3):
+                while chunk := await silent.receive_some(65536):
+                    received += chunk  # the 101, pings, then a close frame and EOF
+            assert b"\x88" in received  # a close frame before EOF
+            assert b"idle timeout" in received
+            await trio.sleep(0.2)
+            assert len(server.hub.clients) == 1  # the live one stays
+            await server.bus.publish(Message(text="still here"))
+            assert json.loads(await live.get_message())["fields"]["text"] == "still here"
+        await silent.aclose()
