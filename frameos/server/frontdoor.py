@@ -21,6 +21,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from frameos.events import Message
 from frameos.server.wsfast import WS_PATH_TEXT, WsHub
 
 PEEK_TIMEOUT_S = 10.0
@@ -172,6 +173,12 @@ class FrontDoor:
                 PrefixedStream(stream, head),  # type: ignore[arg-type]
             )
             await server.run()
+        except Exception as exc:
+            # One connection's failure is a bug to report, never a reason to stop serving.
+            self.hub.bus.publish_nowait(
+                Message(text=f"HTTP connection handler failed: {type(exc).__name__}: {exc}"),
+                "error",
+            )
         finally:
             self.connections -= 1
             if not self.connections:

@@ -75,15 +75,20 @@ class WsClient:
         self.peer = peer
         self.backlog: deque[bytes] = deque()
         self.backlog_bytes = 0
-        self.backlog_frames = 0
         self.closed = False
         self.close_reason = ""
         self.last_seen = trio.current_time()
         self._has_backlog = trio.Event()
         self.gone = trio.Event()
 
-    def send(self, data: bytes, frames: int = 1) -> None:
-        """Write now if nothing is queued, else queue; drop the client if it is too far behind."""
+    def send(self, data: bytes) -> None:
+        """Write now if nothing is queued, else queue; drop the client if it is too far behind.
+
+        The backlog is what the kernel's socket buffer could not take. It is bounded in
+        deliveries (one `send`: the frames of one bus batch, which is a single event at ordinary
+        rates, or one control frame) by `queue_depth`, and in bytes by `queue_bytes`. Counting
+        frames instead would drop healthy clients: one burst is one batch of hundreds of frames.
+        """
         if self.closed:
             return
         if not self.backlog:
@@ -99,15 +104,19 @@ class WsClient:
             data = data[written:]
         self.backlog.append(data)
         self.backlog_bytes += len(data)
-        self.backlog_frames += frames
         limits = self.hub.limits
-        if self.backlog_frames > limits.queue_depth or self.backlog_bytes > limits.queue_bytes:
+        if len(self.backlog) > limits.queue_depth or self.backlog_bytes > limits.queue_bytes:
             self.hub.dropped_slow += 1
-            self.abort(f"fell {self.backlog_frames} frames / {self.backlog_bytes} bytes behind")
+            self.abort(
+                f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind"
+            )
             return
         self._has_backlog.set()
 
     def _flush(self) -> None:
+        """Write as much of the backlog as the socket takes; the rest stays as one entry."""
+        if not self.backlog or self.closed:
+            return
         data = b"".join(self.backlog) if len(self.backlog) > 1 else self.backlog[0]
         try:
             written = os.write(self.fd, data)
@@ -119,7 +128,6 @@ class WsClient:
         self.backlog.clear()
         rest = data[written:]
         self.backlog_bytes = len(rest)
-        self.backlog_frames = 1 if rest else 0
         if rest:
             self.backlog.append(rest)
 
@@ -224,10 +232,9 @@ class WsHub:
         if not self.clients:
             return
         data = frames_of(batch)
-        count = len(batch)
         for client in tuple(self.clients):
-            client.send(data, count)
-        self.frames_sent += count * len(self.clients)
+            client.send(data)
+        self.frames_sent += len(batch) * len(self.clients)
 
     async def run_keepalive(self) -> None:
         """Ping every client each `ping_interval_s`; drop those silent past `idle_timeout_s`."""
@@ -254,15 +261,14 @@ class WsHub:
                 # Synchronous from here on: no event can be delivered between replay and live.
                 # (the ring holds only written events, so nothing here is ahead of the log)
                 if recent:
-                    client.send(frames_of(recent), len(recent))
+                    client.send(frames_of(recent))
                 self.clients.add(client)
                 return
             lines = await trio.to_thread.run_sync(self.bus.log.read_after, cursor, REPLAY_CHUNK)
             if not lines:
                 client.close(1011, "replay found no events after the cursor")
                 return
-            for line in lines:
-                client.send(frame_text(line[:-1]))
+            client.send(b"".join(frame_text(line[:-1]) for line in lines))  # one delivery
             cursor = orjson.loads(lines[-1])["seq"]
             await client.wait_drained()
 

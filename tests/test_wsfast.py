@@ -1,0 +1,84 @@
+"""WsClient's backlog: bounded in deliveries and bytes, robust when a client is dropped."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+
+from frameos.config import validate_config
+from frameos.envelope import encode
+from frameos.events import Message
+from frameos.server.wsfast import WsClient, WsHub, frame_text
+
+
+def client_pair(**limits: Any) -> tuple[WsHub, WsClient, socket.socket]:
+    hub = WsHub(None, validate_config({"websocket": limits}, "x").websocket)  # type: ignore[arg-type]
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    client = WsClient(hub, stream, WSConnection(ConnectionType.SERVER), "test")
+    return hub, client, peer
+
+
+def drain(peer: socket.socket) -> int:
+    peer.setblocking(False)
+    total = 0
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return total
+        if not chunk:
+            return total
+        total += len(chunk)
+
+
+async def test_a_client_dropped_while_its_sender_waits_does_not_crash() -> None:
+    hub, client, peer = client_pair()
+    frame = frame_text(b"x" * 150)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        while not client.backlog:  # fill the socket until a backlog forms
+            client.send(frame * 10)
+        await trio.sleep(0.05)  # the sender now waits for writability
+        for _ in range(100):  # more deliveries than queue_depth: dropped
+            client.send(frame)
+        assert client.closed and hub.dropped_slow == 1
+        drain(peer)  # the socket turns writable while the sender is parked
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_one_burst_larger_than_the_socket_buffer_keeps_a_healthy_client() -> None:
+    hub, client, peer = client_pair()
+    hub.clients.add(client)
+    batch = [encode(Message(text=f"{i:05d} " + "y" * 140), i, 1.0) for i in range(1, 5001)]
+    expected = sum(len(frame_text(e.json)) for e in batch)
+    received = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        hub.deliver(batch)  # one delivery of ~800 KB: more than the kernel takes at once
+        assert not client.closed
+        with trio.fail_after(5):
+            while received < expected:
+                await trio.sleep(0.001)
+                received += drain(peer)
+        nursery.cancel_scope.cancel()
+    assert received == expected and hub.dropped_slow == 0
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_bytes_bound_drops_a_stuck_client() -> None:
+    hub, client, peer = client_pair(queue_bytes=65536, queue_depth=100000)
+    frame = frame_text(b"z" * 1000)
+    while not client.closed:
+        client.send(frame)
+    assert hub.dropped_slow == 1 and "bytes behind" in client.close_reason
+    client.stream.socket.close()
+    peer.close()
