@@ -1,12 +1,19 @@
 """The event bus (SPEC §4): number, serialize once, log durably, then fan out.
 
-    publish ──► pending batch ──► writer task: one write (+fsync per policy) in a thread
+    publish ──► pending batch ──► writer task: one write per batch
                                       │
                                       └─► ring (recent events) ─► every subscriber's `deliver`
 
 `publish` never waits on an observer. It waits only when the log's unwritten buffer is above the
-high-water mark (a stalled disk). An event reaches observers only after it is in the log file;
-with `fsync=always` only after it is on disk. Subscribers own bounded queues and count their drops.
+high-water mark (a stalled disk). An event reaches observers only after it is in the log file.
+
+fsync policy: `always` writes and fsyncs each batch in one worker-thread call before any observer
+sees it (what a client saw is on disk). `batch` appends on the event loop (a few hundred bytes
+into the page cache) and a group-commit task fsyncs in a worker thread whatever was written
+since its last pass, at most every `FSYNC_GROUP_S`: a process crash loses nothing, a power cut at
+most the last ~20 ms. `never` leaves syncing to the OS. A thread round trip costs ~150 µs of CPU
+on a small VM, so at a few hundred events/s one hop per batch would be most of the bus's cost.
+Subscribers own bounded queues and count their drops.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ FsyncPolicy = Literal["always", "batch", "never"]
 HIGH_WATER_BYTES = 8 << 20
 RING_SIZE = 8192
 FINAL_FLUSH_S = 5.0
+FSYNC_GROUP_S = 0.02
 
 
 class Subscriber(Protocol):
@@ -59,6 +67,7 @@ class Bus:
         self._below_hwm.set()
         self._closed = False
         self._done = trio.Event()
+        self._dirty = trio.Event()
         self.ring: deque[Envelope] = deque(maxlen=ring_size)
         self.subscribers: list[Subscriber] = []
         self.published = 0
@@ -125,39 +134,53 @@ class Bus:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write batches until `aclose`; on cancellation, flush what is pending (bounded)."""
-        task_status.started()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                if self._pending:
-                    await self._write_batch()
-                if self._closed and not self._pending:
-                    return
-        finally:
-            with trio.move_on_after(FINAL_FLUSH_S, shield=True):
-                while self._pending:
-                    await self._write_batch()
-            self._done.set()
+        async with trio.open_nursery() as nursery:
+            if self.fsync == "batch":
+                nursery.start_soon(self._group_commit)
+            task_status.started()
+            try:
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    if self._pending:
+                        await self._write_batch()
+                    if self._closed and not self._pending:
+                        break
+            finally:
+                nursery.cancel_scope.cancel()
+                with trio.move_on_after(FINAL_FLUSH_S, shield=True):
+                    while self._pending:
+                        await self._write_batch()
+                    if self.fsync != "never":
+                        await trio.to_thread.run_sync(self.log.sync)
+                self._done.set()
+
+    async def _group_commit(self) -> None:
+        """fsync=batch: sync what was written since the last pass, at most every FSYNC_GROUP_S."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = trio.Event()
+            await trio.to_thread.run_sync(self.log.sync)
+            await trio.sleep(FSYNC_GROUP_S)
 
     async def _write_batch(self) -> None:
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         data = b"".join(e.line for e in batch)
-        sync_first = self.fsync == "always"
-        await trio.to_thread.run_sync(self._append, data, sync_first)
+        if self.fsync == "always":
+            await trio.to_thread.run_sync(self._append_and_sync, data)
+        else:
+            self.log.append(data)  # page cache; a stalled disk here stops the watchdog pings
+            self._dirty.set()
         self.written_seq = batch[-1].seq
         if not self._below_hwm.is_set():
             self._below_hwm.set()
         self.ring.extend(batch)
         for subscriber in tuple(self.subscribers):
             subscriber.deliver(batch)
-        if self.fsync == "batch":
-            await trio.to_thread.run_sync(self.log.sync)
 
-    def _append(self, data: bytes, sync: bool) -> None:
+    def _append_and_sync(self, data: bytes) -> None:
         self.log.append(data)
-        if sync:
-            self.log.sync()
+        self.log.sync()
 
     async def aclose(self) -> None:
         """Stop accepting events and wait until every published one is written and delivered."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class EventLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self._fd: int | None = None
+        # Held while the fd is synced, swapped or closed: fsync runs in a worker thread while
+        # appends (and so rotation) happen on the event loop.
+        self._fd_lock = threading.Lock()
         self._size = 0
         self.bytes_written = 0
 
@@ -108,10 +112,16 @@ class EventLog:
             self._rotate()
 
     def sync(self) -> None:
-        """fsync the file (called per batch, per the fsync policy)."""
-        os.fsync(self._require_fd())
+        """fsync the file (per the fsync policy); safe from a worker thread."""
+        with self._fd_lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
 
     def _rotate(self) -> None:
+        with self._fd_lock:
+            self._rotate_locked()
+
+    def _rotate_locked(self) -> None:
         fd = self._require_fd()
         os.fsync(fd)
         if self.keep == 0:
@@ -135,10 +145,11 @@ class EventLog:
             os.close(dir_fd)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        with self._fd_lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
 
     def _require_fd(self) -> int:
         if self._fd is None:

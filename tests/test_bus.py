@@ -145,3 +145,26 @@ async def test_ring_after(tmp_path: Path) -> None:
     assert bus.ring_after(1) is None  # only the log has seq 2
     assert bus.ring_after(8) == []
     log.close()
+
+
+class CountingLog(EventLog):
+    syncs = 0
+
+    def sync(self) -> None:
+        type(self).syncs += 1
+        super().sync()
+
+
+async def test_fsync_batch_groups_commits_and_syncs_at_close(tmp_path: Path) -> None:
+    log = CountingLog(tmp_path / "events.jsonl")
+    log.open()
+    bus = Bus(log, fsync="batch")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        for i in range(100):  # ~100 batches over ~0.2 s
+            await bus.publish(Message(text=str(i)))
+            await trio.sleep(0.002)
+        await bus.aclose()
+    assert 1 <= CountingLog.syncs <= 100 // 5  # grouped: at most one pass per 20 ms (+ close)
+    assert log.path.read_bytes().count(b"\n") == 100
+    log.close()
