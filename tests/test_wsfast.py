@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 import trio
 from wsproto import ConnectionType, WSConnection
 
 from frameos.config import validate_config
 from frameos.envelope import encode
 from frameos.events import Message
+from frameos.server import wsfast
 from frameos.server.wsfast import WsClient, WsHub, frame_text
 
 
@@ -36,15 +38,18 @@ def drain(peer: socket.socket) -> int:
         total += len(chunk)
 
 
-async def test_a_client_dropped_while_its_sender_waits_does_not_crash() -> None:
+async def test_a_client_dropped_while_its_sender_waits_does_not_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wsfast, "STALL_S", 0.01)
     hub, client, peer = client_pair()
     frame = frame_text(b"x" * 150)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run_sender)
         while not client.backlog:  # fill the socket until a backlog forms
             client.send(frame * 10)
-        await trio.sleep(0.05)  # the sender now waits for writability
-        for _ in range(100):  # more deliveries than queue_depth: dropped
+        await trio.sleep(0.05)  # the sender now waits for writability; no progress since
+        for _ in range(100):  # more deliveries than queue_depth, and stalled: dropped
             client.send(frame)
         assert client.closed and hub.dropped_slow == 1
         drain(peer)  # the socket turns writable while the sender is parked
@@ -80,5 +85,24 @@ async def test_bytes_bound_drops_a_stuck_client() -> None:
     while not client.closed:
         client.send(frame)
     assert hub.dropped_slow == 1 and "bytes behind" in client.close_reason
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_a_client_over_queue_depth_that_keeps_draining_is_kept() -> None:
+    hub, client, peer = client_pair(queue_depth=2)
+    frame = frame_text(b"d" * 150)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        while not client.backlog:
+            client.send(frame * 50)
+        for _ in range(10):
+            for _ in range(6):  # ~460 KB in 6 deliveries: more than the socket takes...
+                client.send(frame * 500)
+            assert len(client.backlog) > 2 or client.closed
+            drain(peer)  # ...but the reader keeps taking bytes
+            await trio.sleep(0.005)
+        assert not client.closed and hub.dropped_slow == 0
+        nursery.cancel_scope.cancel()
     client.stream.socket.close()
     peer.close()

@@ -44,6 +44,7 @@ HANDSHAKE_MAX_BYTES = 16 * 1024
 CLOSE_FLUSH_S = 1.0
 REPLAY_CHUNK = 1000
 SNDBUF = 256 * 1024  # bound the kernel's share of a slow client's backlog
+STALL_S = 1.0  # a client over queue_depth is dropped once it has taken no bytes for this long
 WS_PATH_TEXT = "/ws/events"
 
 
@@ -78,16 +79,18 @@ class WsClient:
         self.closed = False
         self.close_reason = ""
         self.last_seen = trio.current_time()
+        self.last_progress = self.last_seen
         self._has_backlog = trio.Event()
         self.gone = trio.Event()
 
     def send(self, data: bytes) -> None:
         """Write now if nothing is queued, else queue; drop the client if it is too far behind.
 
-        The backlog is what the kernel's socket buffer could not take. It is bounded in
-        deliveries (one `send`: the frames of one bus batch, which is a single event at ordinary
-        rates, or one control frame) by `queue_depth`, and in bytes by `queue_bytes`. Counting
-        frames instead would drop healthy clients: one burst is one batch of hundreds of frames.
+        The backlog is what the kernel's socket buffer could not take. Over `queue_bytes` the
+        client is dropped at once. Over `queue_depth` deliveries (one `send`: the frames of one
+        bus batch, a single event at ordinary rates, or one control frame) it is dropped when it
+        has also taken no bytes for `STALL_S`: a stuck reader goes, a reader that drains more
+        slowly than a burst arrives does not (counting frames alone dropped healthy clients).
         """
         if self.closed:
             return
@@ -99,13 +102,18 @@ class WsClient:
             except OSError as exc:
                 self.abort(f"write failed: {exc.strerror}")
                 return
+            if written:
+                self.last_progress = trio.current_time()
             if written == len(data):
                 return
             data = data[written:]
         self.backlog.append(data)
         self.backlog_bytes += len(data)
         limits = self.hub.limits
-        if len(self.backlog) > limits.queue_depth or self.backlog_bytes > limits.queue_bytes:
+        stalled = trio.current_time() - self.last_progress > STALL_S
+        if (len(self.backlog) > limits.queue_depth and stalled) or (
+            self.backlog_bytes > limits.queue_bytes
+        ):
             self.hub.dropped_slow += 1
             self.abort(
                 f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind"
@@ -125,6 +133,8 @@ class WsClient:
         except OSError as exc:
             self.abort(f"write failed: {exc.strerror}")
             return
+        if written:
+            self.last_progress = trio.current_time()
         self.backlog.clear()
         rest = data[written:]
         self.backlog_bytes = len(rest)
