@@ -3,7 +3,8 @@
 Measured as in shared/notes/peer-supervisors.md, every supervisor in the same run:
 
     start_all_s    launching the supervisor until it reports all children running
-                   (frameos: runtime:ready, emitted once every VM launched; supervisord:
+                   (frameos: its n-th vm.launched line on stdout, as the trio floor's line;
+                   runtime:ready follows once the HTTP stack is up; supervisord:
                    XML-RPC getAllProcessInfo every 20 ms, startsecs=0; circus: its `list`)
     stop_s         SIGTERM to the supervisor until it exited and no child (or grandchild) is left
     restart_s      `kill -9` of one child until /proc shows its replacement (scanned every ~2 ms)
@@ -178,8 +179,12 @@ class Frameos(Supervisor):
         with open(self.workdir / f"{self.name}.out", "rb") as handle:
             handle.seek(self.state.get("offset", 0))
             data = handle.read()
-        self.state["offset"] = self.state.get("offset", 0) + data.rfind(b"\n") + 1
-        return b'"event":"runtime:ready"' in data
+        complete = data[: data.rfind(b"\n") + 1]
+        self.state["offset"] = self.state.get("offset", 0) + len(complete)
+        self.state["launched"] = self.state.get("launched", 0) + complete.count(
+            b'"event":"vm.launched"'
+        )
+        return int(self.state["launched"]) >= self.n
 
 
 class Supervisord(Supervisor):

@@ -222,6 +222,9 @@ class Supervisor:
                 # (they need nothing from the HTTP stack), then import and start the server.
                 listeners = await bind(config.frame_host, config.frame_port)
                 await inner.start(pool.run)  # every VM launched (or failed to)
+                # ~0.3 s of imports: in a worker thread, so the loop meanwhile writes out
+                # vm.launched and bootstrap events instead of holding them until the server is up
+                await trio.to_thread.run_sync(_import_http_stack)
                 door = self._http_surface()
                 host, port = await inner.start(door.run, listeners, server_stop)
                 state.server_url = f"http://{_url_host(host)}:{port}"
@@ -337,6 +340,13 @@ class Supervisor:
             await self.bus.publish(
                 ev.Message(text=f"changed {', '.join(later)}: takes effect after a restart"), "warn"
             )
+
+
+def _import_http_stack() -> None:
+    import frameos.server.app
+    import frameos.server.frontdoor
+    import frameos.server.metrics
+    import frameos.server.wsfast  # noqa: F401
 
 
 def _url_host(host: str) -> str:
