@@ -47,7 +47,9 @@ def typing(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """`frameos run --demo`: two simulated VMs and a bootstrap, no root, no qemu. Ctrl-C stops."""
     session.install("-e", ".")
-    session.run("frameos", "run", "--demo", *session.posargs, external=False)
+    # Ctrl-C reaches frameos directly; give its stop ladder time (the demo bounds it at 15 s)
+    # before nox would send its own SIGTERM, which frameos would take as "force the stop".
+    session.run("frameos", "run", "--demo", *session.posargs, interrupt_timeout=20)
 
 
 @nox.session(python=PYTHON)
