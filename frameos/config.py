@@ -561,9 +561,7 @@ def demo_config(env: Mapping[str, str] | None = None) -> FrameConfig:
 
 
 def demo_vms() -> list[dict[str, Any]]:
-    """The demo's simulated VMs; filled in by the workers package (none until it exists)."""
-    try:
-        from frameos.workers.demo import demo_vm_configs
-    except ImportError:
-        return []
+    """The demo's simulated VMs (small Python programs in frameos.workers.demo)."""
+    from frameos.workers.demo import demo_vm_configs
+
     return demo_vm_configs()

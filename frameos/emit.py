@@ -9,12 +9,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from frameos.envelope import Envelope, encode
 from frameos.errors import EventLogError
 from frameos.eventlog import EventLog
 from frameos.events import Event, Severity
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Output = Literal["json", "human"]
 
@@ -34,6 +37,8 @@ class SyncEmitter:
         self.output = output
         self.log: EventLog | None = None
         self.seq = 0
+        # made at the first human line: JSON output never imports rich
+        self._human: Console | None = None
         if log_path is not None:
             log = EventLog(log_path)
             try:
@@ -51,12 +56,17 @@ class SyncEmitter:
             sys.stdout.buffer.write(envelope.line)
             sys.stdout.buffer.flush()
         else:
-            from rich.console import Console
-
             from frameos.render import render
 
-            Console(highlight=False, soft_wrap=True).print(render(envelope))
+            self._console().print(render(envelope))
         return envelope
+
+    def _console(self) -> Console:
+        if self._human is None:
+            from rich.console import Console
+
+            self._human = Console(highlight=False, soft_wrap=True)
+        return self._human
 
     def close(self) -> None:
         if self.log is not None:

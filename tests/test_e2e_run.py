@@ -236,3 +236,46 @@ def test_check_ok_and_human_output(tmp_path: Path) -> None:
     human = run_cli("check", "--config", str(config), "--output", "human")
     assert human.returncode == 0 and "runtime:check_ok" in human.stdout
     assert "is valid (0 VMs" in " ".join(human.stdout.split())
+
+
+def test_bad_manifests_are_reported_together(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    scenes = tmp_path / "scenes.json"
+    scenes.write_text(
+        '{"scenes": [{"id": "a", "name": "A", "version": "1.0", '
+        '"source": {"type": "remote", "remote_url": "ftp://x"}}]}'
+    )
+    apps = tmp_path / "apps.json"
+    apps.write_text("[{]")
+    result = run_cli(
+        "check",
+        "--config",
+        str(config),
+        "--scenes",
+        str(scenes),
+        "--apps",
+        str(apps),
+        "--output",
+        "json",
+    )
+    assert result.returncode == 1
+    event = json.loads(result.stdout)
+    assert event["event"] == "runtime:check_failed"
+    problems = " | ".join(event["fields"]["problems"])
+    assert "apps.json: invalid JSON at line 1 column 3" in problems
+    assert "scenes.json: scenes[0].version: expected a semver-like version" in problems
+    assert "scenes[0].source.remote.remote_url: expected an http:// or https:// URL" in problems
+    run = run_cli("run", "--config", str(config), "--scenes", str(scenes))
+    assert run.returncode == 1 and "scenes[0].version" in run.stderr
+    assert "Traceback" not in run.stderr + result.stderr
+
+
+def test_unusable_event_log_is_a_clear_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "not-a-dir").write_text("x")
+    result = run_cli(
+        "run", "--config", str(config), "--event-log", str(tmp_path / "not-a-dir" / "events.jsonl")
+    )
+    assert result.returncode == 1
+    assert "cannot open" in result.stderr and "--event-log" in result.stderr
+    assert "Traceback" not in result.stderr

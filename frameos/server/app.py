@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import trio
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -30,8 +31,6 @@ RECENT_NAMES = 256
 
 
 def json_response(body: dict[str, Any] | bytes, status: int = 200) -> Response:
-    import orjson
-
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     return Response(data, status=status, content_type="application/json")
 
@@ -101,7 +100,8 @@ def create_app(state: RuntimeState, bus: Bus, hub: WsHub, metrics: Metrics) -> Q
 
 def health_body(state: RuntimeState, bus: Bus, hub: WsHub) -> dict[str, Any]:
     counts = state.worker_counts()
-    recent = list(bus.ring)[-RECENT_NAMES:]
+    ring = bus.ring
+    recent = [ring[i].name for i in range(max(0, len(ring) - RECENT_NAMES), len(ring))]
     return {
         "status": "stopping" if state.phase in (Phase.STOPPING, Phase.STOPPED) else "ok",
         "server_time": time.time(),
@@ -119,7 +119,7 @@ def health_body(state: RuntimeState, bus: Bus, hub: WsHub) -> dict[str, Any]:
             "connected_clients": len(hub.clients),
             "published_total": bus.published,
             "dropped_clients": hub.dropped_slow,
-            "recent_events": [e.name for e in recent],
+            "recent_events": recent,
         },
         "workers": {"total": counts.total, "running": counts.running, "failed": counts.failed},
     }
@@ -155,8 +155,6 @@ async def poll(bus: Bus, after_raw: str | None, limit_raw: str | None) -> Respon
         lines = [ln[:-1] for ln in await trio.to_thread.run_sync(bus.log.read_after, after, limit)]
     next_cursor = after
     if lines:
-        import orjson
-
         next_cursor = orjson.loads(lines[-1])["seq"]
     oldest_cursor = (oldest - 1) if oldest is not None else 0
     body = (
