@@ -70,6 +70,7 @@ class WebsocketConfig(Model):
     queue_bytes: int = Field(default=4 * MIB, ge=64 * 1024)
     ping_interval_s: float = Field(default=20.0, gt=0, le=3600)
     idle_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
+    max_clients: int = Field(default=512, ge=1, le=100_000)
 
 
 class AuthConfig(Model):
