@@ -152,7 +152,8 @@ async def poll(bus: Bus, after_raw: str | None, limit_raw: str | None) -> Respon
     if recent is not None:
         lines = [e.json for e in recent[:limit]]
     else:
-        lines = [ln[:-1] for ln in await trio.to_thread.run_sync(bus.log.read_after, after, limit)]
+        page = await trio.to_thread.run_sync(bus.log.read_after, after, limit)
+        lines = [ln[:-1] for ln in page.lines]
     next_cursor = after
     if lines:
         next_cursor = orjson.loads(lines[-1])["seq"]
