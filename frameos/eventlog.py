@@ -112,6 +112,7 @@ class EventLog:
         self._last_line = b""  # carried into the new file on rotation with keep 0
         self.bytes_written = 0
         self.rotation_error: OSError | None = None  # why the last rotation failed, if it did
+        self.rotation_failures = 0
         self._rotate_delay = ROTATE_RETRY_FIRST_S
         self._rotate_not_before = 0.0
 
@@ -230,6 +231,7 @@ class EventLog:
                 self._rotate_locked()
         except OSError as exc:
             self.rotation_error = exc
+            self.rotation_failures += 1
             self._rotate_not_before = time.monotonic() + self._rotate_delay
             self._rotate_delay = min(self._rotate_delay * 2, ROTATE_RETRY_MAX_S)
             return

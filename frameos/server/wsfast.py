@@ -274,7 +274,8 @@ class WsHub:
                     client.send(frames_of(recent))
                 self.clients.add(client)
                 return
-            lines = (await trio.to_thread.run_sync(self.bus.log.read_after, cursor, REPLAY_CHUNK)).lines
+            page = await trio.to_thread.run_sync(self.bus.log.read_after, cursor, REPLAY_CHUNK)
+            lines = page.lines
             if not lines:
                 client.close(1011, "replay found no events after the cursor")
                 return
