@@ -152,8 +152,9 @@ def _load_manifests(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from frameos.config import demo_config, find_config, load_config
+    from frameos.config import find_config, load_config
     from frameos.emit import choose_output
+    from frameos.workers.demo import demo_config
 
     if args.demo and args.config:
         from frameos.errors import UsageError
