@@ -4,7 +4,9 @@ launch; bootstrap steps and stop commands (`state_dir/procs/`) get a bounded kil
 group. A stale overlay is discarded as `orphan`; a stale QMP socket file is removed.
 
 Cheap at scale: whether an orphan still runs is one read of its leader's /proc entry and one
-kill(0) probe of its group; /proc is scanned (in a thread) only to name survivors.
+kill(0) probe of its group. Only a group that answers the probe after its leader is gone (its
+other members, or zombies a parent does not reap) needs /proc scanned: `ProcScan` does that in
+a thread, once per polling round for all the orphans that ask.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import trio
 
 from frameos import events as ev
 from frameos.config import TimeoutsConfig
-from frameos.workers import overlay, pidfile
+from frameos.workers import overlay, pidfile, procfs
 from frameos.workers.child import (
     ORPHAN_POLL_MAX_S,
     ORPHAN_POLL_S,
@@ -35,6 +37,40 @@ ORPHAN_REASON = "orphan of a previous frameos instance"
 HELPER_KILL_S = 1.0  # the bound on killing a leftover bootstrap step or stop command
 
 
+class ProcScan:
+    """One /proc scan per round, shared by every task that asks while it runs."""
+
+    def __init__(self) -> None:
+        self._round: trio.Event | None = None
+        self._groups: dict[int, list[procfs.ProcStat]] = {}
+
+    async def live_groups(self) -> dict[int, list[procfs.ProcStat]]:
+        """The live processes by group, from a scan begun at or after this call. The scan runs
+        in a thread and is not abandoned on cancellation (it takes milliseconds)."""
+        if self._round is not None:
+            await self._round.wait()
+            return self._groups
+        self._round = done = trio.Event()
+        try:
+            self._groups = await trio.to_thread.run_sync(procfs.live_groups)
+        finally:
+            self._round = None
+            done.set()
+        return self._groups
+
+
+SCAN = ProcScan()
+
+
+async def live_members(record: pidfile.PidRecord) -> list[procfs.ProcStat]:
+    """The live processes of the recorded group: [] at once when the probe finds no group."""
+    if not record.group_alive():
+        return []
+    if record.alive():
+        return [procfs.ProcStat(record.pid, "R", record.pgid, record.start_time)]
+    return (await SCAN.live_groups()).get(record.pgid, [])
+
+
 async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidRecord | None:
     """Stop what the pidfile at `path` names, if it still runs; remove the pidfile.
 
@@ -48,7 +84,7 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
         return None
     if record is None:
         return None
-    if record.alive() or record.group_alive():
+    if await live_members(record):
         await publisher.publish(
             ev.Message(
                 text=f"{vm}: pid {record.pid} was left running by a previous frameos "
@@ -64,18 +100,13 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
 
 
 async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: Publisher) -> None:
-    """SIGKILL lands asynchronously: before launching anew, see the old group gone (bounded).
-
-    A kill(0) probe per round; a group of zombies only (a parent that does not reap) still
-    answers it, so after the bound /proc is scanned, off the loop, for live members."""
+    """SIGKILL lands asynchronously: before launching anew, see the old group gone (bounded)."""
     pause = ORPHAN_POLL_S
     with trio.move_on_after(bound_s):
-        while record.group_alive():  # not our children: nothing to await
+        while await live_members(record):
             await trio.sleep(pause)
             pause = min(pause * 2, ORPHAN_POLL_MAX_S)
-    if not record.group_alive():
-        return
-    if stuck := await trio.to_thread.run_sync(record.leftovers):
+    if stuck := await live_members(record):
         pids = ", ".join(str(p.pid) for p in stuck)
         await publisher.publish(
             ev.Message(text=f"{record.vm}: pids {pids} of the previous instance survived SIGKILL"),
@@ -151,7 +182,7 @@ async def _stop_helper(path: Path, publisher: Publisher) -> None:
     except ValueError as exc:
         await publisher.publish(ev.Message(text=f"{exc}; removed it"), "warn")
         record = None
-    if record is not None and record.group_alive():
+    if record is not None and await live_members(record):
         await publisher.publish(
             ev.Message(
                 text=f"{record.vm}: {record.kind} pid {record.pid} was left running by a previous "

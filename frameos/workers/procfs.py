@@ -106,3 +106,15 @@ def orphan_group(pgid: int, leader_start: int) -> list[ProcStat]:
         if member.pid == pgid and member.start_time != leader_start:
             return []
     return members
+
+
+def live_groups() -> dict[int, list[ProcStat]]:
+    """Every live (non-zombie) process of the host by process group: one scan of /proc for any
+    number of groups (slow: call it off the event loop)."""
+    groups: dict[int, list[ProcStat]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None and stat.alive:
+                groups.setdefault(stat.pgid, []).append(stat)
+    return groups
