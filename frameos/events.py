@@ -123,7 +123,10 @@ class RuntimeReload(Event):
 
 class RuntimeCheckOk(Event):
     NAME = "runtime:check_ok"
-    TEMPLATE = "config {config} is valid ({vms} VMs, {apps_loaded} apps, {scenes_loaded} scenes)"
+    TEMPLATE = (
+        "config {config} is valid "
+        "({vms:count VM}, {apps_loaded:count app}, {scenes_loaded:count scene})"
+    )
     config: str
     vms: int
     apps_loaded: int
@@ -198,7 +201,7 @@ class VmLayerDiscarded(Event):
 
 class VmLaunched(Event):
     NAME = "vm.launched"
-    TEMPLATE = "{vm}: launched (pid {pid}, attempt {attempt})"
+    TEMPLATE = "{vm}: launched (pid {pid})"  # render.py adds the restart number
     vm: str
     pid: int
     attempt: int
@@ -218,7 +221,7 @@ class VmExited(Event):
 class VmRestartScheduled(Event):
     NAME = "vm.restart_scheduled"
     SEVERITY = "warn"
-    TEMPLATE = "{vm}: restart {attempt} in {backoff_ms} ms"
+    TEMPLATE = "{vm}: restarting in {backoff_ms} ms"  # render.py numbers it as vm.gave_up counts
     vm: str
     attempt: int
     backoff_ms: int
