@@ -47,10 +47,17 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
         keep=2,
     )
     bus = Bus(log, last_seq=log.open().last_seq)
+    graceful_s = config.pop("graceful_s", 1)
+    keep_alive_s = config.pop("keep_alive_s", 5)
     cfg = validate_config({"frame_port": 0, **config}, "test")
     state = RuntimeState(config=cfg, config_source="test")
     hub = WsHub(bus, cfg.websocket)
-    door = FrontDoor(create_app(state, bus, hub, Metrics(state, bus, hub)), hub, graceful_s=1)
+    door = FrontDoor(
+        create_app(state, bus, hub, Metrics(state, bus, hub)),
+        hub,
+        graceful_s=graceful_s,  # type: ignore[arg-type]
+        keep_alive_s=keep_alive_s,  # type: ignore[arg-type]
+    )
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)

@@ -33,7 +33,7 @@ from frameos.server.httphead import (
     route_event_stream,
     too_large,
 )
-from frameos.server.upstream import Upstream, reject_request
+from frameos.server.upstream import KEEP_ALIVE_S, Upstream, reject_request
 from frameos.server.wsfast import WsHub
 
 HEAD_TIMEOUT_S = 10.0  # a request head (or body) must arrive within this
@@ -54,10 +54,12 @@ def fd_budget() -> int:
 class FrontDoor:
     """Owns the listening sockets, hypercorn's lifetime and every connection."""
 
-    def __init__(self, app: Any, hub: WsHub, *, graceful_s: float = 3.0) -> None:
+    def __init__(
+        self, app: Any, hub: WsHub, *, graceful_s: float = 3.0, keep_alive_s: float = KEEP_ALIVE_S
+    ) -> None:
         self.hub = hub
         self.graceful_s = graceful_s
-        self.upstream = Upstream(app, graceful_s=graceful_s)
+        self.upstream = Upstream(app, graceful_s=graceful_s, keep_alive_s=keep_alive_s)
         self.budget = fd_budget()
         self.fds_in_use = 0
         self.connections = 0
@@ -191,35 +193,32 @@ class FrontDoor:
             with trio.move_on_after(LINGER_S, shield=True):
                 await stream.aclose()
 
-    async def _splice(
-        self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected
-    ) -> None:
+    async def _splice(self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected) -> None:
         try:
             upstream = await self.upstream.connect()
         except OSError as exc:
             await _answer_directly(client, 503, "unavailable", f"cannot reach the app: {exc}")
             return
-        async with upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
-            if isinstance(head, Rejected):
-                await upstream.send_all(reject_request(head))
-            else:
-                await self._requests(client, upstream, buffer, head)
-            # No more requests from this client: hypercorn's answers end the connection.
+        async with upstream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
+                if isinstance(head, Rejected):
+                    await upstream.send_all(reject_request(head))
+                else:
+                    await self._requests(client, upstream, buffer, head)
+                # No more requests from this client: hypercorn's answers end the connection.
+        with trio.move_on_after(LINGER_S):
+            await client.send_eof()
+            while await client.receive_some(RECV):
+                pass  # unread request bytes would turn our close into a reset
 
     async def _responses(
         self, upstream: trio.SocketStream, client: trio.SocketStream, done: trio.CancelScope
     ) -> None:
-        """Copy hypercorn's bytes to the client; when hypercorn closes, close politely."""
+        """Copy hypercorn's bytes to the client until hypercorn closes; then stop reading."""
         try:
             while data := await upstream.receive_some(RECV):
                 await client.send_all(data)
-            with trio.move_on_after(LINGER_S):
-                await client.send_eof()
-                while await client.receive_some(RECV):
-                    pass  # unread request bytes would turn our close into a reset
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
         finally:
             done.cancel()
 

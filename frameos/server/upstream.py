@@ -101,13 +101,13 @@ async def _answer_rejection(scope: Scope, send: Send) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def hypercorn_config(socket_path: Path, graceful_s: float) -> HyperConfig:
+def hypercorn_config(socket_path: Path, graceful_s: float, keep_alive_s: float) -> HyperConfig:
     config = HyperConfig()
     config.bind = [f"unix:{socket_path}"]
     config.accesslog = None
     config.errorlog = None  # the app reports its own errors as events
     config.graceful_timeout = graceful_s
-    config.keep_alive_timeout = KEEP_ALIVE_S
+    config.keep_alive_timeout = keep_alive_s
     config.h11_max_incomplete_size = 64 * 1024  # heads are checked (16 KiB) before they get here
     config.include_server_header = False
     return config
@@ -116,9 +116,10 @@ def hypercorn_config(socket_path: Path, graceful_s: float) -> HyperConfig:
 class Upstream:
     """hypercorn on a private unix socket; `connect()` opens one connection to it."""
 
-    def __init__(self, app: ASGIApp, *, graceful_s: float) -> None:
+    def __init__(self, app: ASGIApp, *, graceful_s: float, keep_alive_s: float = KEEP_ALIVE_S):
         self.app = front_app(app)
         self.graceful_s = graceful_s
+        self.keep_alive_s = keep_alive_s
         self.directory = Path(tempfile.mkdtemp(prefix="frameos-http-"))
         self.path = self.directory / "http.sock"
         self._shutdown = trio.Event()
@@ -141,7 +142,7 @@ class Upstream:
 
         A stack that cannot serve fails here, once, with a ServerError saying what to do.
         """
-        config = hypercorn_config(self.path, self.graceful_s)
+        config = hypercorn_config(self.path, self.graceful_s, self.keep_alive_s)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._serve, config)

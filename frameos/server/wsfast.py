@@ -397,6 +397,8 @@ class WsHub:
         if values is None:
             return None, None
         try:
+            if not values[-1]:
+                raise CursorError("since", "")
             since = parse_cursor(values[-1], "since", 0)
         except CursorError as exc:
             raise _Reject(400, error_body("invalid_cursor", str(exc), parameter="since")) from None
