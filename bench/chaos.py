@@ -201,22 +201,26 @@ def log_files(log_dir: Path) -> list[Path]:
 
 def verify_log(log_dir: Path, *, live: bool) -> dict[str, Any]:
     """Every retained line parses, seq +1 each line across files. With `live`, a partial last
-    line of the newest file is allowed (a writer is appending right now); otherwise it is torn."""
+    line of the newest file is allowed (a writer is appending right now); otherwise it is torn.
+    The files are opened first and read only once every name still points at the file opened
+    (a rotation in between would otherwise skip or repeat a file)."""
+    for _ in range(20):  # bounded: a rotation takes ~3 s at R1's rate, an opening pass ~1 ms
+        handles = _open_stable(log_files(log_dir))
+        if handles is not None:
+            break
+    else:
+        return {"lines": 0, "error": "the log rotated during every attempt to read it"}
     lines = bad = gaps = dups = 0
     first = last = None
     torn = False
-    files = log_files(log_dir)
-    for index, path in enumerate(files):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue  # rotated away between the listing and the read
+    for index, handle in enumerate(handles):
+        if handle is None:
+            continue
+        with handle:
+            data = handle.read()
         body, _, tail = data.rpartition(b"\n")
-        if tail:
-            if live and index == len(files) - 1:
-                pass
-            else:
-                torn = True
+        if tail and not (live and index == len(handles) - 1):
+            torn = True
         if not body:
             continue
         for raw in body.split(b"\n"):
@@ -244,8 +248,32 @@ def verify_log(log_dir: Path, *, live: bool) -> dict[str, Any]:
         "gaps": gaps,
         "duplicates": dups,
         "torn_tail": torn,
-        "files": len(files),
+        "files": len(handles),
     }
+
+
+def _open_stable(paths: list[Path]) -> list[Any] | None:
+    """Open every path; None (all closed) when a name no longer points at what was opened."""
+    handles: list[Any] = []
+    for path in paths:
+        try:
+            handles.append(path.open("rb"))
+        except FileNotFoundError:
+            handles.append(None)
+    for path, handle in zip(paths, handles, strict=True):
+        try:
+            if handle is None:
+                same = not path.exists()
+            else:
+                same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            for other in handles:
+                if other is not None:
+                    other.close()
+            return None
+    return handles
 
 
 def log_ok(report: dict[str, Any]) -> bool:
@@ -273,7 +301,7 @@ def r1(session: Session, rounds: int, churners: int) -> None:
             steady_vm("slow", ["sh", "-c", "seq 1 20; exec sleep 120"]),
             *(churn_vm(f"churn{i}") for i in range(churners)),
         ],
-        event_log={"max_bytes": 4 << 20, "keep": 10},
+        event_log={"max_bytes": 2 << 20, "keep": 5},
     )
     tags: list[str] = []
     run: FrameosRun | None = None
