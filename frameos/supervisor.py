@@ -40,7 +40,7 @@ from frameos.config import FrameConfig, diff, event_log_path, load_config
 from frameos.emit import Output
 from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
-from frameos.sinks import HumanSink, JsonSink, QueueSink
+from frameos.sinks import HumanSink, JsonSink, Sink
 from frameos.state import Phase, RuntimeState
 from frameos.systemd import SystemdNotifier
 from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
@@ -267,7 +267,7 @@ class Supervisor:
             "info" if status == EXIT_OK else "error",
         )
 
-    def _make_sink(self) -> QueueSink:
+    def _make_sink(self) -> Sink:
         if self.options.output == "human":
             return HumanSink(self.bus, verbose=self.options.verbose)
         return JsonSink(self.bus)
@@ -282,9 +282,6 @@ class Supervisor:
             self.fault = _first_leaf(exc)
             await self.bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
             return EXIT_FAILED
-        finally:
-            if self.hub is not None:
-                self.bus.unsubscribe(self.hub)
         if self.forced or self.fault is not None:
             return EXIT_FAILED
         if self.stop_scope.cancelled_caught:
@@ -353,8 +350,8 @@ class Supervisor:
             ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
         )
         self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
-        await self.pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
-        work.cancel_scope.cancel()
+        # every VM through its ladder (interface F), while clients still watch
+        work.cancel_scope.cancel(reason=self.shutdown.reason)
 
     def _watchers(self) -> int:
         """Connected websocket clients (0 before the server exists)."""
@@ -367,8 +364,7 @@ class Supervisor:
         from frameos.server.metrics import Metrics
         from frameos.server.wsfast import WsHub
 
-        hub = WsHub(self.bus, self.state.config.websocket)
-        self.bus.subscribe(hub)
+        hub = WsHub(self.bus, self.state.config.websocket)  # the front door runs it
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
@@ -397,7 +393,8 @@ class Supervisor:
             return
         self.forced = True
         self.bus.publish_nowait(ev.Message(text=f"second {name}: forcing the stop now"), "warn")
-        self.stop_scope.cancel()
+        self.pool.force()  # the ladders under way: SIGKILL now (they are shielded from cancel)
+        self.stop_scope.cancel(reason=f"second {name}")
 
     def _request_reload(self) -> None:
         try:
