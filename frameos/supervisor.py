@@ -328,17 +328,8 @@ class Supervisor:
                 running.start_soon(heartbeat, bus, state)
                 running.start_soon(metrics, bus, state, self._watchers)
                 running.start_soon(self._reloader)
-                state.set_phase(Phase.READY)
-                await bus.publish(
-                    ev.RuntimeReady(
-                        server=state.server_url,
-                        health_endpoint=f"{state.server_url}/healthz",
-                        event_stream_transport="websocket",
-                        metrics_interval_seconds=state.config.metrics_interval,
-                        apps_loaded=state.apps_loaded,
-                        scenes_loaded=state.scenes_loaded,
-                    )
-                )
+                if not self.shutdown.requested.is_set():  # a stop during start-up: never ready
+                    await self._ready()
                 await self.shutdown.requested.wait()
                 running.cancel_scope.cancel()  # tickers and a reload in flight
         except Exception as exc:  # a fault of a ticker or the reloader: stop like on SIGTERM
@@ -352,6 +343,20 @@ class Supervisor:
         self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
         # every VM through its ladder (interface F), while clients still watch
         work.cancel_scope.cancel(reason=self.shutdown.reason)
+
+    async def _ready(self) -> None:
+        state = self.state
+        state.set_phase(Phase.READY)
+        await self.bus.publish(
+            ev.RuntimeReady(
+                server=state.server_url,
+                health_endpoint=f"{state.server_url}/healthz",
+                event_stream_transport="websocket",
+                metrics_interval_seconds=state.config.metrics_interval,
+                apps_loaded=state.apps_loaded,
+                scenes_loaded=state.scenes_loaded,
+            )
+        )
 
     def _watchers(self) -> int:
         """Connected websocket clients (0 before the server exists)."""

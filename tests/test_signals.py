@@ -63,6 +63,22 @@ async def test_a_sighup_during_start_up_waits_for_the_handlers(tmp_path: Path) -
     assert fos.events[-1]["event"] == ev.Summary.NAME
 
 
+async def test_a_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> None:
+    config = write_config(tmp_path, vms=[{"name": "idle", "command": ["sleep", "600"]}])
+    async with running_frameos(tmp_path, "run", "--config", str(config), ready=False) as fos:
+        pid = fos.proc.pid
+        await until(lambda: int(proc_status(pid).get("SigBlk", "0"), 16) == EARLY_MASK, "block")
+        fos.send(signal.SIGTERM)
+        assert await fos.wait_exit() == 0
+    names = fos.names()
+    assert ev.RuntimeReady.NAME not in names  # stopped before it was ever ready
+    assert names[0] == ev.RuntimeStart.NAME
+    assert ev.RuntimeStopping.NAME in names
+    assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
+    for launched in [e for e in fos.events if e["event"] == ev.VmLaunched.NAME]:
+        assert not Path(f"/proc/{launched['fields']['pid']}").exists()
+
+
 async def test_two_sigints_back_to_back_force_the_stop(tmp_path: Path) -> None:
     armed = tmp_path / "armed"
     stubborn = [
