@@ -1,24 +1,27 @@
 """`frameos run`: the nurseries and the order of things (SPEC §1, §4; STYLE "nesting is the
 shutdown order").
 
-    outer nursery ── signal task ── bus writer ── output sink ── systemd notifier
+    outer nursery ── signal task ── bus writer ── output sinks ── systemd notifier
       └── stop scope (deadline = shutdown_timeout_s once stopping; a second signal cancels it)
-            └── server nursery ── HTTP front door
-                  └── work nursery ── VM pool ── heartbeat ── metrics ── reloader
+            └── server nursery ── HTTP front door (and its websocket hub)
+                  └── work nursery ── VM pool
+                        └── running nursery ── heartbeat ── metrics ── reloader
 
 Start-up: runtime:start, the VMs, the server, runtime:ready. The first SIGTERM or SIGINT begins
-a graceful stop (runtime:stopping): the work nursery ends first (the VMs through their ladders,
-while clients still watch and `/healthz` says "stopping"), then the front door drains under a
-deadline, then runtime:stop and summary are logged and the bus drains. A second SIGTERM/SIGINT
-cancels the stop scope at once (exit 1). An unexpected exception in a component ends the same
-way: the nurseries unwind (each VM through its ladder), an error event names the fault, and
-runtime:stop and summary still close the log (exit 1).
+a graceful stop (runtime:stopping): the running nursery ends (tickers, a reload in flight), then
+the work nursery is cancelled with the reason, which stops every VM through its ladder while the
+server still answers (`/healthz` says "stopping"); then the front door drains under a deadline
+(hypercorn's idea), runtime:stop and summary are logged, and `bus.aclose` drains every
+subscriber. A second SIGTERM/SIGINT cuts the ladders short (`pool.force`) and cancels the stop
+scope (exit 1). A fault (an unexpected exception) of a ticker or the reloader is logged and
+stops like a signal; one of the server unwinds the nurseries, the VMs again through their
+ladders; either way runtime:stop and summary close the log (exit 1).
 
-Signals are blocked from the first line of `python -m frameos` until the handlers below are
-installed (frameos/__main__.py, cli.main); every delivery is counted (`SignalInbox`), so a second
-SIGINT is never merged into the first. SIGHUP asks the reloader, which re-reads the config in its
-own task, one reload at a time, each bounded by `RELOAD_TIMEOUT_S`; the signal task never waits
-on a reload, and a stop cancels a reload in flight.
+Signals are blocked from the first line of `python -m frameos` (and of `cli.main`) until
+`signal_inbox` has its handlers in, so a SIGHUP during start-up waits instead of killing. Every
+delivery is counted, so a second SIGINT is never merged into the first. SIGHUP asks the
+reloader, which re-reads the config in its own task, one reload at a time, each bounded by
+`RELOAD_TIMEOUT_S`; the signal task never waits on a reload, and a stop cancels one in flight.
 """
 
 from __future__ import annotations
@@ -235,8 +238,7 @@ class Supervisor:
             status = await self._supervise()
             await self._log_the_end(status)
             signals.cancel()
-            await bus.aclose()
-            sink.close()
+            await bus.aclose()  # writes out what is pending, then ends every subscription
         if isinstance(self.fault, FrameosError):
             raise self.fault
         return status
