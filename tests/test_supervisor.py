@@ -124,11 +124,15 @@ async def start(
     exits_on: Mapping[int, float] | None = None,
     config: FrameConfig | None = None,
     launch: bool = True,
+    demo: bool = False,
 ) -> Run:
     """Start a Supervisor on `config_path` with fake VMs (they honour `exits_on`)."""
     config = config or load_config(config_path, {})
     options = sup.Options(
-        config=config, config_source=str(config_path), config_path=config_path, output="json"
+        config=config,
+        config_source=str(config_path),
+        config_path=None if demo else config_path,
+        output="json",
     )
     log = EventLog(event_log_path(config, None))
     log.open()
@@ -211,9 +215,11 @@ async def test_two_sigints_back_to_back_force_the_stop(
         # both delivered before the signal task reads either: trio's own receiver merges them
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # a third changes nothing
         assert await run.exit_status() == 1
     texts = [f["text"] for f in run.recorder.of(ev.Message)]
-    assert "second SIGINT: forcing the stop now" in texts
+    assert texts.count("second SIGINT: forcing the stop now") == 1
+    assert not [t for t in texts if "SIGTERM" in t]
     assert run.recorder.of(ev.Summary)[0]["exit_status"] == 1
     assert run.recorder.names()[-1] == ev.Summary.NAME
 
@@ -268,7 +274,7 @@ class StuckRead:
 
 
 async def test_a_stuck_reload_times_out_and_signals_still_work(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stuck = StuckRead()
     monkeypatch.setattr(sup, "load_config", stuck)
@@ -303,6 +309,8 @@ async def test_a_stop_cancels_a_reload_in_flight(
             with trio.fail_after(5):
                 await stuck.entered.wait()
             signal.raise_signal(signal.SIGTERM)
+            await run.recorder.wait_for(ev.RuntimeStopping)
+            signal.raise_signal(signal.SIGHUP)  # while the VM stops: nothing left to reload
             assert await run.exit_status() == 0
     finally:
         stuck.release.set()
@@ -353,3 +361,15 @@ async def test_a_port_in_use_is_logged_then_raised_alone(
     names = run.recorder.names()
     assert ev.RuntimeReady.NAME not in names
     assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
+
+
+async def test_the_demo_reloads_nothing(clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """Without a config file (the demo), a SIGHUP reports an empty reload."""
+    config = write_config(tmp_path)
+    loaded = load_config(config, {})
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config, config=loaded, demo=True)
+        signal.raise_signal(signal.SIGHUP)
+        assert await run.recorder.wait_for(ev.RuntimeReload) == {"changed": [], "error": None}
+        signal.raise_signal(signal.SIGTERM)
+        assert await run.exit_status() == 0
