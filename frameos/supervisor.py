@@ -371,7 +371,8 @@ class Supervisor:
         from frameos.server.metrics import Metrics
         from frameos.server.wsfast import WsHub
 
-        hub = WsHub(self.bus, self.state.config.websocket)  # the front door runs it
+        # the hub subscribes to the bus itself, in its own task (FrontDoor.run starts it)
+        hub = WsHub(self.bus, self.state.config.websocket)
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
