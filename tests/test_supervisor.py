@@ -19,7 +19,7 @@ import trio.testing
 import frameos.server.app
 import frameos.server.frontdoor
 import frameos.server.metrics
-import frameos.server.wsfast  # noqa: F401  (imported here so start-up does not wait on it)
+import frameos.server.wsfast  # imported here: start-up does not wait on the HTTP stack
 from frameos import events as ev
 from frameos import supervisor as sup
 from frameos.bus import Bus
@@ -373,3 +373,32 @@ async def test_the_demo_reloads_nothing(clock: trio.testing.MockClock, tmp_path:
         assert await run.recorder.wait_for(ev.RuntimeReload) == {"changed": [], "error": None}
         signal.raise_signal(signal.SIGTERM)
         assert await run.exit_status() == 0
+
+
+async def test_a_fault_of_the_server_still_stops_every_vm_through_its_ladder(
+    clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_door(
+        self: object,
+        listeners: list[trio.SocketListener],
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started(("127.0.0.1", 1))
+        await trio.sleep(1)
+        raise RuntimeError("accept loop broke")
+
+    monkeypatch.setattr(frameos.server.frontdoor.FrontDoor, "run", broken_door)
+    config = write_config(tmp_path, vms=[fake_vm("a")])
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config)
+        assert await run.exit_status() == 1
+    names = run.recorder.names()
+    faults = [f["text"] for f in run.recorder.of(ev.Message) if "internal fault" in str(f["text"])]
+    assert len(faults) == 1 and "RuntimeError: accept loop broke" in faults[0]
+    (requested,) = run.recorder.of(ev.VmShutdownRequested)
+    assert requested["vm"] == "a"
+    assert run.recorder.of(ev.VmShutdownComplete)[0]["vm"] == "a"
+    assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
+    assert run.recorder.of(ev.Summary)[0]["exit_status"] == 1
