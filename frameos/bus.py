@@ -212,8 +212,11 @@ class Bus:
             self._subscriptions.append(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription | Subscriber) -> None:
-        """Close that subscription's channel (its `async for` ends after what is queued)."""
+    def unsubscribe(self, subscription: object) -> None:
+        """Close that subscription's channel (its `async for` ends after what is queued).
+
+        Takes `object` so that observers may type the bus with their own Protocol.
+        """
         if isinstance(subscription, Subscription):
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
