@@ -244,6 +244,11 @@ class CooperativeConfig(Model):
             name = "SIG" + name
         if not hasattr(_signal, name) or name.startswith("SIG_"):
             raise ValueError(f"expected a signal name such as SIGINT or SIGUSR1, found {value!r}")
+        if name in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(
+                f"{name} cannot be caught, so it asks nothing (SIGSTOP would freeze the guest "
+                "for the whole ladder); use a signal the guest handles, such as SIGINT"
+            )
         return name
 
     @model_validator(mode="after")
