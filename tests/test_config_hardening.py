@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from frameos.config import MAX_CONFIG_BYTES, load_config, resolve, validate_config
+from frameos.config import MAX_CONFIG_BYTES, FrameConfig, load_config, resolve, validate_config
 from frameos.errors import ConfigError
 from tests.conftest import frameos_argv
 
@@ -342,3 +342,17 @@ def test_load_config_is_importable_alone() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_thousands_of_mistakes_give_a_readable_report(tmp_path: Path) -> None:
+    """One problem per line, but not 80,000 lines (nor a did-you-mean search for each)."""
+    path = tmp_path / "f.json"
+    path.write_text("{" + ",".join(f'"k{i}": 1' for i in range(80_000)) + "}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    lines = [str(p) for p in info.value.problems]
+    assert len(lines) == 21
+    assert lines[0] == f"{path}: k0: unknown key; known keys: " + ", ".join(
+        FrameConfig.model_fields
+    )
+    assert lines[-1] == f"{path}: and 79980 more problems not shown; fix these first"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from frameos.config.models import PATTERN_HINTS, PathError
-from frameos.errors import Problem
+from frameos.errors import MAX_PROBLEMS, Problem
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -97,9 +97,12 @@ def _expected(err: Mapping[str, Any]) -> str:
 
 def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> list[Problem]:
     """One Problem per pydantic error, with JSON paths and hints for unknown keys."""
-    problems = []
+    problems: list[Problem] = []
     for item in err.errors(include_url=False):
         loc = tuple(item["loc"])
+        if len(problems) >= MAX_PROBLEMS:  # ConfigError shows only a count of these
+            problems.append(Problem(source, json_path(loc), "not shown"))
+            continue
         exc = (item.get("ctx") or {}).get("error")
         if isinstance(exc, PathError):
             problems.append(Problem(source, exc.path, str(exc)))
