@@ -98,11 +98,9 @@ def _expected(err: Mapping[str, Any]) -> str:
 def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> list[Problem]:
     """One Problem per pydantic error, with JSON paths and hints for unknown keys."""
     problems: list[Problem] = []
-    for item in err.errors(include_url=False):
+    items = err.errors(include_url=False)
+    for item in items[:MAX_PROBLEMS]:
         loc = tuple(item["loc"])
-        if len(problems) >= MAX_PROBLEMS:  # ConfigError shows only a count of these
-            problems.append(Problem(source, json_path(loc), "not shown"))
-            continue
         exc = (item.get("ctx") or {}).get("error")
         if isinstance(exc, PathError):
             problems.append(Problem(source, exc.path, str(exc)))
@@ -118,7 +116,8 @@ def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> 
             problems.append(
                 Problem(source, path, f"{_expected(item)}, found {_found(item['input'])}")
             )
-    return problems
+    # The rest only count: ConfigError shows how many there were, not what they were.
+    return problems + [Problem(source, "", "not shown")] * (len(items) - len(items[:MAX_PROBLEMS]))
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
