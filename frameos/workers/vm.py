@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -44,7 +45,11 @@ from frameos.workers.restart import Decision, RestartTracker, Verdict
 LOG_MAX_BYTES = 8 * 1024 * 1024
 STOP_REASON = "frameos is stopping"
 LAUNCH_ERRORS: tuple[type[Exception], ...] = (LaunchError, *SPAWN_ERRORS)
-Spawner = Callable[[list[str], Mapping[str, str], Path | None, int], Awaitable[Child]]
+# (argv, env, cwd, log file, record): start the process, then `record(child)` (its pidfile)
+# before returning; a process that cannot be recorded is killed and the launch fails.
+Spawner = Callable[
+    [list[str], Mapping[str, str], Path | None, Path, Callable[[Child], None]], Awaitable[Child]
+]
 
 
 class VmState(Enum):
@@ -94,9 +99,21 @@ LADDER_SLACK_S = 0.5
 
 
 async def default_spawner(
-    argv: list[str], env: Mapping[str, str], cwd: Path | None, log: int
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path | None,
+    log_path: Path,
+    record: Callable[[Child], None],
 ) -> Child:
-    return await spawn(argv, env=env, cwd=cwd, output=log)
+    """Open the log, start the process, write its pidfile. The file work runs in threads:
+    creating a file can cost the event loop milliseconds, times hundreds of VMs."""
+    log = await trio.to_thread.run_sync(_open_log, log_path)
+    try:
+        child = await spawn(argv, env=env, cwd=cwd, output=log)
+    finally:
+        os.close(log)
+    await record_or_kill(child, partial(trio.to_thread.run_sync, record, child))
+    return child
 
 
 class VmWorker:
@@ -286,11 +303,7 @@ class VmWorker:
                         base_image=str(self.vm.base_image),
                     )
                 )
-            child = await self._start(argv)
-            # Before any checkpoint: a pidfile, or no process (killed at once).
-            await record_or_kill(
-                child, lambda: self._write_pidfile(child), self.vm.timeouts.sigkill_ms / 1000
-            )
+            child = await self._start(argv)  # recorded in its pidfile, or killed
         except LAUNCH_ERRORS as exc:
             await self.publisher.publish(
                 ev.Message(text=f"{self.name}: launch {self.attempt} failed: {_why(exc, self.vm)}"),
@@ -308,11 +321,7 @@ class VmWorker:
             self.base_env,
             {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **self.vm.env},
         )
-        log = _open_log(self.paths.log)
-        try:
-            return await self.spawner(argv, env, self.vm.cwd, log)
-        finally:
-            os.close(log)
+        return await self.spawner(argv, env, self.vm.cwd, self.paths.log, self._write_pidfile)
 
     def _write_pidfile(self, child: Child) -> None:
         """The VM's pidfile, with what an orphan's ladder needs: the settings of this launch."""
