@@ -411,7 +411,7 @@ class VmWorker:
 
     def _ladder(self, child: Child) -> Ladder:
         vm = self.vm
-        method: Method = vm.cooperative_method  # type: ignore[assignment]  # validated literal
+        method: Method = vm.cooperative_method
         request = request_for(
             method,
             child,
