@@ -1,7 +1,8 @@
 """VM workers and bootstrap pipelines (SPEC §5, §6).
 
     pool.VmPool ── orphans.py first (what a killed instance left), then one vm.VmWorker per VM
-        vm.VmWorker ── launch (overlay.py, child.py: spawn + pidfile or kill) ── wait ── restart.py
+        vm.VmWorker (states.py) ── launch (overlay.py, launch.py, child.py: spawn + pidfile
+                    or kill) ── wait ── restart.py
                     ├─ bootstrap.py after each launch (steps recorded in state_dir/procs)
                     └─ ladder.py on stop or cancellation (cooperative.py, qmp.py; child.kill_group)
     plan.py, paths.py, procfs.py, pidfile.py, demo.py: no trio, so `frameos check --plan` and the
