@@ -336,3 +336,21 @@ async def test_orphans_share_one_proc_scan_per_round(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+async def test_a_reload_does_not_change_a_running_vms_ladder(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    pub = RecordingPublisher()
+    launched = frame(tmp_path, [vm("a", timeouts=QUICK)])
+    reloaded = frame(tmp_path, [vm("a", timeouts={**QUICK, "sigterm_ms": 9000})])
+    async with trio.open_nursery() as outer:
+        pool = VmPool(launched, pub, spawner=FakeSpawner(outer), base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            await pool.on_reload(reloaded, ["vms.0.timeouts.sigterm_ms"])
+            await pool.stop("after a reload")
+            work.cancel_scope.cancel()
+    (requested,) = of(pub, ev.VmShutdownRequested, "a")
+    assert requested.deadline_ms == 3000
+    assert [e.timeout_ms for e in of(pub, ev.VmShutdownEscalated, "a")] == [1000, 1000]
