@@ -1,8 +1,10 @@
 """VM workers and bootstrap pipelines (SPEC §5, §6).
 
-    pool.VmPool ── one vm.VmWorker per configured VM (the supervisor's inner nursery)
-        vm.VmWorker ── launch (overlay.py, child.py, pidfile.py) ── wait ── restart.py policy
-                    └─ bootstrap.py after each launch ── ladder.py on stop (cooperative.py, qmp.py)
+    pool.VmPool ── orphans.py first (what a killed instance left), then one vm.VmWorker per VM
+        vm.VmWorker (states.py) ── launch (overlay.py, launch.py, child.py: spawn + pidfile
+                    or kill) ── wait ── restart.py
+                    ├─ bootstrap.py after each launch (steps recorded in state_dir/procs)
+                    └─ ladder.py on stop or cancellation (cooperative.py, qmp.py; child.kill_group)
     plan.py, paths.py, procfs.py, pidfile.py, demo.py: no trio, so `frameos check --plan` and the
     config loader stay fast (BARS B4).
 

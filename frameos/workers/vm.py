@@ -1,14 +1,10 @@
 """One supervised VM (SPEC §5): launch, watch, bootstrap, restart by policy, stop by ladder.
 
-    idle ─► starting ─► running ─► backoff ─► starting ...
-              │            ├─────► finished   (the policy does not restart this exit)
-              │            └─────► gave_up    (more than max_restarts in window_s)
-              └─ (a failed launch counts as an abnormal exit)
-    any of them ─► stopping ─► stopped        (stop(): the ladder, when a process runs)
-
-A single task owns the process from launch to exit: `stop()` only asks (it cancels whatever
-the task waits on) and then waits for the task to finish the ladder. The exit is awaited, never
-polled, so a restart follows the backoff's end within milliseconds.
+Its lifecycle and the bootstrap of each launch are the state tables of states.py (`VmState`,
+`BootState`); launch.py starts the process. A single task owns the process from launch to
+exit: `stop()` only asks (it cancels whatever the task waits on) and then waits for the task to
+finish the ladder. The exit is awaited, never polled, so a restart follows the backoff's end
+within milliseconds.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from enum import Enum
 from pathlib import Path
 
 import trio
@@ -25,78 +20,21 @@ from frameos import events as ev
 from frameos.config import VmConfig
 from frameos.workers import LaunchError, overlay, pidfile, procfs
 from frameos.workers.bootstrap import BootstrapContext, run_bootstrap
-from frameos.workers.child import (
-    SPAWN_ERRORS,
-    Child,
-    Tracking,
-    kill_group,
-    record_or_kill,
-    signal_name,
-    spawn,
-)
+from frameos.workers.child import Child, Tracking, kill_group, signal_name
 from frameos.workers.cooperative import request_for
 from frameos.workers.ladder import Ladder, Method
+from frameos.workers.launch import LAUNCH_ERRORS, Spawner, default_spawner, why
 from frameos.workers.orphans import clean_up_after, discard_overlay, remove_stale_socket
 from frameos.workers.paths import VmPaths, child_env, substitute, uses_qmp
 from frameos.workers.publisher import Publisher
 from frameos.workers.restart import Decision, RestartTracker, Verdict
+from frameos.workers.states import BOOT_TRANSITIONS, TRANSITIONS, BootState, VmState
 
-LOG_MAX_BYTES = 8 * 1024 * 1024
+__all__ = ["BootState", "Spawner", "VmState", "VmWorker", "default_spawner"]
+
 STOP_REASON = "frameos is stopping"
-LAUNCH_ERRORS: tuple[type[Exception], ...] = (LaunchError, *SPAWN_ERRORS)
-Spawner = Callable[[list[str], Mapping[str, str], Path | None, int], Awaitable[Child]]
-
-
-class VmState(Enum):
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    FINISHED = "finished"
-    GAVE_UP = "gave_up"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-_S = VmState
-TRANSITIONS: dict[VmState, frozenset[VmState]] = {
-    _S.IDLE: frozenset({_S.STARTING, _S.STOPPING}),
-    _S.STARTING: frozenset({_S.RUNNING, _S.BACKOFF, _S.FINISHED, _S.GAVE_UP, _S.STOPPING}),
-    _S.RUNNING: frozenset({_S.BACKOFF, _S.FINISHED, _S.GAVE_UP, _S.STOPPING}),
-    _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPING}),
-    _S.FINISHED: frozenset({_S.STOPPING}),
-    _S.GAVE_UP: frozenset({_S.STOPPING}),
-    _S.STOPPING: frozenset({_S.STOPPED}),
-    _S.STOPPED: frozenset(),
-}
-
-
-class BootState(Enum):
-    """The bootstrap of the current launch (SPEC §6)."""
-
-    NONE = "none"  # not launched yet
-    PENDING = "pending"  # launched; the bootstrap task has not begun
-    RUNNING = "running"
-    OK = "ok"  # succeeded, had nothing to do, or there are no steps
-    FAILED = "failed"  # failed or was interrupted
-
-
-_B = BootState
-BOOT_TRANSITIONS: dict[BootState, frozenset[BootState]] = {
-    _B.NONE: frozenset({_B.PENDING, _B.OK}),
-    _B.PENDING: frozenset({_B.RUNNING}),
-    _B.RUNNING: frozenset({_B.OK, _B.FAILED}),
-    _B.OK: frozenset({_B.PENDING, _B.OK}),
-    _B.FAILED: frozenset({_B.PENDING, _B.OK}),
-}
 # The bound on a ladder run under cancellation, beyond its rungs: the final kill's wait.
 LADDER_SLACK_S = 0.5
-
-
-async def default_spawner(
-    argv: list[str], env: Mapping[str, str], cwd: Path | None, log: int
-) -> Child:
-    return await spawn(argv, env=env, cwd=cwd, output=log)
 
 
 class VmWorker:
@@ -286,14 +224,10 @@ class VmWorker:
                         base_image=str(self.vm.base_image),
                     )
                 )
-            child = await self._start(argv)
-            # Before any checkpoint: a pidfile, or no process (killed at once).
-            await record_or_kill(
-                child, lambda: self._write_pidfile(child), self.vm.timeouts.sigkill_ms / 1000
-            )
+            child = await self._start(argv)  # recorded in its pidfile, or killed
         except LAUNCH_ERRORS as exc:
             await self.publisher.publish(
-                ev.Message(text=f"{self.name}: launch {self.attempt} failed: {_why(exc, self.vm)}"),
+                ev.Message(text=f"{self.name}: launch {self.attempt} failed: {why(exc, self.vm)}"),
                 "error",
             )
             if made_overlay:
@@ -308,11 +242,7 @@ class VmWorker:
             self.base_env,
             {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **self.vm.env},
         )
-        log = _open_log(self.paths.log)
-        try:
-            return await self.spawner(argv, env, self.vm.cwd, log)
-        finally:
-            os.close(log)
+        return await self.spawner(argv, env, self.vm.cwd, self.paths.log, self._write_pidfile)
 
     def _write_pidfile(self, child: Child) -> None:
         """The VM's pidfile, with what an orphan's ladder needs: the settings of this launch."""
@@ -402,7 +332,7 @@ class VmWorker:
 
     def _ladder(self, child: Child) -> Ladder:
         vm = self.vm
-        method: Method = vm.cooperative_method  # type: ignore[assignment]  # validated literal
+        method: Method = vm.cooperative_method
         request = request_for(
             method,
             child,
@@ -495,17 +425,6 @@ class VmWorker:
         return []
 
 
-def _open_log(path: Path) -> int:
-    """The VM's stdout/stderr file, appended to; rotated once to NAME.log.1 past 8 MiB."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o640)
-    if os.fstat(fd).st_size > LOG_MAX_BYTES:
-        os.close(fd)
-        os.replace(path, path.with_name(path.name + ".1"))
-        fd = os.open(path, flags, 0o640)
-    return fd
-
-
 def _cancel_reason(exc: BaseException) -> str:
     """The reason a cancellation carries (trio's `cancel(reason=...)`), or STOP_REASON."""
     if isinstance(exc, BaseExceptionGroup):
@@ -515,21 +434,3 @@ def _cancel_reason(exc: BaseException) -> str:
     if isinstance(exc, trio.Cancelled) and exc.reason:
         return exc.reason
     return STOP_REASON
-
-
-def _why(exc: BaseException, vm: VmConfig) -> str:
-    missing = isinstance(exc, FileNotFoundError)
-    if missing and vm.cwd is not None and str(getattr(exc, "filename", "")) == str(vm.cwd):
-        return f"cwd {vm.cwd} does not exist"
-    if missing:
-        return f"command {vm.command[0]!r} not found; check the VM's command (argv[0])"
-    if isinstance(exc, PermissionError):
-        return f"command {vm.command[0]!r} is not executable (permission denied)"
-    if isinstance(exc, OSError):
-        return f"cannot start {vm.command[0]!r}: {exc.strerror or exc}"
-    if isinstance(exc, LaunchError):
-        return str(exc)
-    return (
-        f"cannot start {vm.command[0]!r}: {exc}; check the VM's command and env "
-        f"(no NUL bytes, no '=' or empty env names)"
-    )
