@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +75,11 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `frameos` console script; returns the exit status."""
+    # Stop signals wait (pending) until `run` handles them; other commands get them back now.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
     try:
         handler = globals()[f"cmd_{args.command}"]
         status: int = handler(args)
@@ -169,8 +174,9 @@ def _load_manifests(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from frameos.config import demo_config, find_config, load_config
+    from frameos.config import find_config, load_config
     from frameos.emit import choose_output
+    from frameos.workers.demo import demo_config
 
     if args.demo and args.config:
         from frameos.errors import UsageError

@@ -238,9 +238,11 @@ class VmGaveUp(Event):
 
 class VmShutdownRequested(Event):
     NAME = "vm.shutdown_requested"
-    TEMPLATE = "{vm}: shutdown requested ({reason})"
+    TEMPLATE = "{vm}: shutdown requested ({reason}; at most {deadline_ms} ms)"
     vm: str
     reason: str
+    # the whole ladder's budget (the rungs' timeouts this VM was launched with); 0: nothing ran
+    deadline_ms: int = 0
 
 
 class VmCooperativeAttempted(Event):
