@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
 
+from frameos.bus import Subscription
 from frameos.envelope import Envelope
 from frameos.events import (
     Event,
@@ -58,12 +59,6 @@ SUBSCRIPTION_DEPTH = 256  # written batches waiting for the view (a drop here lo
 MAX_NAMES = 4  # VMs named in a stopping STATUS line before "…"
 
 Datagram = tuple[str, ...]
-
-
-class Subscription(Protocol):
-    """One subscriber's bounded channel of written batches; ends when the bus closes it."""
-
-    def __aiter__(self) -> AsyncIterator[Sequence[Envelope]]: ...
 
 
 class BusView(Protocol):

@@ -195,7 +195,8 @@ class Systemd:
             if ok(props):
                 return props
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: not within {timeout} s; last {props}")
+                tail = "\n".join(self.journal()[-20:])
+                pytest.fail(f"{what}: not within {timeout} s; last {props}; journal:\n{tail}")
             time.sleep(0.05)
 
     def ensure_active(self) -> dict[str, str]:
