@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import string
 import time
-from typing import Any
-
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from frameos.envelope import Envelope
 from frameos.events import (
@@ -22,6 +20,9 @@ from frameos.events import (
     VmLaunched,
     VmRestartScheduled,
 )
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 SEVERITY_STYLE = {
     "debug": "dim",
@@ -97,6 +98,8 @@ def describe(envelope: Envelope) -> str:
 
 def render(envelope: Envelope) -> Text:
     """One rich line (more for a list): `HH:MM:SS.mmm SEVERITY event  sentence`."""
+    from rich.text import Text  # here: the sentences (and `plural`) are needed without rich
+
     stamp = time.strftime("%H:%M:%S", time.localtime(envelope.timestamp))
     millis = int((envelope.timestamp % 1) * 1000)
     style = SEVERITY_STYLE.get(envelope.severity, "")

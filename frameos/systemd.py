@@ -50,6 +50,7 @@ from frameos.events import (
     VmShutdownEscalated,
     VmShutdownRequested,
 )
+from frameos.render import plural
 from frameos.sdnotify import NotifySocket, monotonic_usec, watchdog_usec
 from frameos.state import Phase, RuntimeState
 
@@ -74,10 +75,6 @@ class BusView(Protocol):
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
     def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope: ...
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class ServiceView:
