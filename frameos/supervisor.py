@@ -282,9 +282,6 @@ class Supervisor:
             self.fault = _first_leaf(exc)
             await self.bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
             return EXIT_FAILED
-        finally:
-            if self.hub is not None:
-                self.bus.unsubscribe(self.hub)
         if self.forced or self.fault is not None:
             return EXIT_FAILED
         if self.stop_scope.cancelled_caught:
@@ -367,8 +364,8 @@ class Supervisor:
         from frameos.server.metrics import Metrics
         from frameos.server.wsfast import WsHub
 
+        # the hub subscribes to the bus itself, in its own task (FrontDoor.run starts it)
         hub = WsHub(self.bus, self.state.config.websocket)
-        self.bus.subscribe(hub)
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
