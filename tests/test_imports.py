@@ -20,7 +20,7 @@ from frameos import events as ev
 from tests.conftest import write_config
 
 HEAVY = ("quart", "flask", "jinja2", "werkzeug", "hypercorn")
-WATCHED = (*HEAVY, "rich")  # rich: only for human output
+WATCHED = (*HEAVY, "rich", "pydantic", "trio")  # rich: only for human output
 VM_MARK = "frameos-import-test-vm"  # in each VM's command line, so the hook can count launches
 
 HOOK = f"""
@@ -73,6 +73,15 @@ def test_check_imports_nothing_of_the_http_stack_and_rich_only_for_people(
         assert heavy_imports(result.stderr) == []
         rich = heavy_imports(result.stderr, ("rich",))
         assert bool(rich) == (output == "human")
+
+
+def test_contract_prints_the_shipped_file_without_pydantic_or_trio() -> None:
+    result = subprocess.run(
+        hooked("contract"), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["contract"] == "frameos.contract.v1"
+    assert heavy_imports(result.stderr, WATCHED) == []
 
 
 def test_run_launches_every_vm_before_importing_the_http_stack(tmp_path: Path) -> None:
