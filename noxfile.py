@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.3.2"
@@ -12,16 +14,32 @@ nox.options.reuse_existing_virtualenvs = True
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 # The interpreter nox runs with, if it is one pyproject allows; CI and laptops have one Python.
 PYTHON = None
+# `[tool.coverage.run] patch` (subprocess, _exit) appeared in coverage 7.10
+COVERAGE = "coverage[toml]>=7.10"
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite: unit, end-to-end, QEMU and systemd tests (the last two skip on a
-    laptop without them and fail under CI=true), with branch coverage."""
-    session.install("-e", ".[test]")
+    laptop without them and fail under CI=true), with branch coverage of the test process and
+    of every `frameos` process the e2e tests start (pyproject's [tool.coverage.run]: `patch`
+    makes the children measure themselves, `parallel` gives each its data file)."""
+    session.install("-e", ".[test]", COVERAGE)
+    # one absolute data file prefix, whatever the cwd a test gives its subprocess
+    session.env["COVERAGE_FILE"] = str(Path(".coverage").resolve())
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report", "--skip-covered", "--sort=cover")
+
+
+@nox.session(python=PYTHON, default=False)
+def chaos(session: nox.Session) -> None:
+    """R7 faults (bench/chaos.py): SIGKILLs under load, a full disk, 2,000 held connections, a
+    reload that blocks. JSON lines; fails when an invariant breaks. The disk part needs root
+    (it mounts a tmpfs) and says so when skipped. `-- --quick` runs 5 SIGKILL rounds."""
+    session.install("-e", ".")
+    session.run("python", "bench/chaos.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -8,6 +8,7 @@ the process itself (µs), or the precise per-thread runtime from /proc/PID/task/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -180,17 +181,22 @@ class FrameosRun:
     `ready_s` is the wall time from spawning until the runtime:ready line was read.
     """
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None,
+                 on_line: Callable[[bytes], None] | None = None,
+                 argv: Sequence[str] = (), stderr: int | None = subprocess.PIPE,
+                 cwd: Path | None = None) -> None:
         env = {k: v for k, v in (env if env is not None else os.environ).items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self.ready = threading.Event()
         self.lines = 0
         self.tail: list[str] = []
+        self.ready_line: dict[str, Any] | None = None
+        self.on_line = on_line
         self.started = time.perf_counter()
         self.ready_s = float("nan")
-        self.proc = subprocess.Popen([*frameos_argv(), "run", "--config", str(config),
+        self.proc = subprocess.Popen([*argv, *frameos_argv(), "run", "--config", str(config),
                                       "--output", "json"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                     stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=cwd)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -200,9 +206,19 @@ class FrameosRun:
             self.lines += 1
             if not self.ready.is_set() and b'"event":"runtime:ready"' in raw:
                 self.ready_s = time.perf_counter() - self.started
+                self.ready_line = json.loads(raw)
                 self.ready.set()
+            if self.on_line is not None:
+                self.on_line(raw)
             if len(self.tail) < 50:
                 self.tail.append(raw.decode(errors="replace").rstrip())
+
+    @property
+    def port(self) -> int:
+        """The bound HTTP port, from runtime:ready's `server` (after `wait_ready`)."""
+        assert self.ready_line is not None, "not ready yet"
+        server: str = self.ready_line["fields"]["server"]
+        return int(server.rsplit(":", 1)[1])
 
     @property
     def pid(self) -> int:
@@ -250,3 +266,164 @@ def fs_type(path: Path) -> str:
     except OSError:
         pass
     return kind
+
+
+# --- loopback HTTP and websocket clients (stdlib, for the depth and chaos benches) -------------
+
+
+def http_get(port: int, path: str = "/healthz", timeout: float = 10.0,
+             headers: str = "Connection: close\r\n") -> tuple[int, bytes]:
+    """One GET on a new connection; reads to the end of the body (Content-Length or chunked),
+    so a server that keeps the socket open does not stall it. Returns status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                lower = head.lower()
+                at = lower.find(b"content-length:")
+                if at >= 0:
+                    length = int(lower[at + 15:].split(b"\r\n", 1)[0])
+                    if len(body) >= length:
+                        break
+                elif b"chunked" in lower and body.endswith(b"0\r\n\r\n"):
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    if b"transfer-encoding: chunked" in head.lower():
+        out, pos = b"", 0
+        while True:
+            end = body.index(b"\r\n", pos)
+            size = int(body[pos:end].split(b";")[0], 16)
+            if size == 0:
+                break
+            out += body[end + 2:end + 2 + size]
+            pos = end + 2 + size + 2
+        body = out
+    return status, body
+
+
+class WsReader:
+    """A blocking websocket client of /ws/events: handshake, then unmasked server frames."""
+
+    def __init__(self, port: int, path: str, timeout: float = 60.0) -> None:
+        import base64
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            self.sock.close()
+            raise ConnectionError(f"handshake refused: {head[:200]!r}")
+        self.buf = bytearray(rest)
+        self.closed: int | None = None  # the close code once a close frame came
+
+    def frames(self, deadline: float) -> Any:
+        """Yield text payloads until the deadline (monotonic), EOF or a close frame."""
+        buf = self.buf
+        pos = 0
+        while True:
+            while True:  # parse every complete frame in the buffer
+                if len(buf) - pos < 2:
+                    break
+                opcode, size = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+                start = pos + 2
+                if size == 126:
+                    if len(buf) - pos < 4:
+                        break
+                    size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                    start = pos + 4
+                elif size == 127:
+                    if len(buf) - pos < 10:
+                        break
+                    size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                    start = pos + 10
+                if len(buf) < start + size:
+                    break
+                payload = bytes(buf[start:start + size])
+                pos = start + size
+                if opcode == 0x8:
+                    self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    return
+                if opcode == 0x1:
+                    yield payload
+            del buf[:pos]
+            pos = 0
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except (TimeoutError, OSError):
+                return
+            if not chunk:
+                return
+            buf += chunk
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def seq_of(line: bytes) -> int:
+    """The seq of an envelope from its fixed prefix `{"v":1,"seq":N,` (no JSON decode)."""
+    start = line.index(b'"seq":') + 6
+    return int(line[start:line.index(b",", start)])
+
+
+# --- processes of one instance, found by an environment tag -----------------------------------
+
+TAG_VAR = "FRAMEOS_PROOF_TAG"
+
+
+def tagged(tag: str) -> set[int]:
+    """Live pids (zombies excluded) whose environment carries TAG_VAR=tag: a frameos started with
+    that tag and everything it spawned, wherever they were reparented."""
+    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
+    found: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environ = handle.read() + b"\0"
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+        if needle in environ and state not in (b"Z", b"X"):
+            found.add(int(name))
+    return found
+
+
+def kill_tagged(tag: str) -> int:
+    """SIGKILL what is left of a tagged instance (cleanup after a bench); returns the count."""
+    pids = tagged(tag)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

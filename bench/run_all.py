@@ -4,7 +4,7 @@ Bars are reported, not asserted: the exit status is 0 when every bench ran (bars
 1 when a bench itself broke (non-zero exit, or no result line). A short table of the bars goes
 to stderr at the end. `--runs` and `--quick` are passed through.
 
-    python bench/run_all.py [--runs N] [--quick] [--only pipeline,ws,...]
+    python bench/run_all.py [--runs N] [--quick] [--only pipeline,ws,...,depth,recovery]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("pipeline", "ws", "http", "startup", "idle", "supervise")
+ORDER = ("pipeline", "ws", "http", "startup", "idle", "supervise", "depth", "recovery")
 
 
 def main() -> int:

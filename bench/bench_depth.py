@@ -1,0 +1,310 @@
+"""B9: reads of the event log at any depth, through the real `frameos run` (issue 9).
+
+A log of `--events` (300,000) `message` envelopes (~180 bytes a line, one file, no rotation) is
+written straight into an EventLog with frameos.envelope.encode, then the real `frameos run`
+starts on it (a temp config: `event_log.path` there, frame_port 0, heartbeat_interval 0.2, no
+VMs); its stdout (JSON lines) is read by the bench. HEAD is the newest seq of the prebuilt log.
+
+    poll_ratio        GET /v1/events?after=HEAD-100 ÷ ?after=1 (limit 100; medians of
+                      `--samples` alternating requests, new connection each). Bar ≤ 3.
+    ws_first_ratio    connect → first frame of /ws/events?since=HEAD-100 ÷ ?since=1. Bar ≤ 3.
+    replay_s          a full replay: /ws/events?since=0 until seq HEAD arrived (checked: every
+                      seq, in order, no gap). Bar ≤ 30 s; capped at `--replay-cap` (60 s), then
+                      reported with "complete": false and the count received.
+    loop_lag_ms       4 client threads poll /v1/events?after=HEAD-100-k (k in 0..999) in a loop
+                      for `--load-s` s; the runtime:heartbeat events' loop_lag_ms over that window:
+                      max and p99. Bar ≤ 50 ms.
+    healthz_p99_ms    meanwhile a probe times GET /healthz (new connection) every 20 ms. Bar ≤ 50.
+
+Each request has a timeout (`--timeout`, 10 s); a timed-out request counts as that long.
+
+    python bench/bench_depth.py [--events 300000] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    FrameosRun,
+    WsReader,
+    emit,
+    http_get,
+    median,
+    note,
+    parse_args,
+    percentile,
+    result,
+    rnd,
+    seq_of,
+    write_config,
+)
+
+BENCH = "b9_depth"
+RATIO_BAR = 3.0
+REPLAY_BAR_S = 30.0
+LAG_BAR_MS = 50.0
+POLLERS = 4
+PROBE_INTERVAL_S = 0.02
+TEXT = "depth bench filler: " + "x" * 96
+
+
+def build_log(path: Path, events: int) -> int:
+    """Write `events` message envelopes (seq 1..events) into an EventLog at `path`."""
+    sys.path.insert(0, os.getcwd())
+    from frameos.envelope import encode
+    from frameos.eventlog import EventLog
+    from frameos.events import Message
+
+    log = EventLog(path, max_bytes=None, keep=1)
+    log.open()
+    now = time.time() - events / 1000
+    chunk: list[bytes] = []
+    for seq in range(1, events + 1):
+        chunk.append(encode(Message(text=f"{TEXT} {seq}"), seq, now + seq / 1000).line)
+        if len(chunk) == 10_000:
+            log.append(b"".join(chunk))
+            chunk.clear()
+    if chunk:
+        log.append(b"".join(chunk))
+    log.close()
+    return events
+
+
+def timed_get(port: int, path: str, timeout: float) -> float:
+    t0 = time.perf_counter()
+    try:
+        status, _ = http_get(port, path, timeout=timeout)
+        if status != 200:
+            note(f"GET {path}: status {status}")
+    except OSError as exc:
+        note(f"GET {path}: {type(exc).__name__} {exc}")
+        return timeout
+    return time.perf_counter() - t0
+
+
+def first_frame_s(port: int, since: int, timeout: float) -> float:
+    t0 = time.perf_counter()
+    try:
+        ws = WsReader(port, f"/ws/events?since={since}", timeout=timeout)
+    except OSError as exc:
+        note(f"ws since={since}: {exc}")
+        return timeout
+    try:
+        for _ in ws.frames(time.monotonic() + timeout):
+            return time.perf_counter() - t0
+    finally:
+        ws.close()
+    return timeout
+
+
+def full_replay(port: int, head: int, cap_s: float) -> dict[str, Any]:
+    """Replay from since=0 until seq `head`; verify order and gaps."""
+    t0 = time.perf_counter()
+    ws = WsReader(port, "/ws/events?since=0", timeout=cap_s)
+    count, last, gaps, disorder = 0, 0, 0, 0
+    try:
+        for payload in ws.frames(time.monotonic() + cap_s):
+            seq = seq_of(payload)
+            if seq <= last:
+                disorder += 1
+            elif seq != last + 1:
+                gaps += 1
+            last = max(last, seq)
+            count += 1
+            if last >= head:
+                break
+    finally:
+        ws.close()
+    took = time.perf_counter() - t0
+    if last >= head:
+        ended = "complete"
+    elif ws.closed is not None:
+        ended = f"close frame {ws.closed}"
+    else:
+        ended = "deadline" if took >= cap_s else "connection dropped (EOF)"
+    return {
+        "seconds": took,
+        "received": count,
+        "last_seq": last,
+        "gaps": gaps,
+        "disorder": disorder,
+        "complete": last >= head,
+        "ended": ended,
+    }
+
+
+class Loop(threading.Thread):
+    """Call `step` until `stop` is set; keep the durations."""
+
+    def __init__(self, step: Any, stop: threading.Event, interval: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.step, self.stop, self.interval = step, stop, interval
+        self.samples: list[float] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append(self.step())
+            if self.interval:
+                self.stop.wait(self.interval)
+
+
+def main() -> int:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--events", type=int, default=300_000)
+        parser.add_argument("--samples", type=int, default=9)
+        parser.add_argument("--load-s", type=float, default=8.0)
+        parser.add_argument("--replay-cap", type=float, default=60.0)
+        parser.add_argument("--timeout", type=float, default=10.0)
+        parser.add_argument("--skip-replay", action="store_true")
+
+    args = parse_args(__doc__.splitlines()[0], extra)
+    if args.quick:
+        args.samples, args.load_s = 5, 4.0
+    heartbeats: list[tuple[float, float]] = []  # (bench monotonic time, loop_lag_ms)
+
+    def on_line(raw: bytes) -> None:
+        if b'"event":"runtime:heartbeat"' in raw:
+            heartbeats.append((time.monotonic(), float(json.loads(raw)["fields"]["loop_lag_ms"])))
+
+    with tempfile.TemporaryDirectory(prefix="frameos-b9-") as tmp:
+        base = Path(tmp)
+        log_path = base / "log" / "events.jsonl"
+        t0 = time.perf_counter()
+        head = build_log(log_path, args.events)
+        size = log_path.stat().st_size
+        note(
+            f"log: {head} events, {size / 2**20:.1f} MiB, built in {time.perf_counter() - t0:.1f} s"
+        )
+        config = write_config(
+            base,
+            frame_port=0,
+            state_dir=str(base / "state"),
+            heartbeat_interval=0.2,
+            metrics_interval=60,
+            event_log={"path": str(log_path), "max_bytes": 1 << 34, "keep": 1},
+        )
+        run = FrameosRun(config, on_line=on_line)
+        try:
+            run.wait_ready(60)
+            port = run.port
+            deep, shallow = max(1, head - 100), 1
+            # (1) /v1/events at the head vs at the start, alternating
+            heads_s, starts_s = [], []
+            for _ in range(args.samples):
+                heads_s.append(timed_get(port, f"/v1/events?after={deep}&limit=100", args.timeout))
+                starts_s.append(
+                    timed_get(port, f"/v1/events?after={shallow}&limit=100", args.timeout)
+                )
+            poll_ratio = median(heads_s) / median(starts_s)
+            result(
+                BENCH,
+                "poll_ratio",
+                [poll_ratio],
+                unit="x",
+                bar=f"<= {RATIO_BAR}",
+                ok=lambda v: v <= RATIO_BAR,
+                events=head,
+                head_ms=rnd(median(heads_s) * 1000),
+                start_ms=rnd(median(starts_s) * 1000),
+            )
+            # (2) first websocket frame at the head vs at the start
+            wsh, wss = [], []
+            for _ in range(args.samples):
+                wsh.append(first_frame_s(port, deep, args.timeout))
+                wss.append(first_frame_s(port, shallow, args.timeout))
+            ws_ratio = median(wsh) / median(wss)
+            result(
+                BENCH,
+                "ws_first_ratio",
+                [ws_ratio],
+                unit="x",
+                bar=f"<= {RATIO_BAR}",
+                ok=lambda v: v <= RATIO_BAR,
+                head_ms=rnd(median(wsh) * 1000),
+                start_ms=rnd(median(wss) * 1000),
+            )
+            # (3) a full replay
+            if not args.skip_replay:
+                replay = full_replay(port, head, args.replay_cap)
+                complete = replay["complete"] and not replay["gaps"] and not replay["disorder"]
+                result(
+                    BENCH,
+                    "replay_s",
+                    [replay["seconds"]],
+                    unit="s",
+                    bar=f"<= {REPLAY_BAR_S:g}",
+                    ok=lambda v: complete and v <= REPLAY_BAR_S,
+                    **{k: v for k, v in replay.items() if k != "seconds"},
+                    cap_s=args.replay_cap,
+                )
+            # (4) 4 deep pollers, heartbeat loop lag and /healthz latency meanwhile
+            stop = threading.Event()
+            rng = random.Random(9)
+            pollers = [
+                Loop(
+                    lambda: timed_get(
+                        port,
+                        f"/v1/events?after={deep - rng.randrange(1000)}&limit=100",
+                        args.timeout,
+                    ),
+                    stop,
+                )
+                for _ in range(POLLERS)
+            ]
+            probe = Loop(lambda: timed_get(port, "/healthz", args.timeout), stop, PROBE_INTERVAL_S)
+            window_start = time.monotonic()
+            for thread in [*pollers, probe]:
+                thread.start()
+            stop.wait(args.load_s)
+            window_end = time.monotonic()
+            stop.set()
+            for thread in [*pollers, probe]:
+                thread.join(args.timeout + 1)
+            lags = [lag for at, lag in heartbeats if window_start < at <= window_end + 0.2]
+            polls = [s for p in pollers for s in p.samples]
+            result(
+                BENCH,
+                "loop_lag_max_ms",
+                [max(lags) if lags else float("nan")],
+                unit="ms",
+                bar=f"<= {LAG_BAR_MS:g}",
+                ok=lambda v: v <= LAG_BAR_MS,
+                p99_ms=rnd(percentile(lags, 0.99)),
+                p50_ms=rnd(percentile(lags, 0.5)),
+                heartbeats=len(lags),
+                pollers=POLLERS,
+                load_s=args.load_s,
+                polls=len(polls),
+                poll_p50_ms=rnd(percentile(polls, 0.5) * 1000),
+            )
+            probes = [s * 1000 for s in probe.samples]
+            result(
+                BENCH,
+                "healthz_p99_ms",
+                [percentile(probes, 0.99)],
+                unit="ms",
+                bar=f"<= {LAG_BAR_MS:g}",
+                ok=lambda v: v <= LAG_BAR_MS,
+                p50_ms=rnd(percentile(probes, 0.5)),
+                max_ms=rnd(max(probes, default=0)),
+                probes=len(probes),
+            )
+        finally:
+            status = run.stop(20)
+            if status != 0:
+                emit(bench=BENCH, metric="exit_status", value=status, note="frameos run exit")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
