@@ -280,6 +280,8 @@ class WsHub:
             self.bus.unsubscribe(sub)
 
     def deliver(self, batch: Sequence[Envelope]) -> None:
+        if batch[-1].seq <= self.delivered_seq:
+            return  # already delivered (a caller still wiring the hub as a bus subscriber too)
         self.delivered_seq = batch[-1].seq
         if not self.clients:
             return
