@@ -425,3 +425,23 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+async def test_clients_that_reset_mid_response_leave_the_server_serving(tmp_path: Path) -> None:
+    import socket
+
+    async with serving(tmp_path) as server:
+        for round_ in range(30):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            request = b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n" * (1 + round_ % 5)
+            await stream.send_all(request)
+            if round_ % 2:
+                await stream.receive_some(10)
+            # close with RST (SO_LINGER 0) while answers are on their way
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.socket.close()
+        answer = await talk(
+            server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        no_errors(server)

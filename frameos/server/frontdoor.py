@@ -205,10 +205,14 @@ class FrontDoor:
             return
         async with upstream, trio.open_nursery() as nursery:
             nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
-            if isinstance(head, Rejected):
-                await upstream.send_all(reject_request(head))
-            else:
-                await self._requests(client, upstream, buffer, head)
+            try:
+                if isinstance(head, Rejected):
+                    await upstream.send_all(reject_request(head))
+                else:
+                    await self._requests(client, upstream, buffer, head)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()  # the client (or hypercorn) went away
+                return
             # No more requests from this client: hypercorn's answers end the connection.
         with trio.move_on_after(LINGER_S):
             await client.send_eof()
@@ -222,6 +226,8 @@ class FrontDoor:
         try:
             while data := await upstream.receive_some(RECV):
                 await client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; closing the upstream connection tells hypercorn
         finally:
             done.cancel()
 

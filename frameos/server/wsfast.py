@@ -326,7 +326,12 @@ class WsHub:
                 self.clients.add(client)
                 return
             if page is None:
-                page = await read_page(self.bus.log, cursor)
+                try:
+                    page = await read_page(self.bus.log, cursor)
+                except StaleCursorError as exc:  # rotation overtook this replay
+                    client.close(1011, f"events after {cursor} were rotated away; reconnect")
+                    client.close_reason = str(exc)
+                    return
             if not page.lines:
                 client.close(1011, "the log holds no events after the cursor; reconnect")
                 return
