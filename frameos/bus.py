@@ -1,11 +1,14 @@
 """The event bus (SPEC §4): number, serialize once, log durably, then fan out.
 
-    publish ──► pending batch ──► writer task: one write per batch
-                                      │
-                                      └─► ring (recent events) ─► every subscriber's `deliver`
+    publish ──► pending ──► writer task: one write per batch ──► ring (recent events)
+                                                              └─► each Subscription's channel
 
-`publish` never waits on an observer. It waits only when the log's unwritten buffer is above the
-high-water mark (a stalled disk). An event reaches observers only after it is in the log file.
+`publish` never waits on an observer. It waits only while the events not yet in the log pass
+the high-water mark (a stalled or full disk). An event reaches observers only after it is in the
+log file. Each subscriber owns one bounded memory channel of batches; the bus hands a batch with
+`send_nowait` and counts a drop when the channel is full. `aclose` (or cancelling `run`) writes
+out what is pending, then closes every channel: each subscriber's `async for` ends, and that is
+the drain.
 
 fsync policy: `always` writes and fsyncs each batch in one worker-thread call before any observer
 sees it (what a client saw is on disk). `batch` appends on the event loop (a few hundred bytes
@@ -13,7 +16,15 @@ into the page cache) and a group-commit task fsyncs in a worker thread whatever 
 since its last pass, at most every `FSYNC_GROUP_S`: a process crash loses nothing, a power cut at
 most the last ~20 ms. `never` leaves syncing to the OS. A thread round trip costs ~150 µs of CPU
 on a small VM, so at a few hundred events/s one hop per batch would be most of the bus's cost.
-Subscribers own bounded queues and count their drops.
+
+Faults (ENOSPC, EIO, EMFILE): a failed write, fsync or rotation never raises out of `run`. The
+writer retries the same batch with backoff (`BACKOFF_FIRST_S` doubling to `BACKOFF_MAX_S`; the
+log leaves no torn line), `fault` names the failure and `write_errors` counts them, a `message`
+(error) says what failed and that it retries (written, in seq order, once the disk has room),
+and a `message` (info) says when it works again. Meanwhile events wait in memory; `publish`
+waits above the high-water mark. `publish_nowait` never waits and never drops: it may take the
+buffer past the mark (its callers are synchronous paths of bounded rate, for which raising would
+be worse than a few more KB of memory).
 """
 
 from __future__ import annotations
@@ -21,25 +32,86 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, overload
 
 import trio
 
 from frameos.envelope import Envelope, encode
-from frameos.eventlog import EventLog
-from frameos.events import Event, Severity
+from frameos.eventlog import EventLog, explain
+from frameos.events import Event, Message, Severity
 
 FsyncPolicy = Literal["always", "batch", "never"]
 HIGH_WATER_BYTES = 8 << 20
 RING_SIZE = 8192
 FINAL_FLUSH_S = 5.0
 FSYNC_GROUP_S = 0.02
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+Batch = Sequence[Envelope]
 
 
 class Subscriber(Protocol):
-    """An observer of the bus: takes each written batch without blocking."""
+    """The old observer shape (`deliver` each written batch, never blocking).
+
+    Deprecated: kept only until the websocket hub and the systemd notifier use `Subscription`.
+    """
 
     def deliver(self, batch: Sequence[Envelope]) -> None: ...
+
+
+class Wakeup:
+    """Wakes the tasks waiting now; a wake-up nobody waited for lets the next `wait` pass once."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return at the next (or a pending) `set`. Cancellation leaves nothing behind."""
+        await self._event.wait()
+        if self._event.is_set():
+            self._event = trio.Event()
+
+
+class Subscription:
+    """One subscriber's bounded channel of written batches, in seq order.
+
+    `async for batch in sub` ends when the bus closes the channel (`aclose`, `unsubscribe`).
+    """
+
+    def __init__(self, name: str, depth: int) -> None:
+        self.name = name
+        self.depth = depth
+        self.dropped = 0  # events lost because the channel was full
+        self._send, self._receive = trio.open_memory_channel[Batch](depth)
+
+    def __aiter__(self) -> trio.MemoryReceiveChannel[Batch]:
+        return self._receive
+
+    def take_ready(self) -> list[Envelope]:
+        """Every envelope already queued, without waiting (to write several batches at once)."""
+        ready: list[Envelope] = []
+        while True:
+            try:
+                ready.extend(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return ready
+
+    def _offer(self, batch: Batch) -> bool:
+        """Hand a batch over without waiting; False when the subscriber has gone."""
+        try:
+            self._send.send_nowait(batch)
+        except trio.WouldBlock:
+            self.dropped += len(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _close(self) -> None:
+        self._send.close()
 
 
 class Bus:
@@ -61,18 +133,21 @@ class Bus:
         self._clock = clock
         self._seq = last_seq
         self._pending: list[Envelope] = []
-        self._pending_bytes = 0
-        self._wake = trio.Event()
-        self._below_hwm = trio.Event()
-        self._below_hwm.set()
+        self._unwritten_bytes = 0  # pending + the batch being written
+        self._wake = Wakeup()  # the writer: something is pending
+        self._room = Wakeup()  # publishers: the unwritten bytes went down
+        self._dirty = Wakeup()  # the group commit: something was written
         self._closed = False
         self._done = trio.Event()
-        self._dirty = trio.Event()
         self.ring: deque[Envelope] = deque(maxlen=ring_size)
-        self.subscribers: list[Subscriber] = []
+        self._subscriptions: list[Subscription] = []
+        self._dropped_by_gone = 0
+        self.subscribers: list[Subscriber] = []  # deprecated `deliver` observers
         self.published = 0
         self.written_seq = last_seq
-        self._drop_counters: list[Callable[[], int]] = []
+        self._faults: dict[str, str] = {}
+        self.write_errors = 0
+        self._rotation_failures = log.rotation_failures
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -81,44 +156,76 @@ class Bus:
         """The seq of the newest published event (written or not)."""
         return self._seq
 
+    @property
+    def closed(self) -> bool:
+        """True once `aclose` was called or `run` ended: publishing raises from then on."""
+        return self._closed
+
     def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope:
-        """Publish without waiting, ever. For synchronous code paths of bounded rate."""
+        """Publish without waiting, ever, even above the high-water mark (never drops).
+
+        For synchronous code paths of bounded rate. Raises trio.ClosedResourceError once the bus
+        is closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("the bus is closed")
-        self._seq += 1
-        envelope = encode(event, self._seq, self._clock(), severity)
-        self._pending.append(envelope)
-        self._pending_bytes += len(envelope.line)
-        self.published += 1
-        if self._pending_bytes > self.high_water_bytes:
-            self._below_hwm = trio.Event()
-        self._wake.set()
-        return envelope
+        return self._enqueue(event, severity)
 
     async def publish(self, event: Event, severity: Severity | None = None) -> Envelope:
-        """Publish; waits only while the log's unwritten buffer is above the high-water mark.
+        """Publish; waits only while the unwritten events are above the high-water mark.
 
         Cancellation while waiting leaves the event unpublished.
         """
-        if not self._below_hwm.is_set():
-            await self._below_hwm.wait()
+        while self._unwritten_bytes > self.high_water_bytes and not self._closed:
+            await self._room.wait()
         return self.publish_nowait(event, severity)
+
+    def _enqueue(self, event: Event, severity: Severity | None) -> Envelope:
+        self._seq += 1
+        envelope = encode(event, self._seq, self._clock(), severity)
+        self._pending.append(envelope)
+        self._unwritten_bytes += len(envelope.line)
+        self.published += 1
+        self._wake.set()
+        return envelope
 
     # --- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber, dropped: Callable[[], int] | None = None) -> None:
-        self.subscribers.append(subscriber)
-        if dropped is not None:
-            self._drop_counters.append(dropped)
+    @overload
+    def subscribe(self, name: str, depth: int) -> Subscription: ...
+    @overload
+    def subscribe(self, name: Subscriber) -> None: ...
+    def subscribe(self, name: str | Subscriber, depth: int = 0) -> Subscription | None:
+        """A new subscription: a channel of `depth` batches, fed every batch once it is logged.
 
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        if subscriber in self.subscribers:
-            self.subscribers.remove(subscriber)
+        Subscribing after the bus closed gives a closed subscription (its `async for` ends at
+        once). (Passing an object with `deliver` is the deprecated form, kept until its last
+        callers move.)
+        """
+        if not isinstance(name, str):
+            self.subscribers.append(name)
+            return None
+        subscription = Subscription(name, depth)
+        if self._done.is_set():
+            subscription._close()
+        else:
+            self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription | Subscriber) -> None:
+        """Close that subscription's channel (its `async for` ends after what is queued)."""
+        if isinstance(subscription, Subscription):
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+                self._dropped_by_gone += subscription.dropped
+            subscription._close()
+        elif subscription in self.subscribers:
+            self.subscribers.remove(subscription)
 
     @property
     def dropped(self) -> int:
-        """Events dropped by observers (the log itself never drops)."""
-        return sum(count() for count in self._drop_counters)
+        """Events dropped by subscribers (the log itself never drops)."""
+        return self._dropped_by_gone + sum(s.dropped for s in self._subscriptions)
 
     def ring_after(self, seq: int) -> list[Envelope] | None:
         """Written events with seq > `seq` from memory, or None when the ring no longer has them."""
@@ -130,60 +237,122 @@ class Bus:
         start = seq + 1 - first
         return [self.ring[i] for i in range(max(0, start), len(self.ring))]
 
+    # --- faults --------------------------------------------------------------------------------
+
+    @property
+    def fault(self) -> str | None:
+        """What is failing in the log right now (None when healthy)."""
+        return "; ".join(self._faults.values()) or None
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        self.write_errors += 1
+        if what in self._faults:
+            return
+        self._faults[what] = f"event log {what} failed: {explain(exc)}"
+        then = "writing on in the current file" if what == "rotation" else "events wait in memory"
+        self._enqueue(
+            Message(
+                text=f"{self._faults[what]} (event log {self.log.path}); retrying with "
+                f"backoff, {then}"
+            ),
+            "error",
+        )
+
+    def _recovered(self, what: str) -> None:
+        if self._faults.pop(what, None) is not None:
+            self._enqueue(
+                Message(text=f"event log {what} works again ({self.write_errors} errors so far)"),
+                "info",
+            )
+
+    async def _until_done(self, what: str, step: Callable[[], None], *, thread: bool) -> None:
+        """Run `step` until it succeeds, backing off while it fails; report the fault's start
+        and end. Cancellation stops retrying."""
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                if thread:
+                    await trio.to_thread.run_sync(step)
+                else:
+                    step()
+            except OSError as exc:
+                self._failed(what, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self._recovered(what)
+            return
+
     # --- the writer ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write batches until `aclose`; on cancellation, flush what is pending (bounded)."""
-        async with trio.open_nursery() as nursery:
-            if self.fsync == "batch":
-                nursery.start_soon(self._group_commit)
-            task_status.started()
-            try:
-                while True:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    if self._pending:
-                        await self._write_batch()
-                    if self._closed and not self._pending:
-                        break
-            finally:
-                nursery.cancel_scope.cancel()
-                with trio.move_on_after(FINAL_FLUSH_S, shield=True):
-                    while self._pending:
-                        await self._write_batch()
-                    if self.fsync != "never":
-                        await trio.to_thread.run_sync(self.log.sync)
-                self._done.set()
+        """Write batches until `aclose`, then close every subscription.
+
+        On cancellation: flush what is pending (bounded by FINAL_FLUSH_S), then close them too.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.fsync == "batch":
+                    nursery.start_soon(self._group_commit)
+                task_status.started()
+                try:
+                    while not self._closed:
+                        await self._wake.wait()
+                        while self._pending:
+                            await self._write_batch()
+                finally:
+                    nursery.cancel_scope.cancel()
+                    with trio.move_on_after(FINAL_FLUSH_S, shield=True):
+                        while self._pending:
+                            await self._write_batch()
+                        if self.fsync != "never":
+                            await self._until_done("fsync", self.log.sync, thread=True)
+        finally:
+            self._closed = True
+            for subscription in self._subscriptions:
+                subscription._close()
+            self._room.set()
+            self._done.set()
 
     async def _group_commit(self) -> None:
         """fsync=batch: sync what was written since the last pass, at most every FSYNC_GROUP_S."""
         while True:
             await self._dirty.wait()
-            self._dirty = trio.Event()
-            await trio.to_thread.run_sync(self.log.sync)
+            await self._until_done("fsync", self.log.sync, thread=True)
             await trio.sleep(FSYNC_GROUP_S)
 
     async def _write_batch(self) -> None:
-        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        batch, self._pending = self._pending, []
         data = b"".join(e.line for e in batch)
         if self.fsync == "always":
-            await trio.to_thread.run_sync(self._append_and_sync, data)
+            await self._until_done("write", lambda: self.log.append(data), thread=True)
+            await self._until_done("fsync", self.log.sync, thread=True)
         else:
-            self.log.append(data)  # page cache; a stalled disk here stops the watchdog pings
+            # page cache; a stalled disk here stops the watchdog pings
+            await self._until_done("write", lambda: self.log.append(data), thread=False)
             self._dirty.set()
+        self._check_rotation()
+        self._unwritten_bytes -= len(data)
+        self._room.set()
         self.written_seq = batch[-1].seq
-        if not self._below_hwm.is_set():
-            self._below_hwm.set()
         self.ring.extend(batch)
+        for subscription in tuple(self._subscriptions):
+            if not subscription._offer(batch):
+                self.unsubscribe(subscription)
         for subscriber in tuple(self.subscribers):
             subscriber.deliver(batch)
 
-    def _append_and_sync(self, data: bytes) -> None:
-        self.log.append(data)
-        self.log.sync()
+    def _check_rotation(self) -> None:
+        """A failed rotation does not stop writing: report it, and its end."""
+        if self.log.rotation_error is None:
+            self._recovered("rotation")
+        elif self.log.rotation_failures != self._rotation_failures:
+            self._rotation_failures = self.log.rotation_failures
+            self._failed("rotation", self.log.rotation_error)
 
     async def aclose(self) -> None:
-        """Stop accepting events and wait until every published one is written and delivered."""
+        """Stop accepting events; wait until every published one is written and every
+        subscription closed. Cancellation stops the wait, not the writer."""
         self._closed = True
         self._wake.set()
         await self._done.wait()

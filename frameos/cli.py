@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,22 +19,39 @@ from frameos.errors import ConfigError, FrameosError
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors as `frameos: error: …` once, after the usage of the command that was given."""
+
     def error(self, message: str) -> Any:  # argparse's contract: never returns
         self.print_usage(sys.stderr)
-        self.exit(
-            2, f"frameos {self.prog.split()[-1]}: error: {message}\n(see `{self.prog} --help`)\n"
-        )
+        self.exit(2, f"frameos: error: {message}\n(see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="frameos", description="A supervisor for device hosts, on Trio.")
+class _TopParser(_Parser):
+    """Flags a subcommand does not know are reported by that subcommand, with its usage
+    (argparse leaves them to the top-level parser, which would print its own usage)."""
+
+    commands: dict[str, _Parser]
+
+    def parse_args(  # type: ignore[override]  # narrower than argparse's overloads, on purpose
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args)
+        if extra:
+            self.commands[parsed.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def build_parser() -> _TopParser:
+    parser = _TopParser(prog="frameos", description="A supervisor for device hosts, on Trio.")
     parser.add_argument("--version", action="version", version=f"frameos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    parser.commands = {}
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         for flag in cmd.flags:
             _add_flag(p, flag)
+        parser.commands[cmd.name] = p
     return parser
 
 
@@ -57,7 +75,11 @@ def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `frameos` console script; returns the exit status."""
+    # Stop signals wait (pending) until `run` handles them; other commands get them back now.
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT))
     try:
         handler = globals()[f"cmd_{args.command}"]
         status: int = handler(args)
@@ -152,8 +174,9 @@ def _load_manifests(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from frameos.config import demo_config, find_config, load_config
+    from frameos.config import find_config, load_config
     from frameos.emit import choose_output
+    from frameos.workers.demo import demo_config
 
     if args.demo and args.config:
         from frameos.errors import UsageError

@@ -6,7 +6,8 @@ from typing import Any
 
 from frameos import __version__
 from frameos.commands import COMMANDS
-from frameos.events import ENVELOPE_VERSION, REGISTRY, SEVERITIES, field_names
+from frameos.envelope import encode
+from frameos.events import ENVELOPE_VERSION, REGISTRY, SEVERITIES, VmLaunched, field_names
 
 
 def build() -> dict[str, Any]:
@@ -32,7 +33,7 @@ def build() -> dict[str, Any]:
                     }
                     for f in c.flags
                 ],
-                "events": list(c.events),
+                "events": [cls.NAME for cls in c.events],
             }
             for c in COMMANDS
         },
@@ -45,7 +46,7 @@ def build() -> dict[str, Any]:
             for name, cls in sorted(REGISTRY.items())
         },
         "command_event_fields": {
-            c.name: {name: field_names(REGISTRY[name]) for name in c.events} for c in COMMANDS
+            c.name: {cls.NAME: field_names(cls) for cls in c.events} for c in COMMANDS
         },
     }
 
@@ -61,8 +62,7 @@ def events_markdown() -> str:
         "log, on `/ws/events` and from `GET /v1/events`:",
         "",
         "```json",
-        '{"v": 1, "seq": 17, "timestamp": 1763763000.123, "event": "vm.launched", '
-        '"severity": "info", "fields": {"vm": "alpha", "pid": 4242, "attempt": 1}}',
+        encode(VmLaunched(vm="alpha", pid=4242, attempt=1), 17, 1763763000.123).json.decode(),
         "```",
         "",
         "- `seq` increases strictly per instance and continues across restarts (from the log).",

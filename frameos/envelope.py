@@ -1,29 +1,40 @@
 """The envelope: an event serialized once, with its sequence number and time (SPEC §3.1).
 
 The `line` bytes (JSON + newline) are what stdout, the event log, websocket clients and HTTP
-polls all carry; nothing re-serializes an event after `encode`.
+polls all carry; nothing re-serializes an event after `encode`. An envelope published in this
+process also carries its model (`event`), so observers `match` on classes without decoding;
+one read back from the log decodes its model on demand (`model()`).
 """
 
 from __future__ import annotations
 
 import orjson
 
-from frameos.events import ENVELOPE_VERSION, Event, Severity
+from frameos.events import ENVELOPE_VERSION, REGISTRY, Event, Severity
 
 _HEAD = b'{"v":%d,"seq":%d,"timestamp":%.6f,"event":"%s","severity":"%s","fields":'
 
 
 class Envelope:
-    """One published event: its seq, name, severity, time and serialized line."""
+    """One published event: its seq, name, severity, time, serialized line and (maybe) model."""
 
-    __slots__ = ("line", "name", "seq", "severity", "timestamp")
+    __slots__ = ("event", "line", "name", "seq", "severity", "timestamp")
 
-    def __init__(self, seq: int, name: str, severity: str, timestamp: float, line: bytes) -> None:
+    def __init__(
+        self,
+        seq: int,
+        name: str,
+        severity: str,
+        timestamp: float,
+        line: bytes,
+        event: Event | None = None,
+    ) -> None:
         self.seq = seq
         self.name = name
         self.severity = severity
         self.timestamp = timestamp
         self.line = line
+        self.event = event  # the model, for events published in this process
 
     @property
     def json(self) -> bytes:
@@ -36,12 +47,25 @@ class Envelope:
         fields: dict[str, object] = data["fields"]
         return fields
 
+    def model(self) -> Event:
+        """The event model: the published instance, or decoded (once) from the line.
+
+        Raises ValueError when the name is not a declared event (e.g. an `ext.*` event) or the
+        fields do not fit its model.
+        """
+        if self.event is None:
+            cls = REGISTRY.get(self.name)
+            if cls is None:
+                raise ValueError(f"event {self.name!r} is not declared in frameos.events")
+            self.event = cls.model_validate(self.fields())  # ValidationError is a ValueError
+        return self.event
+
 
 def encode(event: Event, seq: int, timestamp: float, severity: Severity | None = None) -> Envelope:
     """Serialize an event into its envelope, once."""
     sev = severity or event.SEVERITY
     head = _HEAD % (ENVELOPE_VERSION, seq, timestamp, event.NAME.encode(), sev.encode())
-    return Envelope(seq, event.NAME, sev, timestamp, head + event.to_json() + b"}\n")
+    return Envelope(seq, event.NAME, sev, timestamp, head + event.to_json() + b"}\n", event)
 
 
 def decode(line: bytes) -> Envelope:

@@ -1,8 +1,10 @@
 """Observers that print events: JSON lines or rich human lines on stdout (SPEC §4, §10).
 
-Each sink owns a bounded queue. When it is full the sink drops, counts, and later publishes a
+Each sink is a bus `Subscription`: a bounded channel of batches that the bus fills without ever
+waiting. When it is full the bus drops the batch and counts it; the sink then publishes a
 `message` (warn) saying how many it dropped. Writing happens in a worker thread, so a stdout
-pipe that blocks stalls only this sink, never the bus.
+pipe that blocks stalls only this sink, never the bus. The sink ends when the bus closes its
+channel (after the bus's final flush): that is the drain. A broken pipe ends it early.
 """
 
 from __future__ import annotations
@@ -10,108 +12,107 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections import deque
-from collections.abc import Sequence
 from typing import BinaryIO
 
 import trio
 
-from frameos.bus import Bus
+from frameos.bus import Bus, Subscription
 from frameos.envelope import Envelope
 from frameos.events import Message
 
-SINK_CAPACITY = 65_536
-DRAIN_S = 3.0
+JSON_DEPTH = 1024  # batches (a batch is what the bus wrote at once: 1 to a few hundred events)
+HUMAN_DEPTH = 128
+DRAIN_S = 3.0  # when cancelled: how long to go on writing what is already queued
 
 
-class QueueSink:
-    """A bounded queue of envelopes drained by `run`; subclasses say how to write a batch."""
+class Sink:
+    """A bus subscription written out by `run`; subclasses say what to write and how."""
 
     name = "sink"
 
-    def __init__(self, bus: Bus, capacity: int = SINK_CAPACITY) -> None:
+    def __init__(self, bus: Bus, depth: int = JSON_DEPTH) -> None:
         self.bus = bus
-        self.capacity = capacity
-        self._queue: deque[Envelope] = deque()
-        self._wake = trio.Event()
-        self.dropped = 0
-        self._unreported = 0
-        self._closing = False
+        self.depth = depth
+        self._subscription: Subscription | None = None
+        self._reported = 0
 
-    def deliver(self, batch: Sequence[Envelope]) -> None:
-        room = self.capacity - len(self._queue)
-        if room >= len(batch):
-            self._queue.extend(batch)
-        else:
-            self._queue.extend(batch[: max(room, 0)])
-            lost = len(batch) - max(room, 0)
-            self.dropped += lost
-            self._unreported += lost
-        self._wake.set()
+    @property
+    def dropped(self) -> int:
+        """Events this sink lost because it fell behind."""
+        return self._subscription.dropped if self._subscription is not None else 0
 
     def wants(self, envelope: Envelope) -> bool:
         return True
 
-    def write(self, batch: list[Envelope]) -> None:
+    def write(self, batch: list[Envelope]) -> bool:
+        """Write a batch (in a worker thread); False when the output is gone for good."""
         raise NotImplementedError
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain the queue until `close`; on cancellation, drain what is left (bounded)."""
-        self.bus.subscribe(self, lambda: self.dropped)
+        """Write every batch until the bus closes the subscription.
+
+        On cancellation, what is already queued is still written, for at most DRAIN_S.
+        """
+        subscription = self._subscription = self.bus.subscribe(self.name, self.depth)
         task_status.started()
         try:
-            while not (self._closing and not self._queue):
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await self._drain()
+            async for batch in subscription:
+                if not await self._write([*batch, *subscription.take_ready()]):
+                    return
+                self._report_drops()
         finally:
-            self.bus.unsubscribe(self)
             with trio.move_on_after(DRAIN_S, shield=True):
-                await self._drain()
+                await self._write(subscription.take_ready())
+            self.bus.unsubscribe(subscription)
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch = [e for e in self._queue if self.wants(e)]
-            self._queue.clear()
-            if batch:
-                await trio.to_thread.run_sync(self.write, batch)
-        if self._unreported and not self._closing:
-            lost, self._unreported = self._unreported, 0
+    async def _write(self, envelopes: list[Envelope]) -> bool:
+        wanted = [e for e in envelopes if self.wants(e)]
+        if not wanted:
+            return True
+        # abandon_on_cancel: a stdout that never drains must not hold up a bounded shutdown
+        return await trio.to_thread.run_sync(self.write, wanted, abandon_on_cancel=True)
+
+    def _report_drops(self) -> None:
+        lost = self.dropped - self._reported
+        if lost and not self.bus.closed:
+            self._reported = self.dropped
             self.bus.publish_nowait(
                 Message(text=f"{self.name} fell behind and dropped {lost} events"), "warn"
             )
 
     def close(self) -> None:
-        """Finish after writing what is queued."""
-        self._closing = True
-        self._wake.set()
+        """Deprecated, does nothing: the sink ends when the bus closes its channel."""
 
 
-class JsonSink(QueueSink):
+QueueSink = Sink  # deprecated name, kept until the supervisor uses `Sink`
+
+
+class JsonSink(Sink):
     """The envelope bytes, exactly as logged, one per line."""
 
     name = "stdout JSON sink"
 
     def __init__(self, bus: Bus, stream: BinaryIO | None = None) -> None:
-        super().__init__(bus)
+        super().__init__(bus, JSON_DEPTH)
         self.fd = (stream or sys.stdout.buffer).fileno()
 
-    def write(self, batch: list[Envelope]) -> None:
+    def write(self, batch: list[Envelope]) -> bool:
         data = memoryview(b"".join(e.line for e in batch))
         try:
             while data:
                 data = data[os.write(self.fd, data) :]
         except BrokenPipeError:
-            self._closing = True
+            return False
+        return True
 
 
-class HumanSink(QueueSink):
+class HumanSink(Sink):
     """Rich lines for people at a terminal; debug events only with --verbose."""
 
     name = "terminal renderer"
 
     def __init__(self, bus: Bus, *, verbose: bool = False, console: object | None = None) -> None:
-        super().__init__(bus, capacity=4096)
+        super().__init__(bus, HUMAN_DEPTH)
         from rich.console import Console
 
         self.verbose = verbose
@@ -123,12 +124,12 @@ class HumanSink(QueueSink):
     def wants(self, envelope: Envelope) -> bool:
         return self.verbose or envelope.severity != "debug"
 
-    def write(self, batch: list[Envelope]) -> None:
+    def write(self, batch: list[Envelope]) -> bool:
         from frameos.render import render
 
         for envelope in batch:
             try:
                 self.console.print(render(envelope))
             except (BrokenPipeError, io.UnsupportedOperation):
-                self._closing = True
-                return
+                return False
+        return True

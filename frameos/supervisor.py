@@ -1,25 +1,36 @@
-"""`frameos run`: the root nursery and the order of things (SPEC §1, §4; STYLE "nesting is the
+"""`frameos run`: the nurseries and the order of things (SPEC §1, §4; STYLE "nesting is the
 shutdown order").
 
-    outer nursery ── bus writer ── output sink ── signal task
-      └── inner scope (deadline = shutdown_timeout_s once stopping)
-            └── inner nursery ── HTTP front door ── heartbeat ── metrics ── (workers)
+    outer nursery ── signal task ── bus writer ── output sink ── systemd notifier
+      └── stop scope (deadline = shutdown_timeout_s once stopping; a second signal cancels it)
+            └── server nursery ── HTTP front door
+                  └── work nursery ── VM pool ── heartbeat ── metrics ── reloader
 
-Start-up: runtime:start, then the inner components, then runtime:ready. The first SIGTERM or
-SIGINT begins a graceful stop (runtime:stopping): workers first, so clients still watch the stop
-ladder, then the server; the whole inner stop is bounded by `shutdown_timeout_s`. A second
-signal cancels the inner scope at once (exit 1). Then runtime:stop and summary are logged, the
-bus drains, and the process exits 0 after a clean stop. SIGHUP re-reads the config.
+Start-up: runtime:start, the VMs, the server, runtime:ready. The first SIGTERM or SIGINT begins
+a graceful stop (runtime:stopping): the work nursery ends first (the VMs through their ladders,
+while clients still watch and `/healthz` says "stopping"), then the front door drains under a
+deadline, then runtime:stop and summary are logged and the bus drains. A second SIGTERM/SIGINT
+cancels the stop scope at once (exit 1). An unexpected exception in a component ends the same
+way: the nurseries unwind (each VM through its ladder), an error event names the fault, and
+runtime:stop and summary still close the log (exit 1).
+
+Signals are blocked from the first line of `python -m frameos` until the handlers below are
+installed (frameos/__main__.py, cli.main); every delivery is counted (`SignalInbox`), so a second
+SIGINT is never merged into the first. SIGHUP asks the reloader, which re-reads the config in its
+own task, one reload at a time, each bounded by `RELOAD_TIMEOUT_S`; the signal task never waits
+on a reload, and a stop cancels a reload in flight.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -31,13 +42,24 @@ from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
 from frameos.sinks import HumanSink, JsonSink, QueueSink
 from frameos.state import Phase, RuntimeState
+from frameos.systemd import SystemdNotifier
+from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
+from frameos.workers.vm import Spawner, default_spawner
 
 if TYPE_CHECKING:
     from frameos.server.frontdoor import FrontDoor
+    from frameos.server.metrics import Metrics
     from frameos.server.wsfast import WsHub
-from frameos.systemd import SystemdNotifier
 
 EXIT_OK, EXIT_FAILED = 0, 1
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# A reload reads one small file; longer than this, the file is not what it should be.
+RELOAD_TIMEOUT_S = 10.0
+# Signals delivered but not yet read by the signal task; beyond this a storm is dropped.
+SIGNAL_BACKLOG = 64
+# The front door's drain after its `graceful_s`: the last bound on the server nursery.
+SERVER_DRAIN_MARGIN_S = 1.0
 # Keys a reload cannot apply to a running process: they take effect after a restart.
 RESTART_KEYS = (
     "frame_host",
@@ -64,14 +86,14 @@ class Options:
     scenes_loaded: int = 0
 
 
-@dataclass
 class Shutdown:
-    """The stop request: why, by which signal, and whether it is forced."""
+    """The stop request: why, by which signal, with which exit status. Set once."""
 
-    requested: trio.Event = field(default_factory=trio.Event)
-    reason: str = ""
-    signal: str | None = None
-    exit_status: int = EXIT_OK
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.reason = ""
+        self.signal: str | None = None
+        self.exit_status = EXIT_OK
 
     def request(self, reason: str, sig: str | None = None, exit_status: int = EXIT_OK) -> None:
         if not self.requested.is_set():
@@ -82,36 +104,77 @@ class Shutdown:
 def run_blocking(options: Options) -> int:
     """Run the supervisor to completion; returns the process exit status.
 
-    A FrameosError raised inside the nurseries (a port in use, say) comes out on its own, not
-    wrapped in exception groups, so the CLI can report it in one line.
+    A FrameosError that ended the run (a port in use, say) is raised after runtime:stop and
+    summary were logged, on its own (not in an exception group), so the CLI reports it in one
+    line.
     """
+    return trio.run(serve, options)
+
+
+async def serve(options: Options, *, spawner: Spawner | None = None) -> int:
+    """Open the event log, run one Supervisor on it, close the log; returns the exit status.
+
+    `spawner` replaces how VM processes are started (tests drive fake children with it).
+    """
+    config = options.config
+    log = EventLog(
+        event_log_path(config, options.event_log),
+        max_bytes=config.event_log.max_bytes,
+        keep=config.event_log.keep,
+    )
+    recovery = log.open()
     try:
-        return trio.run(Supervisor(options).run)
-    except BaseExceptionGroup as group:
-        ours, rest = group.split(FrameosError)
-        if ours is not None and rest is None:
-            raise _first_leaf(ours) from None
-        raise
+        bus = Bus(log, last_seq=recovery.last_seq, fsync=config.event_log.fsync)
+        supervisor = Supervisor(options, bus, spawner=spawner)
+        return await supervisor.run(recovery.truncated_bytes, recovery.truncated_at)
+    finally:
+        log.close()
 
 
-def _first_leaf(group: BaseExceptionGroup[FrameosError]) -> FrameosError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+# --- signals ------------------------------------------------------------------------------------
 
 
-async def until(event: trio.Event, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-    """Run `fn(*args)` until `event` is set, then cancel it."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fn, *args)
-        await event.wait()
-        nursery.cancel_scope.cancel()
+@contextmanager
+def signal_inbox(*signums: int) -> Iterator[trio.MemoryReceiveChannel[int]]:
+    """Every delivery of `signums`, in order, as a channel; unblocks them once handled.
+
+    trio's `open_signal_receiver` merges repeats of a signal that arrive before they are read;
+    here each delivery the interpreter sees is one item, so a second SIGINT is a second item.
+    (The kernel itself merges a signal sent while the same one is still pending.) Signals that
+    arrived while blocked (frameos/__main__.py, cli.main) are delivered once the handlers are
+    in. On exit the previous handlers and signal mask come back.
+    """
+    token = trio.lowlevel.current_trio_token()
+    send, receive = trio.open_memory_channel[int](SIGNAL_BACKLOG)
+
+    def deliver(signum: int) -> None:
+        # a storm past SIGNAL_BACKLOG is dropped: the stop it asks for is already forced
+        with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            send.send_nowait(signum)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        token.run_sync_soon(deliver, signum)  # not idempotent: one call per delivery
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+    try:
+        yield receive
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        send.close()
+
+
+# --- the supervisor -----------------------------------------------------------------------------
 
 
 class Supervisor:
-    """One `frameos run`."""
+    """One `frameos run` on an open bus."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, bus: Bus, *, spawner: Spawner | None = None) -> None:
         self.options = options
+        self.bus = bus
         self.shutdown = Shutdown()
         self.state = RuntimeState(
             config=options.config,
@@ -119,39 +182,40 @@ class Supervisor:
             apps_loaded=options.apps_loaded,
             scenes_loaded=options.scenes_loaded,
         )
-        self.inner_scope = trio.CancelScope()
+        self.pool = VmPool(
+            options.config, bus, on_exhausted=self._exhausted, spawner=spawner or default_spawner
+        )
+        self.pool.attach(self.state)
+        self.stop_scope = trio.CancelScope()
         self.hub: WsHub | None = None
+        self.metrics: Metrics | None = None
         self.forced = False
+        self.fault: BaseException | None = None  # what ended the run, when not a stop request
+        # SIGHUP → reloader: one waiting request at most (it reads the newest file anyway)
+        self.reload_requests, self.reload_inbox = trio.open_memory_channel[None](1)
         # Called before a reload starts and after it applied (systemd notifier, workers).
         self.before_reload: list[Callable[[], Awaitable[None]]] = []
-        self.reload_hooks: list[Callable[[FrameConfig, list[str]], Awaitable[None]]] = []
+        self.reload_hooks: list[Callable[[FrameConfig, list[str]], Awaitable[None]]] = [
+            self.pool.on_reload
+        ]
 
-    async def run(self) -> int:
-        config = self.options.config
-        log = EventLog(
-            event_log_path(config, self.options.event_log),
-            max_bytes=config.event_log.max_bytes,
-            keep=config.event_log.keep,
-        )
-        recovery = log.open()
-        try:
-            self.bus = Bus(log, last_seq=recovery.last_seq, fsync=config.event_log.fsync)
-            return await self._run_outer(recovery.truncated_bytes, recovery.truncated_at)
-        finally:
-            log.close()
+    def _exhausted(self, reason: str) -> None:
+        self.shutdown.request(reason, exit_status=EXIT_EXHAUSTED)
 
-    async def _run_outer(self, torn_bytes: int, torn_at: int) -> int:
+    async def run(self, torn_bytes: int = 0, torn_at: int = 0) -> int:
+        """Supervise until stopped; returns the exit status (see the module docstring)."""
         bus, state = self.bus, self.state
         sink = self._make_sink()
         async with trio.open_nursery() as outer:
+            # first: handlers in (and signals unblocked) before any thread or child exists,
+            # so neither inherits a blocked mask
+            signals = await outer.start(self._signal_task)
             await outer.start(bus.run)
             await outer.start(sink.run)
             # systemd: READY/STATUS/STOPPING/watchdog; does nothing without NOTIFY_SOCKET.
             notifier = SystemdNotifier(bus, state, watchers=self._watchers)
             await outer.start(notifier.run)
             self.before_reload.append(notifier.before_reload)
-            signals = trio.CancelScope()
-            await outer.start(self._signal_task, signals)
             if torn_bytes:
                 await bus.publish(
                     ev.Message(
@@ -168,103 +232,126 @@ class Supervisor:
                     config=state.config_source,
                 )
             )
-            status = await self._run_inner()
-            state.set_phase(Phase.STOPPED)
-            duration_ms = int(state.uptime() * 1000)
-            await bus.publish(
-                ev.RuntimeStop(
-                    server=state.server_url,
-                    metrics_interval_seconds=state.config.metrics_interval,
-                    apps_loaded=state.apps_loaded,
-                    scenes_loaded=state.scenes_loaded,
-                    duration_ms=duration_ms,
-                )
-            )
-            await bus.publish(
-                ev.Summary(
-                    duration_ms=duration_ms,
-                    exit_status=status,
-                    vms=len(state.config.vms),
-                    restarts=self.pool.restarts,
-                    events_published=bus.published + 1,
-                    events_dropped=bus.dropped,
-                    bytes_logged=bus.bytes_logged,
-                ),
-                "info" if status == EXIT_OK else "error",
-            )
+            status = await self._supervise()
+            await self._log_the_end(status)
             signals.cancel()
             await bus.aclose()
             sink.close()
+        if isinstance(self.fault, FrameosError):
+            raise self.fault
         return status
+
+    async def _log_the_end(self, status: int) -> None:
+        bus, state = self.bus, self.state
+        state.set_phase(Phase.STOPPED)
+        duration_ms = int(state.uptime() * 1000)
+        await bus.publish(
+            ev.RuntimeStop(
+                server=state.server_url,
+                metrics_interval_seconds=state.config.metrics_interval,
+                apps_loaded=state.apps_loaded,
+                scenes_loaded=state.scenes_loaded,
+                duration_ms=duration_ms,
+            )
+        )
+        await bus.publish(
+            ev.Summary(
+                duration_ms=duration_ms,
+                exit_status=status,
+                vms=len(state.config.vms),
+                restarts=self.pool.restarts,
+                events_published=bus.published + 1,
+                events_dropped=bus.dropped,
+                bytes_logged=bus.bytes_logged,
+            ),
+            "info" if status == EXIT_OK else "error",
+        )
 
     def _make_sink(self) -> QueueSink:
         if self.options.output == "human":
             return HumanSink(self.bus, verbose=self.options.verbose)
         return JsonSink(self.bus)
 
-    async def _run_inner(self) -> int:
-        from frameos.server.listen import bind
-        from frameos.tickers import heartbeat, metrics
-        from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
+    async def _supervise(self) -> int:
+        """The server and the work, bounded once stopping; returns the exit status."""
+        state = self.state
+        try:
+            with self.stop_scope:
+                await self._serve()
+        except Exception as exc:  # an exception group, or a FrameosError raised before nesting
+            self.fault = _first_leaf(exc)
+            await self.bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
+            return EXIT_FAILED
+        if self.forced or self.fault is not None:
+            return EXIT_FAILED
+        if self.stop_scope.cancelled_caught:
+            await self.bus.publish(
+                ev.Message(
+                    text=f"shutdown_timeout_s ({state.config.shutdown_timeout_s:g} s) passed "
+                    "before everything stopped; the rest was cancelled"
+                ),
+                "error",
+            )
+            return EXIT_FAILED
+        return self.shutdown.exit_status
 
-        bus, state, config = self.bus, self.state, self.state.config
-        self.pool = pool = VmPool(
-            config,
-            bus,
-            on_exhausted=lambda reason: self.shutdown.request(reason, exit_status=EXIT_EXHAUSTED),
-        )
-        pool.attach(state)
-        self.reload_hooks.append(pool.on_reload)
-        stopping, server_stop = trio.Event(), trio.Event()
-        with self.inner_scope:
-            async with trio.open_nursery() as inner:
-                # Order: bind (cheap; a taken port fails before any VM starts), launch the VMs
-                # (they need nothing from the HTTP stack), then import and start the server.
-                listeners = await bind(config.frame_host, config.frame_port)
-                await inner.start(pool.run)  # every VM launched (or failed to)
+    async def _serve(self) -> None:
+        """Server nursery around the work nursery: the work ends first, then the server drains."""
+        from frameos.server.listen import bind
+
+        config = self.state.config
+        server_stop = trio.Event()  # the front door's `stop` (interface G)
+        async with trio.open_nursery() as server:
+            # bind first (a taken port fails before any VM starts)
+            listeners = await bind(config.frame_host, config.frame_port)
+            async with trio.open_nursery() as work:
+                await work.start(self.pool.run)  # every VM launched (or failed to)
                 # ~0.3 s of imports: in a worker thread, so the loop meanwhile writes out
                 # vm.launched and bootstrap events instead of holding them until the server is up
                 await trio.to_thread.run_sync(_import_http_stack)
                 door = self._http_surface()
-                host, port = await inner.start(door.run, listeners, server_stop)
-                state.server_url = f"http://{_url_host(host)}:{port}"
-                inner.start_soon(until, stopping, heartbeat, bus, state)
-                inner.start_soon(until, stopping, metrics, bus, state, self._watchers)
+                host, port = await server.start(door.run, listeners, server_stop)
+                self.state.server_url = f"http://{_url_host(host)}:{port}"
+                await self._run_until_stopped(work)
+            server_stop.set()
+            server.cancel_scope.deadline = (
+                trio.current_time() + door.graceful_s * 2 + SERVER_DRAIN_MARGIN_S
+            )
+
+    async def _run_until_stopped(self, work: trio.Nursery) -> None:
+        """Ready; on the stop request, end the work nursery (the VMs through their ladders)."""
+        from frameos.tickers import heartbeat, metrics
+
+        bus, state = self.bus, self.state
+        try:
+            async with trio.open_nursery() as running:  # what has no business during a stop
+                running.start_soon(heartbeat, bus, state)
+                running.start_soon(metrics, bus, state, self._watchers)
+                running.start_soon(self._reloader)
                 state.set_phase(Phase.READY)
                 await bus.publish(
                     ev.RuntimeReady(
                         server=state.server_url,
                         health_endpoint=f"{state.server_url}/healthz",
                         event_stream_transport="websocket",
-                        metrics_interval_seconds=config.metrics_interval,
+                        metrics_interval_seconds=state.config.metrics_interval,
                         apps_loaded=state.apps_loaded,
                         scenes_loaded=state.scenes_loaded,
                     )
                 )
                 await self.shutdown.requested.wait()
-                state.set_phase(Phase.STOPPING)
-                await bus.publish(
-                    ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
-                )
-                self.inner_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
-                stopping.set()
-                await pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
-                server_stop.set()
-        if self.hub is not None:
-            bus.unsubscribe(self.hub)
-        if self.forced:
-            return EXIT_FAILED
-        if self.inner_scope.cancelled_caught:
-            await bus.publish(
-                ev.Message(
-                    text=f"shutdown_timeout_s ({state.config.shutdown_timeout_s:g} s) passed "
-                    "before "
-                    f"everything stopped; the rest was cancelled"
-                ),
-                "error",
-            )
-            return EXIT_FAILED
-        return self.shutdown.exit_status
+                running.cancel_scope.cancel()  # tickers and a reload in flight
+        except Exception as exc:  # a fault of a ticker or the reloader: stop like on SIGTERM
+            self.fault = _first_leaf(exc)
+            await bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
+            self.shutdown.request("internal fault", exit_status=EXIT_FAILED)
+        state.set_phase(Phase.STOPPING)  # /healthz: "stopping" until the server is gone
+        await bus.publish(
+            ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
+        )
+        self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
+        await self.pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
+        work.cancel_scope.cancel()
 
     def _watchers(self) -> int:
         """Connected websocket clients (0 before the server exists)."""
@@ -277,8 +364,8 @@ class Supervisor:
         from frameos.server.metrics import Metrics
         from frameos.server.wsfast import WsHub
 
+        # the hub subscribes to the bus itself, in its own task (FrontDoor.run starts it)
         hub = WsHub(self.bus, self.state.config.websocket)
-        self.bus.subscribe(hub)
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
@@ -287,35 +374,62 @@ class Supervisor:
     # --- signals -------------------------------------------------------------------------------
 
     async def _signal_task(
-        self,
-        scope: trio.CancelScope,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """SIGTERM/SIGINT: stop, then force on the second; SIGHUP: reload."""
-        with (
-            scope,
-            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals,
-        ):
-            task_status.started()
-            async for signum in signals:
+        """SIGTERM/SIGINT: stop, the next one forces; SIGHUP: ask the reloader. Never waits on
+        anything but the next signal; `started` hands back the scope that ends it."""
+        with trio.CancelScope() as scope, signal_inbox(*HANDLED_SIGNALS) as inbox:
+            task_status.started(scope)
+            async for signum in inbox:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    self._request_reload()
                 elif not self.shutdown.requested.is_set():
                     self.shutdown.request(f"received {name}", name)
                 else:
-                    await self._force(name)
+                    self._force(name)
 
-    async def _force(self, name: str) -> None:
+    def _force(self, name: str) -> None:
         if self.forced:
             return
         self.forced = True
-        await self.bus.publish(ev.Message(text=f"second {name}: forcing the stop now"), "warn")
-        self.inner_scope.cancel()
+        self.bus.publish_nowait(ev.Message(text=f"second {name}: forcing the stop now"), "warn")
+        self.stop_scope.cancel()
+
+    def _request_reload(self) -> None:
+        try:
+            self.reload_requests.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # one is already waiting: it reads the newest file
+        except trio.BrokenResourceError:
+            pass  # stopping (or not yet running): nothing to reload into
+
+    # --- reload --------------------------------------------------------------------------------
+
+    async def _reloader(self) -> None:
+        """Apply reload requests one at a time, each bounded by RELOAD_TIMEOUT_S. Cancelled
+        (with a reload in flight) when the stop begins; then later SIGHUPs are ignored."""
+        with self.reload_inbox:
+            async for _ in self.reload_inbox:
+                try:
+                    with trio.fail_after(RELOAD_TIMEOUT_S):
+                        await self.reload()
+                except trio.TooSlowError:
+                    await self.bus.publish(
+                        ev.RuntimeReload(
+                            changed=[],
+                            error=f"reading {self.options.config_path} took longer than "
+                            f"{RELOAD_TIMEOUT_S:g} s; the running config stays",
+                        ),
+                        "error",
+                    )
 
     async def reload(self) -> None:
-        """Re-read the config; apply what can change live, report the rest; keep it on error."""
+        """Re-read the config; apply what can change live, report the rest; keep it on error.
+
+        On cancellation (a stop, the reload deadline) the config is left as it was; the file
+        read, if stuck, is abandoned in its worker thread.
+        """
         for before in self.before_reload:
             await before()
         path = self.options.config_path
@@ -323,8 +437,10 @@ class Supervisor:
             await self.bus.publish(ev.RuntimeReload(changed=[], error=None))
             return
         try:
-            new = await trio.to_thread.run_sync(load_config, path, dict(os.environ))
-        except ConfigError as exc:
+            new = await trio.to_thread.run_sync(
+                load_config, path, dict(os.environ), abandon_on_cancel=True
+            )
+        except (ConfigError, OSError, ValueError, RecursionError, MemoryError) as exc:
             await self.bus.publish(
                 ev.RuntimeReload(changed=[], error=f"{exc}; the running config stays"), "error"
             )
@@ -340,6 +456,27 @@ class Supervisor:
             await self.bus.publish(
                 ev.Message(text=f"changed {', '.join(later)}: takes effect after a restart"), "warn"
             )
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _fault_text(exc: BaseException) -> str:
+    if isinstance(exc, FrameosError):
+        return str(exc)
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+    return (
+        f"internal fault: {type(exc).__name__}: {exc}{where}; every VM was stopped and "
+        "frameos exits (please report this)"
+    )
 
 
 def _import_http_stack() -> None:

@@ -1,45 +1,69 @@
 """Telling systemd what the supervisor is doing (SPEC §9).
 
-    bus ── deliver(batch) ──► ServiceView: events → datagrams ──┐
-    reload ── before_reload ─► "RELOADING=1 MONOTONIC_USEC=…" ──┼─► bounded channel ─► sender
-    watchdog task ── LoopHealth says healthy ──► "WATCHDOG=1" ──┘     (one writer: NotifySocket)
+    bus subscription ──► ServiceView: event models → datagrams ──┐
+    reload ── before_reload ─► "RELOADING=1 MONOTONIC_USEC=…" ───┼─► bounded channel ─► sender
+    watchdog task ── LoopHealth says healthy ──► "WATCHDOG=1" ───┘     (one writer: NotifySocket)
 
 - `READY=1` at runtime:ready (the server is bound and every VM launched), and again after a
   reload; `STOPPING=1` at runtime:stopping; `STATUS=` whenever the line an operator would read
   changes ("3/3 VMs running · 2 watchers", "stopping (received SIGTERM) · 1 VM left: db (SIGTERM)").
 - `EXTEND_TIMEOUT_USEC=` on every stop-ladder event (while starting or stopping): the longest
-  remaining rung of the VMs still in their ladder, plus `EXTEND_MARGIN_S`. A ladder that keeps
-  making progress never runs into TimeoutStopSec; one that stalls still does.
+  remaining rung of the VMs still in their ladder, plus `EXTEND_MARGIN_S`. Each rung's budget is
+  the ladder event's own (`deadline_ms`, `timeout_ms`: the timeouts that VM was launched with),
+  never the config, which after a SIGHUP holds the new timeouts. A ladder that keeps making
+  progress never runs into TimeoutStopSec; one that stalls still does.
 - `WATCHDOG=1` every `WATCHDOG_USEC / 2`, only once ready and only while the loop is healthy: the
   heartbeat ticker is on time and the event log writer is moving. A frozen or wedged process stops
   pinging and systemd restarts it.
 
-Derived from events and `RuntimeState` only (not from the workers' objects). With
-`NOTIFY_SOCKET` unset, `run` returns at once and nothing is sent. The notifier ends after the
-run's last event (`summary`), once its datagrams are out.
+Derived from the event models (matched on their classes) and `RuntimeState` only, not from the
+workers' objects. With `NOTIFY_SOCKET` unset, `run` returns at once and nothing is sent. The
+notifier ends when the bus closes its subscription (the drain, after the run's last event),
+once its datagrams are out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from enum import Enum
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
 
-from frameos.config import TimeoutsConfig
 from frameos.envelope import Envelope
-from frameos.events import Event, Message, Severity
+from frameos.events import (
+    Event,
+    Message,
+    RuntimeReady,
+    RuntimeReload,
+    RuntimeStop,
+    RuntimeStopping,
+    Severity,
+    Summary,
+    VmCooperativeAttempted,
+    VmCooperativeSucceeded,
+    VmCooperativeTimedOut,
+    VmLaunched,
+    VmShutdownComplete,
+    VmShutdownEscalated,
+    VmShutdownRequested,
+)
 from frameos.sdnotify import NotifySocket, monotonic_usec, watchdog_usec
 from frameos.state import Phase, RuntimeState
 
 EXTEND_MARGIN_S = 5.0
-QUEUE_DEPTH = 64
+QUEUE_DEPTH = 64  # datagrams waiting for systemd's socket
+SUBSCRIPTION_DEPTH = 256  # written batches waiting for the view (a drop here loses a change)
 MAX_NAMES = 4  # VMs named in a stopping STATUS line before "…"
 
 Datagram = tuple[str, ...]
+
+
+class Subscription(Protocol):
+    """One subscriber's bounded channel of written batches; ends when the bus closes it."""
+
+    def __aiter__(self) -> AsyncIterator[Sequence[Envelope]]: ...
 
 
 class BusView(Protocol):
@@ -50,24 +74,11 @@ class BusView(Protocol):
 
     written_seq: int
 
-    def subscribe(self, subscriber: SystemdNotifier) -> None: ...
+    def subscribe(self, name: str, depth: int) -> Subscription: ...
 
-    def unsubscribe(self, subscriber: SystemdNotifier) -> None: ...
+    def unsubscribe(self, subscription: Subscription) -> None: ...
 
     def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope: ...
-
-
-class Stage(Enum):
-    """What systemd has been told: starting → ready ⇄ reloading; any → stopping → stopped."""
-
-    STARTING = "starting"
-    READY = "ready"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-RUNNING = (Stage.READY, Stage.RELOADING)  # the stages in which systemd's watchdog is armed
 
 
 def plural(count: int, noun: str) -> str:
@@ -75,14 +86,20 @@ def plural(count: int, noun: str) -> str:
 
 
 class ServiceView:
-    """Turns events into the datagrams systemd should see; pure, so tests read it directly."""
+    """Turns events into the datagrams systemd should see; pure, so tests read it directly.
+
+    `phase` is what systemd has been told (starting → ready → stopping → stopped), and
+    `reloading` marks a reload in flight while ready.
+    """
 
     def __init__(self, state: RuntimeState, watchers: Callable[[], int]) -> None:
         self.state = state
         self.watchers = watchers
-        self.stage = Stage.STARTING
+        self.phase = Phase.STARTING
+        self.reloading = False
         self.launched: set[str] = set()
-        self.ladder: dict[str, tuple[str, float]] = {}  # vm → (rung, deadline)
+        self.ladder: dict[str, tuple[str, float]] = {}  # vm → (rung, when its next step is due)
+        self.ends: dict[str, float] = {}  # vm → when its whole ladder is due to end
         self.stopped_vms = 0
         self.reason = ""
         self.note = ""
@@ -96,14 +113,13 @@ class ServiceView:
         out: list[Datagram] = []
         extend = False
         for envelope in batch:
-            if envelope.name.startswith("vm."):
-                extend |= self._vm_event(envelope.name, envelope.fields(), now)
-            elif envelope.name.startswith("runtime:") or envelope.name == "summary":
-                change = self._runtime_event(envelope)
-                if change is not None:
-                    self.last_status = self._status_line()
-                    out.append((change, self.last_status))
-        extend = extend and self.stage in (Stage.STARTING, Stage.STOPPING)
+            event = envelope.model()
+            extend |= self._vm_event(event, now)
+            change = self._runtime_event(event)
+            if change is not None:
+                self.last_status = self._status_line()
+                out.append((change, self.last_status))
+        extend = extend and self.phase in (Phase.STARTING, Phase.STOPPING)
         status = self._status_line()
         tail = [status] if status != self.last_status else []
         tail += [f"EXTEND_TIMEOUT_USEC={self.extend_usec(now)}"] if extend else []
@@ -112,51 +128,54 @@ class ServiceView:
         self.last_status = status
         return out
 
-    def _runtime_event(self, envelope: Envelope) -> str | None:
-        name = envelope.name
-        # Events out of place (a reload that began before ready) change nothing here.
-        if name == "runtime:ready" and self.stage is Stage.STARTING:
-            self.stage = Stage.READY
-            return "READY=1"
-        if name == "runtime:reload" and self.stage is Stage.RELOADING:
-            error = envelope.fields().get("error")
-            self.stage = Stage.READY
-            self.note = "last reload failed, running config kept" if error else ""
-            return "READY=1"
-        if name == "runtime:stopping" and self.stage in (Stage.STARTING, *RUNNING):
-            self.stage = Stage.STOPPING
-            self.reason = str(envelope.fields().get("reason") or "requested")
-            return "STOPPING=1"
-        if name == "runtime:stop":
-            self.stage = Stage.STOPPED
-        elif name == "summary":
-            status = envelope.fields().get("exit_status")
-            self.exit_status = status if isinstance(status, int) else None
+    def _runtime_event(self, event: Event) -> str | None:
+        """The state-change line an event calls for, if any. Events out of place (a reload that
+        began before ready) change nothing here."""
+        match event:
+            case RuntimeReady() if self.phase is Phase.STARTING:
+                self.phase = Phase.READY
+                return "READY=1"
+            case RuntimeReload(error=error) if self.reloading:
+                self.reloading = False
+                self.note = "last reload failed, running config kept" if error else ""
+                return "READY=1"
+            case RuntimeStopping(reason=reason) if self.phase in (Phase.STARTING, Phase.READY):
+                self.phase, self.reloading = Phase.STOPPING, False
+                self.reason = reason or "requested"
+                return "STOPPING=1"
+            case RuntimeStop():
+                self.phase, self.reloading = Phase.STOPPED, False
+            case Summary(exit_status=status):
+                self.exit_status = status
         return None
 
-    def _vm_event(self, name: str, fields: Mapping[str, object], now: float) -> bool:
-        """Track launches and stop ladders; True when the event is a ladder step."""
-        vm = str(fields.get("vm", "?"))
-        if name == "vm.launched":
-            self.launched.add(vm)
-            return False
-        if name == "vm.shutdown_complete":
-            self.ladder.pop(vm, None)
-            self.launched.discard(vm)
-            self.stopped_vms += 1
-            return True
-        rung = ladder_rung(name, fields, self._timeouts(vm))
-        if rung is None:
-            return False
-        label, budget_s = rung
-        self.ladder[vm] = (label, now + budget_s)
+    def _vm_event(self, event: Event, now: float) -> bool:
+        """Track launches and stop ladders; True when the event is a stop-ladder step. Each rung's
+        budget is the event's own (the timeouts that VM was launched with), never the config."""
+        match event:
+            case VmLaunched(vm=vm):
+                self.launched.add(vm)
+                return False
+            case VmShutdownComplete(vm=vm):
+                self.ladder.pop(vm, None)
+                self.ends.pop(vm, None)
+                self.launched.discard(vm)
+                self.stopped_vms += 1
+                return True
+            case VmShutdownRequested(vm=vm, deadline_ms=deadline_ms):
+                self.ends[vm] = now + (deadline_ms or 0) / 1000
+                self.ladder[vm] = ("stop requested", self.ends[vm])
+            case VmCooperativeAttempted(vm=vm, method=method, timeout_ms=timeout_ms):
+                self.ladder[vm] = (f"cooperative {method}", now + timeout_ms / 1000)
+            case VmCooperativeTimedOut(vm=vm):
+                self.ladder[vm] = ("cooperative timed out", self.ends.get(vm, now))
+            case VmCooperativeSucceeded(vm=vm):
+                self.ladder[vm] = ("cleaning up", now)
+            case VmShutdownEscalated(vm=vm, signal=signal, timeout_ms=timeout_ms):
+                self.ladder[vm] = (signal, now + timeout_ms / 1000)
+            case _:
+                return False
         return True
-
-    def _timeouts(self, vm: str) -> TimeoutsConfig:
-        for config in self.state.config.vms:
-            if config.name == vm:
-                return config.timeouts
-        return TimeoutsConfig()
 
     def extend_usec(self, now: float) -> int:
         """The longest remaining rung of the VMs still stopping, plus the margin, in µs."""
@@ -165,11 +184,11 @@ class ServiceView:
 
     # --- reload --------------------------------------------------------------------------------
 
-    def reloading(self) -> Datagram | None:
+    def begin_reload(self) -> Datagram | None:
         """The datagram that starts a reload, or None when not running (start-up, stopping)."""
-        if self.stage is not Stage.READY:
+        if self.phase is not Phase.READY or self.reloading:
             return None
-        self.stage = Stage.RELOADING
+        self.reloading = True
         self.last_status = self._status_line()
         return ("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", self.last_status)
 
@@ -179,16 +198,16 @@ class ServiceView:
         return "STATUS=" + " · ".join(part for part in self._status_parts() if part)
 
     def _status_parts(self) -> list[str]:
-        if self.stage is Stage.STARTING:
+        if self.phase is Phase.STARTING:
             total = len(self.state.config.vms)
             return [
                 "starting",
                 f"{len(self.launched)}/{total} VMs launched" if total else "",
                 self._ladder_text("stopping"),
             ]
-        if self.stage is Stage.RELOADING:
+        if self.reloading:
             return ["reloading configuration"]
-        if self.stage is Stage.STOPPING:
+        if self.phase is Phase.STOPPING:
             left = (
                 f"{plural(len(self.ladder), 'VM')} left: {self._ladder_text('')}"
                 if self.ladder
@@ -197,7 +216,7 @@ class ServiceView:
                 else ""
             )
             return [f"stopping ({self.reason})", left]
-        if self.stage is Stage.STOPPED:
+        if self.phase is Phase.STOPPED:
             if self.exit_status is not None:
                 return [f"exiting with status {self.exit_status}"]
             return ["stopped", "flushing the event log"]
@@ -218,28 +237,6 @@ class ServiceView:
         shown = ", ".join(f"{vm} ({self.ladder[vm][0]})" for vm in names[:MAX_NAMES])
         more = ", …" if len(names) > MAX_NAMES else ""
         return f"{prefix} {shown}{more}".strip() if prefix else f"{shown}{more}"
-
-
-def ladder_rung(
-    name: str, fields: Mapping[str, object], timeouts: TimeoutsConfig
-) -> tuple[str, float] | None:
-    """(label, seconds until the VM's next ladder event is due) for a stop-ladder event."""
-    if name == "vm.shutdown_requested":
-        return "stop requested", timeouts.total_ms / 1000
-    if name == "vm.cooperative_attempted":
-        return f"cooperative {fields.get('method', '')}".strip(), _ms(fields, "timeout_ms") / 1000
-    if name == "vm.cooperative_timed_out":
-        return "cooperative timed out", (timeouts.sigterm_ms + timeouts.sigkill_ms) / 1000
-    if name == "vm.cooperative_succeeded":
-        return "cleaning up", 0.0
-    if name == "vm.shutdown_escalated":
-        return str(fields.get("signal", "signal")), _ms(fields, "timeout_ms") / 1000
-    return None
-
-
-def _ms(fields: Mapping[str, object], key: str) -> int:
-    value = fields.get(key)
-    return value if isinstance(value, int) else 0
 
 
 class LoopHealth:
@@ -296,51 +293,44 @@ class SystemdNotifier:
         self.pings = 0
         self._withheld = False
         self._send, self._receive = trio.open_memory_channel[Datagram](QUEUE_DEPTH)
-        self._closed = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send until the run's `summary` went out. Returns at once when NOTIFY_SOCKET is unset.
+        """Observe the bus until it closes this subscription, then send what is queued and
+        return. Returns at once when NOTIFY_SOCKET is unset.
 
         On cancellation, what is queued is not sent.
         """
         if not self.socket.enabled:
-            self._closed = True
+            self._send.close()
             task_status.started()
             return
-        self.bus.subscribe(self)
+        subscription = self.bus.subscribe("systemd", SUBSCRIPTION_DEPTH)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender)
+                watchdog = trio.CancelScope()
                 if self.watchdog_s is not None:
-                    nursery.start_soon(self._watchdog, self.watchdog_s)
+                    nursery.start_soon(self._watchdog, self.watchdog_s, watchdog)
                 task_status.started()
-                async for datagram in self._receive:
-                    await self.socket.send(*datagram)
-                nursery.cancel_scope.cancel()
+                async for batch in subscription:
+                    self._queue(self.view.observe(batch, trio.current_time()))
+                watchdog.cancel()
+                self._send.close()  # the sender sends what is queued, then ends
         finally:
-            self._closed = True
-            self.bus.unsubscribe(self)
+            self._send.close()
+            self.bus.unsubscribe(subscription)
             self.socket.close()
 
-    def deliver(self, batch: Sequence[Envelope]) -> None:
-        """Bus subscriber: queue the datagrams this batch calls for; close after `summary`."""
-        if self._closed:
-            return
-        self._queue(self.view.observe(batch, trio.current_time()))
-        if any(envelope.name == "summary" for envelope in batch):
-            self.close()
-
-    def close(self) -> None:
-        """Send what is queued, then end `run` (it also ends by itself after `summary`)."""
-        if not self._closed:
-            self._closed = True
-            self._send.close()
+    async def _sender(self) -> None:
+        async for datagram in self._receive:
+            await self.socket.send(*datagram)
 
     async def before_reload(self) -> None:
         """Supervisor hook: `RELOADING=1` + `MONOTONIC_USEC=` before the config is re-read.
 
         Queued like everything else (never waits on systemd); the checkpoint lets it go out.
         """
-        datagram = None if self._closed else self.view.reloading()
+        datagram = self.view.begin_reload()
         if datagram is not None:
             self._queue([datagram])
         await trio.lowlevel.checkpoint()
@@ -352,20 +342,21 @@ class SystemdNotifier:
             except (trio.WouldBlock, trio.ClosedResourceError):
                 self.dropped += 1
 
-    async def _watchdog(self, watchdog_s: float) -> None:
+    async def _watchdog(self, watchdog_s: float, scope: trio.CancelScope) -> None:
         """Every `watchdog_s / 2` once ready (systemd arms its watchdog at READY=1): ping when
-        the loop is healthy, else withhold the ping."""
+        the loop is healthy, else withhold the ping. Ends when `scope` is cancelled."""
         interval = watchdog_s / 2
         health = LoopHealth(self.bus, self.state, watchdog_s, trio.current_time())
         deadline = trio.current_time()
-        while True:
-            deadline += interval
-            await trio.sleep_until(deadline)
-            now = trio.current_time()
-            if deadline + interval <= now:  # late by a whole interval or more: skip, don't bunch
-                deadline = now
-            if self.view.stage in RUNNING:
-                self._ping_if_healthy(health.problem(now), watchdog_s)
+        with scope:
+            while True:
+                deadline += interval
+                await trio.sleep_until(deadline)
+                now = trio.current_time()
+                if deadline + interval <= now:  # late by a whole interval or more: skip
+                    deadline = now
+                if self.view.phase is Phase.READY:  # reloading too: the watchdog stays armed
+                    self._ping_if_healthy(health.problem(now), watchdog_s)
 
     def _ping_if_healthy(self, problem: str | None, watchdog_s: float) -> None:
         """Ping, or withhold it; say so (once) when pings stop and when they resume."""

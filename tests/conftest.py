@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import trio
 
+from frameos.events import Event, RuntimeReady
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -66,12 +68,14 @@ class Frameos:
 
     async def wait_for(
         self,
-        name: str,
+        name_or_class: str | type[Event],
         pred: Callable[[dict[str, Any]], bool] | None = None,
         timeout: float = 15,
         start: int = 0,
     ) -> dict[str, Any]:
-        """The first event named `name` (matching `pred`) at index ≥ start."""
+        """The first event `name_or_class` (an Event subclass or its NAME), matching `pred`,
+        at index ≥ start."""
+        name = name_or_class if isinstance(name_or_class, str) else name_or_class.NAME
         with trio.fail_after(timeout):
             index = start
             while True:
@@ -104,7 +108,7 @@ class Frameos:
 
     @property
     def url(self) -> str:
-        ready = next(e for e in self.events if e["event"] == "runtime:ready")
+        ready = next(e for e in self.events if e["event"] == RuntimeReady.NAME)
         return str(ready["fields"]["server"])
 
 
@@ -141,7 +145,7 @@ async def running_frameos(
         nursery.start_soon(instance.read_stdout)
         try:
             if ready:
-                await instance.wait_for("runtime:ready")
+                await instance.wait_for(RuntimeReady)
             yield instance
         finally:
             if proc.returncode is None:

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from frameos.config import (
     FrameConfig,
-    demo_config,
     diff,
     event_log_path,
     find_config,
@@ -21,6 +20,7 @@ from frameos.config import (
     validate_config,
 )
 from frameos.errors import ConfigError
+from frameos.workers.demo import demo_config
 
 
 def problems(data: object) -> list[str]:
@@ -204,6 +204,7 @@ def test_unreadable_file_as_another_user(tmp_path: Path) -> None:
         text=True,
         check=False,
         cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert result.returncode == 1
     assert "cannot be read (permission denied)" in result.stderr

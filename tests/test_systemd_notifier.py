@@ -4,7 +4,7 @@ real datagram socket standing in for systemd; watchdog pings on trio's autojump 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,21 +28,36 @@ VMS = [
 ]
 
 
+class FakeSubscription:
+    """Interface B's subscription: a bounded channel of written batches."""
+
+    def __init__(self, depth: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[Sequence[Envelope]](depth)
+        self.dropped = 0
+
+    async def __aiter__(self) -> AsyncIterator[Sequence[Envelope]]:
+        async for batch in self.receive:
+            yield batch
+
+
 class FakeBus:
     """What the notifier reads of the bus: seqs, subscriptions, and `publish_nowait`."""
 
     def __init__(self) -> None:
         self.last_seq = 0
         self.written_seq = 0
-        self.subscribers: list[SystemdNotifier] = []
+        self.subscriptions: list[FakeSubscription] = []
         self.published: list[Envelope] = []
         self.stuck = False  # when set, nothing published is ever written
 
-    def subscribe(self, subscriber: SystemdNotifier) -> None:
-        self.subscribers.append(subscriber)
+    def subscribe(self, name: str, depth: int) -> FakeSubscription:
+        subscription = FakeSubscription(depth)
+        self.subscriptions.append(subscription)
+        return subscription
 
-    def unsubscribe(self, subscriber: SystemdNotifier) -> None:
-        self.subscribers.remove(subscriber)
+    def unsubscribe(self, subscription: FakeSubscription) -> None:
+        subscription.send.close()
+        self.subscriptions.remove(subscription)
 
     def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope:
         self.last_seq += 1
@@ -55,12 +70,21 @@ class FakeBus:
     def feed(self, *events: Event) -> None:
         """Publish `events` as one written batch and deliver it."""
         batch = [self.publish_nowait(event) for event in events]
-        for subscriber in tuple(self.subscribers):
-            subscriber.deliver(batch)
+        for subscription in self.subscriptions:
+            subscription.send.send_nowait(batch)
+
+    def close(self) -> None:
+        """What `bus.aclose()` does to subscribers: close every channel (the drain)."""
+        for subscription in self.subscriptions:
+            subscription.send.close()
 
     def texts(self) -> list[tuple[str, str]]:
-        messages = [e for e in self.published if e.name == "message"]
-        return [(e.severity, str(e.fields()["text"])) for e in messages]
+        messages = [e.model() for e in self.published]
+        return [
+            (e.severity, m.text)
+            for e, m in zip(self.published, messages, strict=True)
+            if isinstance(m, ev.Message)
+        ]
 
 
 @pytest.fixture
@@ -233,10 +257,10 @@ async def test_stop_ladder_extends_the_timeout_by_the_longest_remaining_rung(
     harness.state.set_phase(Phase.STOPPING)
     bus.feed(ev.RuntimeStopping(reason="received SIGTERM", signal="SIGTERM"))
     bus.feed(
-        ev.VmShutdownRequested(vm="web", reason="stopping"),
-        ev.VmShutdownRequested(vm="db", reason="stopping"),
+        ev.VmShutdownRequested(vm="web", reason="stopping", deadline_ms=35_000),
+        ev.VmShutdownRequested(vm="db", reason="stopping", deadline_ms=9_000),
     )
-    # web: default ladder 20 + 10 + 5 s; db: 4 + 3 + 2 s
+    # web: ladder 20 + 10 + 5 s; db: 4 + 3 + 2 s
     bus.feed(ev.VmCooperativeAttempted(vm="db", method="signal", timeout_ms=4000))
     await trio.sleep(4)
     bus.feed(
@@ -273,23 +297,28 @@ async def test_stop_ladder_extends_the_timeout_by_the_longest_remaining_rung(
     assert await harness.got() == ["STATUS=exiting with status 0"]
 
 
-async def test_summary_ends_the_notifier(systemd: tuple[str, socket.socket]) -> None:
+async def test_the_drain_ends_the_notifier_after_what_is_queued(
+    systemd: tuple[str, socket.socket],
+) -> None:
     path, sock = systemd
     bus, state = FakeBus(), make_state()
-    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path})
+    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
             state.set_phase(Phase.STOPPING)
             bus.feed(ev.RuntimeStopping(reason="received SIGINT", signal="SIGINT"))
             bus.feed(*stop_events(status=1))
-    assert bus.subscribers == []
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(bus.subscriptions) == 1  # `summary` is an event like any other
+            bus.close()  # what bus.aclose() does once the last event is written
+    assert bus.subscriptions == []
     assert await received(sock) == [
         "STOPPING=1\nSTATUS=stopping (received SIGINT)",
         "STATUS=exiting with status 1",
     ]
-    notifier.deliver([])  # late deliveries are ignored
-    await notifier.before_reload()
+    await notifier.before_reload()  # after the end: nothing queued, nothing raised
+    assert notifier.dropped == 0
 
 
 async def test_a_single_vm_stop_while_running_shows_but_does_not_extend(harness: Harness) -> None:
@@ -307,9 +336,8 @@ async def test_nothing_is_sent_or_subscribed_without_notify_socket() -> None:
     with trio.fail_after(1):
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
-    assert bus.subscribers == []
+    assert bus.subscriptions == []
     assert notifier.watchdog_s is None
-    notifier.deliver([])
     await notifier.before_reload()
     assert notifier.socket.sent == 0
 
@@ -499,7 +527,7 @@ def trio_monotonic_usec() -> int:
     return monotonic_usec()
 
 
-async def test_view_unknown_vm_uses_default_timeouts_and_stop_before_summary(
+async def test_view_takes_an_orphans_budget_from_its_event_and_stop_before_summary(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     from frameos.systemd import ServiceView
@@ -508,7 +536,7 @@ async def test_view_unknown_vm_uses_default_timeouts_and_stop_before_summary(
     now = trio.current_time()
     batch = [
         encode(ev.RuntimeStopping(reason="on_exhausted"), 1, 0.0),
-        encode(ev.VmShutdownRequested(vm="orphan-7", reason="orphan"), 2, 0.0),
+        encode(ev.VmShutdownRequested(vm="orphan-7", reason="orphan", deadline_ms=35_000), 2, 0.0),
     ]
     assert view.observe(batch, now) == [
         ("STOPPING=1", "STATUS=stopping (on_exhausted)"),
@@ -524,16 +552,32 @@ async def test_view_unknown_vm_uses_default_timeouts_and_stop_before_summary(
     assert view.observe([encode(summary, 4, 0.0)], now) == [("STATUS=exiting with status 0",)]
 
 
-async def test_close_ends_the_notifier_after_what_is_queued(
-    systemd: tuple[str, socket.socket],
+async def test_rung_budgets_come_from_the_events_not_a_reloaded_config(
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    path, sock = systemd
-    bus, state = FakeBus(), make_state()
-    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(notifier.run)
-            bus.feed(ready())
-            notifier.close()
-            notifier.close()
-    assert await received(sock) == ["READY=1\nSTATUS=2/2 VMs running · 0 watchers"]
+    from frameos.systemd import ServiceView
+
+    state = make_state()
+    view = ServiceView(state, watchers=lambda: 0)
+    # a SIGHUP put 1 s rungs in the config; db still stops with what it was launched with
+    fast = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
+    reloaded = [{**vm, "timeouts": fast} for vm in VMS]
+    state.config = FrameConfig.model_validate({"vms": reloaded})
+    margin = int(EXTEND_MARGIN_S * 1_000_000)
+    start = trio.current_time()
+
+    def extend(*events: Event) -> str:
+        batch = [encode(event, 1, 0.0) for event in events]
+        return view.observe(batch, trio.current_time())[-1][-1]
+
+    view.observe([encode(ev.RuntimeStopping(reason="received SIGTERM"), 1, 0.0)], start)
+    requested = ev.VmShutdownRequested(vm="db", reason="stopping", deadline_ms=9_000)
+    assert extend(requested) == f"EXTEND_TIMEOUT_USEC={9_000_000 + margin}"
+    attempted = ev.VmCooperativeAttempted(vm="db", method="qmp", timeout_ms=4_000)
+    assert extend(attempted) == f"EXTEND_TIMEOUT_USEC={4_000_000 + margin}"
+    await trio.sleep(4)
+    # timed out: the rest of the whole ladder (9 s from the request) is left, 5 s
+    timed_out = ev.VmCooperativeTimedOut(vm="db", waited_ms=4_000, reason="timeout_expired")
+    assert extend(timed_out) == f"EXTEND_TIMEOUT_USEC={5_000_000 + margin}"
+    escalated = ev.VmShutdownEscalated(vm="db", signal="SIGTERM", timeout_ms=3_000)
+    assert extend(escalated) == f"EXTEND_TIMEOUT_USEC={3_000_000 + margin}"

@@ -240,7 +240,7 @@ async def test_real_launch_failures_say_what_to_fix(tmp_path: Path) -> None:
 
 
 def test_demo_configs_are_valid_and_children_refuse_bad_usage() -> None:
-    from frameos.config import demo_config
+    from frameos.workers.demo import demo_config
 
     config = demo_config({})
     assert [vm.name for vm in config.vms] == ["demo-polite", "demo-stubborn"]

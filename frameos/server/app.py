@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import orjson
-import trio
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from quart import Response, g, request
@@ -22,7 +21,8 @@ from frameos.bus import Bus
 from frameos.errors import StaleCursorError
 from frameos.events import Message
 from frameos.server.metrics import Metrics
-from frameos.server.wsfast import WS_PATH_TEXT, WsHub, check_stale, stale_body
+from frameos.server.replay import CursorError, parse_cursor, read_page, stale_body
+from frameos.server.wsfast import WS_PATH_TEXT, WsHub
 from frameos.state import Phase, RuntimeState
 
 MAX_BODY_BYTES = 64 * 1024
@@ -103,7 +103,7 @@ def health_body(state: RuntimeState, bus: Bus, hub: WsHub) -> dict[str, Any]:
     ring = bus.ring
     recent = [ring[i].name for i in range(max(0, len(ring) - RECENT_NAMES), len(ring))]
     return {
-        "status": "stopping" if state.phase in (Phase.STOPPING, Phase.STOPPED) else "ok",
+        "status": _status(state, bus),
         "server_time": time.time(),
         "started_at": state.started_at,
         "uptime_seconds": round(state.uptime(), 3),
@@ -119,47 +119,48 @@ def health_body(state: RuntimeState, bus: Bus, hub: WsHub) -> dict[str, Any]:
             "connected_clients": len(hub.clients),
             "published_total": bus.published,
             "dropped_clients": hub.dropped_slow,
+            "rejected_clients": hub.rejected_full,
             "recent_events": recent,
         },
         "workers": {"total": counts.total, "running": counts.running, "failed": counts.failed},
+        "event_log": {"fault": bus.fault, "write_errors": bus.write_errors},
     }
 
 
-def _cursor(raw: str | None, name: str, default: int) -> int:
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit():
-        raise ValueError(f"{name} must be a non-negative integer, found {raw!r}")
-    return int(raw)
+def _status(state: RuntimeState, bus: Bus) -> str:
+    """`stopping` once a stop began; `degraded` while the event log cannot be written."""
+    if state.phase in (Phase.STOPPING, Phase.STOPPED):
+        return "stopping"
+    return "degraded" if bus.fault is not None else "ok"
 
 
 async def poll(bus: Bus, after_raw: str | None, limit_raw: str | None) -> Response:
     """GET /v1/events: events after a cursor, with replay metadata; stale cursors get 410."""
     try:
-        after = _cursor(after_raw, "after", 0)
-        limit = _cursor(limit_raw, "limit", POLL_DEFAULT)
-    except ValueError as exc:
-        return error(400, "invalid_parameter", str(exc))
+        after = parse_cursor(after_raw, "after", 0)
+        limit = parse_cursor(limit_raw, "limit", POLL_DEFAULT)
+    except CursorError as exc:
+        return error(400, "invalid_parameter", str(exc), parameter=exc.name)
     if not 1 <= limit <= POLL_MAX:
-        return error(400, "invalid_parameter", f"limit must be 1..{POLL_MAX}, found {limit}")
-    oldest = await trio.to_thread.run_sync(bus.log.oldest_seq)
-    head = bus.written_seq
+        return error(
+            400,
+            "invalid_parameter",
+            f"limit must be 1..{POLL_MAX}, found {limit}",
+            parameter="limit",
+        )
     try:
-        check_stale(after, oldest, head)
+        page = await read_page(bus.log, after, limit)
     except StaleCursorError as exc:
         return json_response(stale_body(exc), 410)
-    recent = bus.ring_after(after)
-    if recent is not None:
-        lines = [e.json for e in recent[:limit]]
-    else:
-        lines = [ln[:-1] for ln in await trio.to_thread.run_sync(bus.log.read_after, after, limit)]
-    next_cursor = after
-    if lines:
-        next_cursor = orjson.loads(lines[-1])["seq"]
-    oldest_cursor = (oldest - 1) if oldest is not None else 0
+    oldest_cursor = (page.oldest - 1) if page.oldest is not None else page.head
     body = (
-        b'{"events":[' + b",".join(lines) + b'],"next_cursor":%d,"head_cursor":%d,'
-        b'"oldest_available_cursor":%d,"replay_complete":%s}'
-        % (next_cursor, head, oldest_cursor, b"true" if next_cursor >= head else b"false")
+        b'{"events":[' + b",".join(line[:-1] for line in page.lines) + b'],"next_cursor":%d,'
+        b'"head_cursor":%d,"oldest_available_cursor":%d,"replay_complete":%s}'
+        % (
+            page.next_cursor,
+            page.head,
+            oldest_cursor,
+            b"true" if page.complete else b"false",
+        )
     )
     return json_response(body)

@@ -1,103 +1,74 @@
-"""One host and port for the whole HTTP surface (design E of shared/notes/ws-fanout.md).
+"""One host and port for the whole HTTP surface: our listener, our accept loop, our stop.
 
-Our accept loop reads each connection's request line. `GET /ws/events` goes to the websocket
-fast path; everything else is handed, with the bytes already read, to hypercorn's trio
-`TCPServer` serving the quart-trio app. This uses hypercorn internals (TCPServer,
-WorkerContext, Lifespan) instead of `worker_serve`, so graceful shutdown is ours: on shutdown we
-stop accepting, tell hypercorn's connections to finish (`context.terminated`), close every
-websocket with 1001, and give all connections `graceful_s` before cancelling them. hypercorn is
-pinned to the minor versions this was tested with (pyproject.toml).
+Every connection's request heads are read here (frameos/server/httphead.py). `GET /ws/events`
+as a connection's first request goes to the websocket fast path (wsfast.py); every other
+request goes to hypercorn, which serves the quart-trio app on a private unix socket through its
+public API (upstream.py), by splicing bytes: heads and `Content-Length` bodies towards hypercorn,
+everything hypercorn answers back to the client. The connection ends when hypercorn ends its
+side (after `Connection: close`, HTTP/1.0, the keep-alive timeout, or the stop).
+
+The accept loop is ours so that running out of file descriptors is a warning and a back-off,
+not a traceback every 0.1 s: connections are admitted against a budget taken from
+RLIMIT_NOFILE (an HTTP connection holds 3 descriptors here: the client's and both ends of the
+unix socket; a websocket 1), and EMFILE/ENFILE on accept backs off from 100 ms to 1 s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import resource
 from typing import Any
 
+import orjson
 import trio
-from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.config import Config as HyperConfig
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
 
 from frameos.events import Message
-from frameos.server.wsfast import WS_PATH_TEXT, WsHub
+from frameos.server.httphead import (
+    MAX_HEAD_BYTES,
+    Head,
+    Rejected,
+    head_end,
+    parse_head,
+    route_event_stream,
+    too_large,
+)
+from frameos.server.upstream import KEEP_ALIVE_S, Upstream, reject_request
+from frameos.server.wsfast import WsHub
 
-PEEK_TIMEOUT_S = 10.0
-PEEK_MAX_BYTES = 8 * 1024
-WS_PATH = WS_PATH_TEXT.encode()
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first returns bytes already read from it (the peeked request)."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self.transport = stream
-        self.socket = stream.socket  # hypercorn reads peer and local addresses from it
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            return data
-        return await self.transport.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.transport.send_eof()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+HEAD_TIMEOUT_S = 10.0  # a request head (or body) must arrive within this
+LINGER_S = 1.0  # after our FIN, how long unread client bytes are drained before closing
+FD_RESERVE = 128  # descriptors kept for the log, the VMs and the rest of frameos
+HTTP_FDS, WS_FDS = 3, 1
+ACCEPT_BACKOFF_S = (0.1, 1.0)
+RECV = 65_536
 
 
-def is_event_stream(head: bytes) -> bool:
-    """True when the request line is `GET /ws/events[?...] HTTP/1.x`."""
-    parts = head.split(b" ", 2)
-    if len(parts) < 3 or parts[0] != b"GET":
-        return False
-    path = parts[1].split(b"?", 1)[0]
-    return path == WS_PATH
-
-
-async def read_request_line(stream: trio.SocketStream) -> bytes:
-    """Read until the first CRLF (or 8 KiB, or EOF); returns everything read."""
-    buffer = b""
-    while b"\r\n" not in buffer and len(buffer) < PEEK_MAX_BYTES:
-        chunk = await stream.receive_some(PEEK_MAX_BYTES)
-        if not chunk:
-            break
-        buffer += chunk
-    return buffer
-
-
-def hypercorn_config(graceful_s: float) -> HyperConfig:
-    config = HyperConfig()
-    config.accesslog = None
-    config.errorlog = None  # the app reports its own errors as events
-    config.graceful_timeout = graceful_s
-    config.keep_alive_timeout = 5
-    config.h11_max_incomplete_size = 16 * 1024
-    return config
+def fd_budget() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(4 * HTTP_FDS, soft - FD_RESERVE)
 
 
 class FrontDoor:
-    """Owns the listening socket and every connection on it."""
+    """Owns the listening sockets, hypercorn's lifetime and every connection."""
 
-    def __init__(self, app: Any, hub: WsHub, *, graceful_s: float = 3.0) -> None:
-        self.app = ASGIWrapper(app)
+    def __init__(
+        self, app: Any, hub: WsHub, *, graceful_s: float = 3.0, keep_alive_s: float = KEEP_ALIVE_S
+    ) -> None:
         self.hub = hub
-        self.config = hypercorn_config(graceful_s)
-        self.context = WorkerContext(None)
-        self.lifespan_state: dict[str, Any] = {}
         self.graceful_s = graceful_s
+        self.upstream = Upstream(app, graceful_s=graceful_s, keep_alive_s=keep_alive_s)
+        self.budget = fd_budget()
+        self.fds_in_use = 0
         self.connections = 0
+        self.stopping = False
+        self.at_limit_total = 0  # times the budget or EMFILE held back accepting
+        self._released = trio.Event()
         self._idle = trio.Event()
+        self._idle_waits: set[trio.CancelScope] = set()
+        self._warned = False
 
     async def run(
         self,
@@ -106,82 +77,232 @@ class FrontDoor:
         *,
         task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Start the app's lifespan, serve until `stop` is set, then drain with a bound.
+        """Start hypercorn (probed), serve until `stop` is set, then end every connection.
 
         `listeners` come from `frameos.server.listen.bind`; `task_status.started` hands back the
-        bound (host, port): with port 0, the real port.
+        bound (host, port): with port 0, the real port. A stack that cannot serve raises
+        ServerError before anything is accepted.
         """
         bound = listeners[0].socket.getsockname()[:2]
-        lifespan = Lifespan(self.app, self.config, self.lifespan_state)
-        async with trio.open_nursery() as lifespan_nursery:
-            await lifespan_nursery.start(lifespan.handle_lifespan)
-            await lifespan.wait_for_startup()
+        async with trio.open_nursery() as outer:
+            await outer.start(self.upstream.run)
+            await outer.start(self.hub.run)
             async with trio.open_nursery() as connections:
                 connections.start_soon(self.hub.run_keepalive)
-                accepting = await connections.start(self._accept_all, listeners, connections)
+                accepting = trio.CancelScope()
+                for listener in listeners:
+                    connections.start_soon(self._accept_loop, listener, connections, accepting)
                 task_status.started((bound[0], bound[1]))
                 await stop.wait()
+                # Stop: no new connections, no new requests; idle keep-alive connections end
+                # now (hypercorn closes them on its shutdown), requests in flight get graceful_s.
+                self.stopping = True
                 accepting.cancel()
                 for listener in listeners:
                     await listener.aclose()
-                await self.context.terminated.set()
+                for scope in tuple(self._idle_waits):
+                    scope.cancel()
                 self.hub.close_all()
+                self.upstream.shutdown()
                 connections.cancel_scope.deadline = trio.current_time() + self.graceful_s
                 await self._wait_idle()
                 connections.cancel_scope.cancel()
-            with trio.move_on_after(self.graceful_s, shield=True):
-                await lifespan.wait_for_shutdown()
-            lifespan_nursery.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
 
     async def _wait_idle(self) -> None:
-        """Wait until every connection (websocket ones included) has finished."""
         if self.connections:
             self._idle = trio.Event()
             await self._idle.wait()
 
-    async def _accept_all(
-        self,
-        listeners: list[trio.SocketListener],
-        nursery: trio.Nursery,
-        *,
-        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    # --- accepting -----------------------------------------------------------------------------
+
+    async def _accept_loop(
+        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
     ) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+        backoff = ACCEPT_BACKOFF_S[0]
+        with scope:
+            while True:
+                while self.fds_in_use + HTTP_FDS > self.budget:
+                    self._limit_reached(
+                        f"{self.connections} connections hold the descriptor budget "
+                        f"({self.budget}, from RLIMIT_NOFILE); new connections wait until "
+                        "some close (raise LimitNOFILE= / ulimit -n to allow more)"
+                    )
+                    self._released = trio.Event()
+                    await self._released.wait()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        raise
+                    self._limit_reached(
+                        f"accept failed: {exc.strerror}; accepting again in "
+                        f"{backoff:g}..{ACCEPT_BACKOFF_S[1]:g} s (raise LimitNOFILE= / ulimit -n)"
+                    )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, ACCEPT_BACKOFF_S[1])
+                    continue
+                backoff = ACCEPT_BACKOFF_S[0]
+                self._warned = False
+                self._take(HTTP_FDS)
+                nursery.start_soon(self._handle, stream)
+
+    def _limit_reached(self, text: str) -> None:
+        self.at_limit_total += 1
+        if not self._warned:
+            self._warned = True
+            self.hub.bus.publish_nowait(Message(text=text), "warn")
+
+    def _take(self, fds: int) -> None:
+        self.fds_in_use += fds
+        self.connections += 1
+
+    def _give(self, fds: int) -> None:
+        self.fds_in_use -= fds
+        self._released.set()
+
+    # --- one connection ------------------------------------------------------------------------
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+        fds = HTTP_FDS
         try:
-            with trio.move_on_after(PEEK_TIMEOUT_S) as peek:
-                try:
-                    head = await read_request_line(stream)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    head = b""
-            if peek.cancelled_caught or not head:
-                await stream.aclose()
+            buffer = b""
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                buffer = await _read_head(stream, b"")
+            if head_end(buffer) < 0 and len(buffer) <= MAX_HEAD_BYTES:
+                return  # nothing complete within the timeout, or the client left
+            try:
+                head = _parse(buffer)
+                event_stream = route_event_stream(head, first=True)
+            except Rejected as rejected:
+                await self._splice(stream, buffer, rejected)
                 return
-            if is_event_stream(head):
-                await self.hub.serve(stream, head)
+            if event_stream:
+                self._give(HTTP_FDS - WS_FDS)
+                fds = WS_FDS
+                await self.hub.serve(stream, buffer)
                 return
-            server = TCPServer(
-                self.app,
-                self.config,
-                self.context,
-                ConnectionState(self.lifespan_state.copy()),
-                # hypercorn annotates SSLStream but uses only the Stream API
-                PrefixedStream(stream, head),  # type: ignore[arg-type]
-            )
-            await server.run()
-        except Exception as exc:
-            # One connection's failure is a bug to report, never a reason to stop serving.
-            self.hub.bus.publish_nowait(
-                Message(text=f"HTTP connection handler failed: {type(exc).__name__}: {exc}"),
-                "error",
-            )
+            await self._splice(stream, buffer, head)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away
         finally:
+            self._give(fds)
             self.connections -= 1
             if not self.connections:
                 self._idle.set()
-            with trio.move_on_after(1, shield=True):
-                await stream.aclose()  # idempotent; covers a handler cancelled mid-peek
+            with trio.move_on_after(LINGER_S, shield=True):
+                await stream.aclose()
+
+    async def _splice(self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected) -> None:
+        try:
+            upstream = await self.upstream.connect()
+        except OSError as exc:
+            await _answer_directly(client, 503, "unavailable", f"cannot reach the app: {exc}")
+            return
+        async with upstream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
+                if isinstance(head, Rejected):
+                    await upstream.send_all(reject_request(head))
+                else:
+                    await self._requests(client, upstream, buffer, head)
+                # No more requests from this client: hypercorn's answers end the connection.
+        with trio.move_on_after(LINGER_S):
+            await client.send_eof()
+            while await client.receive_some(RECV):
+                pass  # unread request bytes would turn our close into a reset
+
+    async def _responses(
+        self, upstream: trio.SocketStream, client: trio.SocketStream, done: trio.CancelScope
+    ) -> None:
+        """Copy hypercorn's bytes to the client until hypercorn closes; then stop reading."""
+        try:
+            while data := await upstream.receive_some(RECV):
+                await client.send_all(data)
+        finally:
+            done.cancel()
+
+    async def _requests(
+        self, client: trio.SocketStream, upstream: trio.SocketStream, buffer: bytes, head: Head
+    ) -> None:
+        """Forward each request (head and Content-Length body); answer bad heads in order."""
+        while True:
+            end = head_end(buffer)
+            body = buffer[end : end + head.content_length]
+            buffer = buffer[end + len(body) :]
+            await upstream.send_all(head.forward + body if body else head.forward)
+            missing = head.content_length - len(body)
+            with trio.move_on_after(HEAD_TIMEOUT_S) as slow:
+                while missing > 0:
+                    chunk = await client.receive_some(min(RECV, missing))
+                    if not chunk:
+                        return
+                    missing -= len(chunk)
+                    await upstream.send_all(chunk)
+            if slow.cancelled_caught or head.last:
+                return
+            try:
+                buffer = await self._next_head(client, buffer)
+            except _NoMore:
+                return
+            try:
+                head = _parse(buffer)
+                route_event_stream(head, first=False)  # only ever raises for a later request
+            except Rejected as rejected:
+                await upstream.send_all(reject_request(rejected))
+                return
+
+    async def _next_head(self, client: trio.SocketStream, buffer: bytes) -> bytes:
+        """The next complete head: idle as long as hypercorn keeps the connection, then bounded.
+
+        The keep-alive timeout is hypercorn's (it closes the idle connection, which ends
+        `_responses` and this task); the stop cancels the idle wait at once.
+        """
+        if not buffer:
+            if self.stopping:
+                raise _NoMore
+            with trio.CancelScope() as idle:
+                self._idle_waits.add(idle)
+                try:
+                    buffer = await client.receive_some(RECV)
+                finally:
+                    self._idle_waits.discard(idle)
+            if idle.cancelled_caught or not buffer:
+                raise _NoMore
+        with trio.move_on_after(HEAD_TIMEOUT_S):
+            buffer = await _read_head(client, buffer)
+        if head_end(buffer) < 0 and len(buffer) <= MAX_HEAD_BYTES:
+            raise _NoMore
+        return buffer
+
+
+class _NoMore(Exception):
+    """The client sends no further request on this connection."""
+
+
+async def _read_head(stream: trio.SocketStream, buffer: bytes) -> bytes:
+    """Read until the buffer holds a complete head, exceeds MAX_HEAD_BYTES, or the peer ends."""
+    while head_end(buffer) < 0 and len(buffer) <= MAX_HEAD_BYTES:
+        chunk = await stream.receive_some(RECV)
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer
+
+
+def _parse(buffer: bytes) -> Head:
+    end = head_end(buffer)
+    if end < 0 or end > MAX_HEAD_BYTES:
+        raise too_large()
+    return parse_head(buffer[:end])
+
+
+async def _answer_directly(client: trio.SocketStream, status: int, code: str, text: str) -> None:
+    """For when hypercorn cannot be reached: the first request, nothing else in flight."""
+    body = orjson.dumps({"error": code, "message": text, "details": {}})
+    head = (
+        f"HTTP/1.1 {status} Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    with trio.move_on_after(LINGER_S), contextlib.suppress(trio.BrokenResourceError):
+        await client.send_all(head + body)

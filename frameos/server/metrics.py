@@ -49,6 +49,16 @@ class RuntimeCollector(Collector):
             "frameos_event_seq", "Sequence number of the newest event", value=bus.last_seq
         )
         yield CounterMetricFamily(
+            "frameos_event_log_write_errors",
+            "Failed writes to the event log (retried; no event is lost)",
+            value=bus.write_errors,
+        )
+        yield GaugeMetricFamily(
+            "frameos_event_log_fault",
+            "1 while the event log cannot be written (/healthz says degraded)",
+            value=0 if bus.fault is None else 1,
+        )
+        yield CounterMetricFamily(
             "frameos_heartbeats", "Heartbeats emitted", value=state.heartbeats
         )
         yield GaugeMetricFamily(
@@ -66,6 +76,11 @@ class RuntimeCollector(Collector):
             "frameos_ws_clients_dropped",
             "Websocket clients dropped for falling behind",
             value=hub.dropped_slow,
+        )
+        yield CounterMetricFamily(
+            "frameos_ws_clients_rejected",
+            "Websocket upgrades refused with 503 past websocket.max_clients",
+            value=hub.rejected_full,
         )
         yield CounterMetricFamily(
             "frameos_ws_frames", "Event frames handed to websocket clients", value=hub.frames_sent

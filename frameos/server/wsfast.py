@@ -8,13 +8,21 @@ sender task flushes when the socket is writable. A client more than `queue_depth
 `queue_bytes` bytes behind is dropped; the others never wait for it.
 
 All writes to a client socket go through `WsClient.send`, a synchronous call: with trio's single
-thread that makes it the only writer, and frame order is the order of `send` calls.
+thread that makes it the only writer, and frame order is the order of `send` calls. Only the
+client's sender task ever waits for the socket to become writable; the replay waits for the
+sender to report the backlog drained.
+
+The hub reads the bus through its own subscription (`WsHub.run`), frames each batch once and
+remembers the newest seq it delivered; a replay reads the log page by page (replay.py) and then
+the bus's ring up to exactly that seq before the client joins, so no event is missed or sent
+twice, whatever the replay's length.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -23,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -38,11 +47,13 @@ from frameos.bus import Bus
 from frameos.config import WebsocketConfig
 from frameos.envelope import Envelope
 from frameos.errors import StaleCursorError
+from frameos.eventlog import Page
+from frameos.server.replay import CursorError, error_body, parse_cursor, read_page, stale_body
 
 HANDSHAKE_TIMEOUT_S = 10.0
 HANDSHAKE_MAX_BYTES = 16 * 1024
 CLOSE_FLUSH_S = 1.0
-REPLAY_CHUNK = 1000
+HUB_DEPTH = 4096  # bus batches the hub's subscription may hold before it counts drops
 SNDBUF = 256 * 1024  # bound the kernel's share of a slow client's backlog
 STALL_S = 1.0  # a client over queue_depth is dropped once it has taken no bytes for this long
 WS_PATH_TEXT = "/ws/events"
@@ -62,9 +73,6 @@ def frames_of(batch: Sequence[Envelope]) -> bytes:
     return b"".join(frame_text(e.json) for e in batch)
 
 
-CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"  # close 1002, for a peer whose framing is broken
-
-
 class WsClient:
     """One connected websocket client: its socket, bounded backlog and state."""
 
@@ -81,9 +89,10 @@ class WsClient:
         self.last_seen = trio.current_time()
         self.last_progress = self.last_seen
         self._has_backlog = trio.Event()
+        self._drained = trio.Event()
         self.gone = trio.Event()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, *, replay: bool = False) -> None:
         """Write now if nothing is queued, else queue; drop the client if it is too far behind.
 
         The backlog is what the kernel's socket buffer could not take. Over `queue_bytes` the
@@ -91,6 +100,8 @@ class WsClient:
         bus batch, a single event at ordinary rates, or one control frame) it is dropped when it
         has also taken no bytes for `STALL_S`: a stuck reader goes, a reader that drains more
         slowly than a burst arrives does not (counting frames alone dropped healthy clients).
+        A replay page (`replay=True`) is exempt: the replay waits for it to drain before reading
+        the next.
         """
         if self.closed:
             return
@@ -111,19 +122,18 @@ class WsClient:
         self.backlog_bytes += len(data)
         limits = self.hub.limits
         stalled = trio.current_time() - self.last_progress > STALL_S
-        if (len(self.backlog) > limits.queue_depth and stalled) or (
-            self.backlog_bytes > limits.queue_bytes
+        if not replay and (
+            (len(self.backlog) > limits.queue_depth and stalled)
+            or self.backlog_bytes > limits.queue_bytes
         ):
             self.hub.dropped_slow += 1
-            self.abort(
-                f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind"
-            )
+            self.abort(f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind")
             return
         self._has_backlog.set()
 
     def _flush(self) -> None:
         """Write as much of the backlog as the socket takes; the rest stays as one entry."""
-        if not self.backlog or self.closed:
+        if not self.backlog:
             return
         data = b"".join(self.backlog) if len(self.backlog) > 1 else self.backlog[0]
         try:
@@ -142,19 +152,24 @@ class WsClient:
             self.backlog.append(rest)
 
     async def run_sender(self) -> None:
-        """Flush the backlog whenever the socket is writable; returns when the client closes."""
-        while not self.closed:
+        """The one task that waits for the socket: flush the backlog whenever it is writable.
+
+        Runs until cancelled; after `finish` it still flushes what is queued (the close frame).
+        """
+        while True:
             await self._has_backlog.wait()
             self._has_backlog = trio.Event()
-            while self.backlog and not self.closed:
+            while self.backlog:
                 await trio.lowlevel.wait_writable(self.fd)
                 self._flush()
+            self._drained.set()
 
     async def wait_drained(self) -> None:
-        """Wait until the backlog is empty (used while replaying from the log)."""
-        while self.backlog and not self.closed:
-            await trio.lowlevel.wait_writable(self.fd)
-            self._flush()
+        """Wait until the sender has written the whole backlog (`abort` empties it too)."""
+        while self.backlog:
+            self._drained = trio.Event()
+            self._has_backlog.set()
+            await self._drained.wait()
 
     async def run_reader(self) -> None:
         """Answer pings, honour close, note liveness; a protocol error closes with 1002."""
@@ -178,21 +193,24 @@ class WsClient:
             for event in self.conn.events():
                 self._on_event(event)
         except (RemoteProtocolError, LocalProtocolError) as exc:
-            self._protocol_error(str(exc))
+            self._protocolerror_body(str(exc))
 
-    def _protocol_error(self, detail: str) -> None:
+    def _protocolerror_body(self, detail: str, code: int = 1002) -> None:
+        """Close with `code` (1002 broken framing, 1007 invalid UTF-8, 1009 too big)."""
         self.hub.protocol_errors += 1
-        self.send(CLOSE_PROTOCOL_ERROR)
-        self.finish(f"protocol error: {detail}")
+        self.close(code, "invalid frame" if code != 1007 else "invalid UTF-8 in a text frame")
+        self.close_reason = f"protocol error: {detail}"
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, Ping):
             self.send(self.conn.send(event.response()))
         elif isinstance(event, CloseConnection):
-            if event.code == 1002 or event.code == 1007:  # wsproto's verdict on a bad frame
-                self._protocol_error(event.reason or "invalid frame")
+            if self.conn.state is ConnectionState.OPEN:
+                # wsproto's verdict on a frame it could not parse (no close frame arrived)
+                self._protocolerror_body(event.reason or "invalid frame", event.code)
                 return
-            self.send(self.conn.send(event.response()))
+            with contextlib.suppress(LocalProtocolError):  # already closing from our side
+                self.send(self.conn.send(event.response()))
             self.finish("closed by client")
         elif isinstance(event, (TextMessage, BytesMessage)):
             self.hub.client_messages += 1  # the stream is one-way; client data is ignored
@@ -221,24 +239,48 @@ class WsClient:
 
     def abort(self, reason: str) -> None:
         self.backlog.clear()
+        self.backlog_bytes = 0
+        self._drained.set()
         self.finish(reason)
 
 
 class WsHub:
-    """Every connected client; a bus subscriber that frames each batch once."""
+    """Every connected client; a bus subscriber (its own task) that frames each batch once."""
 
     def __init__(self, bus: Bus, limits: WebsocketConfig) -> None:
         self.bus = bus
         self.limits = limits
         self.clients: set[WsClient] = set()
+        self.active = 0  # connections in the fast path: handshaking, replaying or live
+        self.delivered_seq = 0  # newest seq handed to the live clients (set on subscribing)
         self.connected_total = 0
         self.dropped_slow = 0
+        self.rejected_full = 0
         self.protocol_errors = 0
         self.client_messages = 0
         self.frames_sent = 0
+        self.hub_dropped = 0
         self.closing = False
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver every bus batch to the live clients until the subscription ends."""
+        sub = self.bus.subscribe("websocket", HUB_DEPTH)
+        self.delivered_seq = self.bus.written_seq
+        try:
+            task_status.started()
+            async for batch in sub:
+                if sub.dropped != self.hub_dropped:
+                    # Our own queue overflowed: the live stream has a gap. Clients reconnect
+                    # with ?since= and replay it from the log.
+                    self.hub_dropped = sub.dropped
+                    self.close_all(1013, "the server fell behind; reconnect with ?since=")
+                    self.closing = False
+                self.deliver(batch)
+        finally:
+            self.bus.unsubscribe(sub)
+
     def deliver(self, batch: Sequence[Envelope]) -> None:
+        self.delivered_seq = batch[-1].seq
         if not self.clients:
             return
         data = frames_of(batch)
@@ -262,42 +304,68 @@ class WsHub:
         for client in tuple(self.clients):
             client.close(code, reason)
 
-    async def attach(self, client: WsClient, since: int | None) -> None:
-        """Replay events after `since` from the log, then go live with no gap or duplicate."""
-        cursor = self.bus.last_seq if since is None else since
+    async def attach(self, client: WsClient, since: int | None, first: Page | None) -> None:
+        """Replay events after `since` from the log, then go live with no gap or duplicate.
+
+        Log pages until the bus's ring reaches back to the cursor; then, without a checkpoint,
+        the ring's events up to `delivered_seq` and membership of `clients`: every later batch
+        the hub delivers starts after `delivered_seq`.
+        """
+        cursor = self.delivered_seq if since is None else since
+        page = first
         while not client.closed:
-            recent = self.bus.ring_after(cursor)
-            if recent is not None:
-                # Synchronous from here on: no event can be delivered between replay and live.
-                # (the ring holds only written events, so nothing here is ahead of the log)
-                if recent:
-                    client.send(frames_of(recent))
+            if cursor >= self.delivered_seq:
                 self.clients.add(client)
                 return
-            lines = await trio.to_thread.run_sync(self.bus.log.read_after, cursor, REPLAY_CHUNK)
-            if not lines:
-                client.close(1011, "replay found no events after the cursor")
+            recent = self.bus.ring_after(cursor)
+            if recent is not None:
+                upto = self.delivered_seq
+                client.send(frames_of([e for e in recent if e.seq <= upto]), replay=True)
+                self.clients.add(client)
                 return
-            client.send(b"".join(frame_text(line[:-1]) for line in lines))  # one delivery
-            cursor = orjson.loads(lines[-1])["seq"]
+            if page is None:
+                page = await read_page(self.bus.log, cursor)
+            if not page.lines:
+                client.close(1011, "the log holds no events after the cursor; reconnect")
+                return
+            client.send(b"".join(frame_text(line[:-1]) for line in page.lines), replay=True)
+            cursor, page = page.next_cursor, None
             await client.wait_drained()
 
     async def serve(self, stream: trio.SocketStream, head: bytes) -> None:
         """Handshake, attach, then run reader and sender until the client goes."""
+        self.active += 1
+        try:
+            await self._serve(stream, head)
+        finally:
+            self.active -= 1
+
+    async def _serve(self, stream: trio.SocketStream, head: bytes) -> None:
         conn = WSConnection(ConnectionType.SERVER)
         handshake = await _handshake(stream, conn, head)
         if handshake is None:
             return
         request, raw = handshake
+        if self.closing:
+            await _reject_http(stream, 503, error_body("shutting_down", "the server is stopping"))
+            return
+        if self.active > self.limits.max_clients:
+            self.rejected_full += 1
+            await _reject_http(
+                stream,
+                503,
+                error_body(
+                    "too_many_clients",
+                    f"{self.limits.max_clients} websocket clients are connected "
+                    "(websocket.max_clients); retry later or raise the limit",
+                    max_clients=self.limits.max_clients,
+                ),
+            )
+            return
         try:
-            since = _since(request.target)
-            if since is not None:
-                await _check_cursor(self.bus, since)
+            since, first = await self._cursor(request.target)
         except _Reject as reject:
             await _reject_http(stream, reject.status, reject.body)
-            return
-        if self.closing:
-            await _reject_http(stream, 503, _error("shutting_down", "the server is stopping"))
             return
         _tune(stream)
         await stream.send_all(conn.send(AcceptConnection()))
@@ -311,8 +379,9 @@ class WsHub:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.run_reader)
                 nursery.start_soon(client.run_sender)
-                await self.attach(client, since)
+                nursery.start_soon(self.attach, client, since, first)
                 await client.gone.wait()
+                self.clients.discard(client)
                 with trio.move_on_after(CLOSE_FLUSH_S):
                     await client.wait_drained()
                 nursery.cancel_scope.cancel()
@@ -322,67 +391,40 @@ class WsHub:
             with trio.move_on_after(CLOSE_FLUSH_S, shield=True):
                 await stream.aclose()
 
+    async def _cursor(self, target: str) -> tuple[int | None, Page | None]:
+        """`?since=`: checked against the log with the replay's first page (one reader)."""
+        values = parse_qs(urlsplit(target).query, keep_blank_values=True).get("since")
+        if values is None:
+            return None, None
+        try:
+            if not values[-1]:
+                raise CursorError("since", "")
+            since = parse_cursor(values[-1], "since", 0)
+        except CursorError as exc:
+            raise _Reject(400, error_body("invalid_cursor", str(exc), parameter="since")) from None
+        try:
+            page = await read_page(self.bus.log, since)
+        except StaleCursorError as exc:
+            raise _Reject(410, stale_body(exc)) from None
+        head = max(page.head, self.delivered_seq)
+        if since > head:
+            raise _Reject(
+                400,
+                error_body(
+                    "invalid_cursor",
+                    f"since={since} is ahead of the newest event {head}; pass a seq you have "
+                    "received, or omit since to start live",
+                    parameter="since",
+                    requested_cursor=since,
+                    head_cursor=head,
+                ),
+            )
+        return since, page
+
 
 class _Reject(Exception):
     def __init__(self, status: int, body: dict[str, object]) -> None:
         self.status, self.body = status, body
-
-
-def _error(code: str, message: str, **details: object) -> dict[str, object]:
-    return {"error": code, "message": message, "details": details}
-
-
-def _since(target: str) -> int | None:
-    query = parse_qs(urlsplit(target).query)
-    if "since" not in query:
-        return None
-    raw = query["since"][-1]
-    if not raw.isdigit():
-        raise _Reject(
-            400,
-            _error(
-                "invalid_cursor",
-                f"since must be a non-negative integer sequence number, found {raw!r}",
-                parameter="since",
-            ),
-        )
-    return int(raw)
-
-
-async def _check_cursor(bus: Bus, since: int) -> None:
-    oldest = await trio.to_thread.run_sync(bus.log.oldest_seq)
-    head = bus.last_seq
-    if since > head:
-        raise _Reject(
-            400,
-            _error(
-                "invalid_cursor",
-                f"since={since} is ahead of the newest event {head}",
-                requested_cursor=since,
-                head_cursor=head,
-            ),
-        )
-    try:
-        check_stale(since, oldest, head)
-    except StaleCursorError as exc:
-        raise _Reject(410, stale_body(exc)) from None
-
-
-def check_stale(cursor: int, oldest_seq: int | None, head: int) -> None:
-    """Raise StaleCursorError when events after `cursor` have been rotated away."""
-    if oldest_seq is not None and cursor < oldest_seq - 1:
-        raise StaleCursorError(cursor, oldest_seq, head)
-
-
-def stale_body(exc: StaleCursorError) -> dict[str, object]:
-    return _error(
-        "stale_cursor",
-        str(exc),
-        requested_cursor=exc.requested,
-        oldest_available_cursor=exc.oldest - 1,
-        head_cursor=exc.head,
-        recovery=f"resume from oldest_available_cursor ({exc.oldest - 1})",
-    )
 
 
 async def _handshake(
@@ -402,7 +444,7 @@ async def _handshake(
                 await _reject_http(
                     stream,
                     400,
-                    _error(
+                    error_body(
                         "bad_request",
                         f"/ws/events needs a websocket upgrade: {exc}",
                         fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
@@ -412,7 +454,7 @@ async def _handshake(
                 return None
             if len(raw) > HANDSHAKE_MAX_BYTES:
                 await _reject_http(
-                    stream, 431, _error("headers_too_large", "handshake headers exceed 16 KiB")
+                    stream, 431, error_body("headers_too_large", "handshake headers exceed 16 KiB")
                 )
                 return None
             try:
@@ -445,8 +487,6 @@ async def _reject_http(stream: trio.SocketStream, status: int, body: dict[str, o
 
 
 def _tune(stream: trio.SocketStream) -> None:
-    import socket
-
     with contextlib.suppress(OSError):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
 

@@ -1,8 +1,9 @@
 """Bootstrap pipelines (SPEC §6): host-side steps run after each launch of a VM.
 
 Each step is an argv with a timeout, retries and a delay between attempts; it runs in its own
-process group with the VM's environment plus `FRAMEOS_SSH_USER/HOST/PORT/IDENTITY/OPTIONS`,
-`FRAMEOS_VM`, `FRAMEOS_VM_PID`, `FRAMEOS_QMP_SOCKET` and `FRAMEOS_OVERLAY`. Its output is
+process group, recorded in `state_dir/procs/` while it runs (the next start kills it if frameos
+was killed meanwhile), with the VM's environment plus `FRAMEOS_SSH_USER/HOST/PORT/IDENTITY/
+OPTIONS`, `FRAMEOS_VM`, `FRAMEOS_VM_PID`, `FRAMEOS_QMP_SOCKET` and `FRAMEOS_OVERLAY`. Its output is
 streamed as `message` events, bounded per step (`MAX_LINES`, `MAX_BYTES`); the tail is kept for
 `detail` when the step fails. `trigger: auto` skips the run (`noop`) when the stamp of the last
 success matches the plan's digest (plan.py); `always` runs on every launch.
@@ -20,7 +21,7 @@ import trio
 from frameos import events as ev
 from frameos.config import BootstrapStep, VmConfig
 from frameos.workers import LaunchError
-from frameos.workers.child import run_captured, signal_name
+from frameos.workers.child import SPAWN_ERRORS, Tracking, run_captured, signal_name
 from frameos.workers.paths import VmPaths, substitute
 from frameos.workers.plan import decide, read_stamp, write_stamp
 from frameos.workers.publisher import Publisher
@@ -185,12 +186,18 @@ async def _attempt(ctx: BootstrapContext, step: BootstrapStep, output: StepOutpu
         argv = substitute(step.command, ctx.paths)
         with trio.move_on_after(step.timeout_ms / 1000) as deadline:
             code = await run_captured(
-                argv, output.feed, env=step_env(ctx), cwd=ctx.vm.cwd, grace_s=STEP_GRACE_S
+                argv,
+                output.feed,
+                env=step_env(ctx),
+                cwd=ctx.vm.cwd,
+                grace_s=STEP_GRACE_S,
+                tracking=Tracking(ctx.paths.procs, ctx.vm.name, "step"),
             )
     except LaunchError as exc:
         return str(exc)
-    except OSError as exc:
-        return f"cannot start {step.command[0]!r}: {exc.strerror or exc}"
+    except SPAWN_ERRORS as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"cannot start {step.command[0]!r}: {why}"
     if deadline.cancelled_caught:
         return f"timed out after {step.timeout_ms} ms"
     if code < 0:

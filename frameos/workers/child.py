@@ -1,9 +1,12 @@
 """Processes the stop ladder can drive: our own children, orphans of a killed instance, fakes.
 
-Every VM runs in its own process group (`start_new_session`), so signals go to the whole group
-and no grandchild outlives the VM. `Child` is all the ladder needs; tests drive it with a fake
-process, production with `OwnChild` (waits on the pidfd: no polling) or `OrphanChild` (not our
-child, so it polls /proc at `ORPHAN_POLL_S`).
+Every process frameos starts runs in its own process group (`start_new_session`), so signals go
+to the whole group and no grandchild outlives it. `Child` is all the ladder needs; tests drive
+it with a fake process, production with `OwnChild` (waits on the pidfd: no polling) or
+`OrphanChild` (not our child: polls its leader's /proc entry, backing off to `ORPHAN_POLL_MAX_S`).
+
+`kill_group` is the one bounded SIGKILL of the package; `record_or_kill` makes sure a process
+is written down (its pidfile) before anything can lose it, or killed at once.
 """
 
 from __future__ import annotations
@@ -13,14 +16,25 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
+from frameos.workers import LaunchError, pidfile, procfs
 from frameos.workers.pidfile import PidRecord
 
-ORPHAN_POLL_S = 0.01
+ORPHAN_POLL_S = 0.002
+ORPHAN_POLL_MAX_S = 0.05
+# What starting a process raises for bad input (an env name with "=", a NUL byte, a missing
+# program, a full disk, ...): the failure of that one launch, never of the supervisor.
+SPAWN_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    TypeError,
+    subprocess.SubprocessError,
+)
 
 
 class Child(Protocol):
@@ -47,17 +61,11 @@ class Child(Protocol):
         """SIGKILL whatever is left of the group after the leader exited."""
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 class OwnChild:
     """A child this instance started, waited on through trio (a pidfd on Linux)."""
 
     def __init__(self, process: trio.Process) -> None:
         self.process = process
-        self.started_at = trio.current_time()
 
     @property
     def pid(self) -> int:
@@ -77,14 +85,16 @@ class OwnChild:
     def signal_group(self, sig: int) -> None:
         # pgid == pid (a new session). After the leader is reaped the number stays reserved
         # while any member of its group lives, so this never reaches a stranger that matters.
-        _killpg(self.process.pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
 
     def kill_leftovers(self) -> None:
-        _killpg(self.process.pid, signal.SIGKILL)
+        self.signal_group(signal.SIGKILL)
 
 
 class OrphanChild:
-    """A VM left running by a killed instance: found by pidfile, watched by polling /proc."""
+    """A process group left running by a killed instance: found by pidfile, its leader watched
+    by polling /proc (one small read per round; no scan of /proc)."""
 
     def __init__(self, record: PidRecord) -> None:
         self.record = record
@@ -102,16 +112,67 @@ class OrphanChild:
         return None  # not our child: its status went to its new parent
 
     async def wait(self) -> None:
-        # Not our child: no pidfd wait or SIGCHLD, so poll /proc (a short, cheap read).
-        while self.record.alive():  # noqa: ASYNC110
-            await trio.sleep(ORPHAN_POLL_S)
+        # Not our child: no pidfd wait or SIGCHLD, so poll, quickly at first.
+        pause = ORPHAN_POLL_S
+        while self.record.alive():
+            await trio.sleep(pause)
+            pause = min(pause * 2, ORPHAN_POLL_MAX_S)
 
     def signal_group(self, sig: int) -> None:
-        if self.record.leftovers():
-            _killpg(self.record.pgid, sig)
+        self.record.signal_group(sig)
 
     def kill_leftovers(self) -> None:
-        self.signal_group(signal.SIGKILL)
+        self.record.signal_group(signal.SIGKILL)
+
+
+async def kill_group(child: Child, bound_s: float) -> bool:
+    """SIGKILL the group and wait for its leader, at most `bound_s`, shielded: for `finally:`
+    and for the end of every stop. Then SIGKILL what is left of the group. True when the
+    leader has exited. The one bounded kill of the package."""
+    with trio.move_on_after(bound_s, shield=True):
+        if not child.exited:
+            child.signal_group(signal.SIGKILL)
+            await child.wait()
+    child.kill_leftovers()
+    return child.exited
+
+
+async def record_or_kill(child: Child, write: Callable[[], object], bound_s: float) -> None:
+    """Write `child`'s pidfile now (`write`, synchronous: nothing can cancel us between the
+    spawn and the record). When that fails (ENOSPC, EACCES, ...) the group is killed at once
+    and LaunchError says why: a process frameos could not find after a crash must not run."""
+    try:
+        write()
+    except OSError as exc:
+        await kill_group(child, bound_s)
+        raise LaunchError(
+            f"cannot write the pidfile of pid {child.pid} ({exc.strerror or exc}), so killed "
+            f"pid {child.pid}: nothing may run untracked; free space in the state_dir"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where the pidfiles of a VM's helper processes (bootstrap steps, stop commands) go."""
+
+    directory: Path
+    vm: str
+    kind: str  # step | command
+
+    def write(self, child: Child) -> Path:
+        """Record `child`'s group as `directory/PID.pid`; raises OSError when it cannot."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{child.pid}.pid"
+        record = PidRecord(
+            vm=self.vm,
+            pid=child.pid,
+            start_time=procfs.start_time(child.pid) or 0,
+            pgid=child.pid,
+            kind=self.kind,
+            owner_pid=os.getpid(),
+        )
+        pidfile.write(path, record)
+        return path
 
 
 async def spawn(
@@ -119,8 +180,8 @@ async def spawn(
 ) -> OwnChild:
     """Start `argv` in a new session (its own process group) with stdin on /dev/null.
 
-    `output` is a file descriptor for stdout and stderr (None: /dev/null). Raises OSError when
-    the program cannot be started.
+    `output` is a file descriptor for stdout and stderr (None: /dev/null). Raises one of
+    SPAWN_ERRORS when the program cannot be started.
     """
     process = await trio.lowlevel.open_process(
         argv,
@@ -135,19 +196,13 @@ async def spawn(
 
 
 async def terminate_group(child: Child, grace_s: float) -> None:
-    """SIGTERM the group, SIGKILL it after `grace_s`; shielded and bounded, for `finally:`.
-
-    Returns once the leader has exited or the bound (grace + grace) passed.
-    """
-    with trio.move_on_after(grace_s * 2, shield=True):
+    """SIGTERM the group, then `kill_group` after `grace_s`; shielded and bounded, for
+    `finally:`. Returns once the leader has exited or the bound (grace + grace) passed."""
+    with trio.move_on_after(grace_s, shield=True):
         if not child.exited:
             child.signal_group(signal.SIGTERM)
-            with trio.move_on_after(grace_s):
-                await child.wait()
-        if not child.exited:
-            child.signal_group(signal.SIGKILL)
             await child.wait()
-    child.kill_leftovers()
+    await kill_group(child, grace_s)
 
 
 async def run_captured(
@@ -157,29 +212,38 @@ async def run_captured(
     env: Mapping[str, str],
     cwd: Path | None,
     grace_s: float = 1.0,
+    tracking: Tracking | None = None,
 ) -> int:
     """Run `argv` in its own group, feeding its stdout+stderr chunks to `on_output`.
 
-    Returns the exit status (negative: killed by that signal). Raises OSError when it cannot
-    start. Cancellation (a caller's deadline) terminates the whole group, bounded by `grace_s`.
+    Returns the exit status (negative: killed by that signal). Raises one of SPAWN_ERRORS when
+    it cannot start, LaunchError when its pidfile (`tracking`) cannot be written. Cancellation
+    (a caller's deadline) terminates the whole group, bounded by `grace_s`.
     """
     read_end, write_end = os.pipe()
+    recorded: list[Path] = []
     try:
         child = await spawn(argv, env=env, cwd=cwd, output=write_end)
+        if tracking is not None:
+            await record_or_kill(child, lambda: recorded.append(tracking.write(child)), grace_s)
     except BaseException:
         os.close(read_end)
         raise
     finally:
         os.close(write_end)
-    async with trio.lowlevel.FdStream(read_end) as stream, trio.open_nursery() as nursery:
-        nursery.start_soon(_pump, stream, on_output)
-        try:
-            await child.wait()
-        finally:
-            await terminate_group(child, grace_s)
-        # Drain, then force: the output ends at EOF unless something outside the group kept
-        # the pipe open.
-        nursery.cancel_scope.deadline = trio.current_time() + grace_s
+    try:
+        async with trio.lowlevel.FdStream(read_end) as stream, trio.open_nursery() as nursery:
+            nursery.start_soon(_pump, stream, on_output)
+            try:
+                await child.wait()
+            finally:
+                await terminate_group(child, grace_s)
+            # Drain, then force: the output ends at EOF unless something outside the group
+            # kept the pipe open.
+            nursery.cancel_scope.deadline = trio.current_time() + grace_s
+    finally:
+        for path in recorded:
+            pidfile.remove(path)
     code = child.returncode
     assert code is not None, "terminate_group returned before the process exited"
     return code

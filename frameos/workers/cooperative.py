@@ -17,8 +17,8 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from frameos.workers import ChannelError, ChannelUnavailable, qmp
-from frameos.workers.child import Child, run_captured
+from frameos.workers import ChannelError, ChannelUnavailable, LaunchError, qmp
+from frameos.workers.child import SPAWN_ERRORS, Child, Tracking, run_captured
 
 Request = Callable[[], Awaitable[None]]
 COMMAND_GRACE_S = 1.0
@@ -34,6 +34,7 @@ def request_for(
     qmp_socket: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    tracking: Tracking | None = None,
 ) -> Request:
     """The cooperative request of `method` for `child`."""
     if method == "qmp":
@@ -43,7 +44,7 @@ def request_for(
     if method == "signal":
         return lambda: _signal(child, sig)
     if method == "command" and command:
-        return lambda: run_command(command, env or os.environ, cwd)
+        return lambda: run_command(command, env or os.environ, cwd, tracking)
     return _unavailable("cooperative.method is none: nothing to ask")
 
 
@@ -64,10 +65,13 @@ async def _signal(child: Child, name: str) -> None:
     child.signal_group(signal.Signals[name])
 
 
-async def run_command(argv: list[str], env: Mapping[str, str], cwd: Path | None) -> None:
+async def run_command(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None, tracking: Tracking | None = None
+) -> None:
     """Run the stop command to completion; ChannelError (with its output's tail) unless exit 0.
 
-    Cancellation (the rung's deadline) terminates the command's process group.
+    Its process group is recorded under `tracking` while it runs. Cancellation (the rung's
+    deadline) terminates the command's process group.
     """
     tail = bytearray()
 
@@ -76,9 +80,14 @@ async def run_command(argv: list[str], env: Mapping[str, str], cwd: Path | None)
         del tail[:-TAIL_BYTES]
 
     try:
-        code = await run_captured(argv, keep_tail, env=env, cwd=cwd, grace_s=COMMAND_GRACE_S)
-    except OSError as exc:
-        raise ChannelUnavailable(f"stop command {argv[0]!r} cannot start: {exc.strerror}") from None
+        code = await run_captured(
+            argv, keep_tail, env=env, cwd=cwd, grace_s=COMMAND_GRACE_S, tracking=tracking
+        )
+    except LaunchError as exc:
+        raise ChannelUnavailable(f"stop command {argv[0]!r}: {exc}") from None
+    except SPAWN_ERRORS as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ChannelUnavailable(f"stop command {argv[0]!r} cannot start: {why}") from None
     if code != 0:
         output = tail.decode(errors="replace").strip()
         raise ChannelError(f"stop command {argv[0]!r} exited with {code}: {output}")

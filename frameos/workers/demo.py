@@ -6,8 +6,9 @@ Two small Python programs that speak the same stop protocol as a VM:
                    run, to show a restart; bootstrapped by two quick steps on every launch
     demo-stubborn  ignores the cooperative signal, so its ladder escalates to SIGTERM
 
-Run one by hand with `python -m frameos.workers.demo polite|stubborn`. This module imports
-only the standard library: the config loader imports it.
+Run one by hand with `python -m frameos.workers.demo polite|stubborn`. At import this module
+needs only the standard library (each demo VM is a fresh interpreter running it); `demo_config`
+imports the config models when called.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from frameos.config import FrameConfig
 
 CRASH_AFTER_S = 6
 LADDER = {"cooperative_ms": 1500, "sigterm_ms": 2000, "sigkill_ms": 1000}
@@ -70,6 +76,37 @@ def demo_vm_configs() -> list[dict[str, Any]]:
         "steps": [_step("wait-for-guest", WAIT_FOR_GUEST), _step("provision", PROVISION)],
     }
     return [polite, vm("demo-stubborn", "stubborn")]
+
+
+def demo_config(env: Mapping[str, str] | None = None) -> FrameConfig:
+    """The config `frameos run --demo` uses: no root, no qemu, no network, state in a temp dir."""
+    import tempfile
+
+    from frameos.config import resolve, validate_config
+    from frameos.errors import ConfigError, Problem
+
+    env = os.environ if env is None else env
+    port = env.get("FRAMEOS_DEMO_PORT", "8787")
+    if not port.isdigit() or len(port) > 5:
+        raise ConfigError(
+            [
+                Problem(
+                    "demo config",
+                    "frame_port",
+                    f"$FRAMEOS_DEMO_PORT is {port!r}; set it to a port number (0: any free port)",
+                )
+            ]
+        )
+    state = Path(tempfile.gettempdir()) / f"frameos-demo-{os.getuid()}"
+    data: dict[str, Any] = {
+        "frame_host": "127.0.0.1",
+        "frame_port": int(port),
+        "metrics_interval": 10,
+        "state_dir": str(state),
+        "shutdown_timeout_s": 15,
+        "vms": demo_vm_configs(),
+    }
+    return resolve(validate_config(data, "demo config"), "demo config", env)
 
 
 def _say(text: str) -> None:

@@ -1,6 +1,12 @@
-"""Orphans (SPEC §5): VMs a killed instance left running, found by pidfile and stopped through
-the same ladder (with the settings recorded at their launch) before anything is launched anew.
-A stale overlay is discarded as `orphan`; a stale QMP socket file is removed.
+"""Orphans (SPEC §5): what a killed instance left running, found by pidfile and stopped before
+anything is launched anew. VMs go through the same ladder, with the settings recorded at their
+launch; bootstrap steps and stop commands (`state_dir/procs/`) get a bounded kill of their
+group. A stale overlay is discarded as `orphan`; a stale QMP socket file is removed.
+
+Cheap at scale: whether an orphan still runs is one read of its leader's /proc entry and one
+kill(0) probe of its group. Only a group that answers the probe after its leader is gone (its
+other members, or zombies a parent does not reap) needs /proc scanned: `ProcScan` does that in
+a thread, once per polling round for all the orphans that ask.
 """
 
 from __future__ import annotations
@@ -14,14 +20,55 @@ import trio
 
 from frameos import events as ev
 from frameos.config import TimeoutsConfig
-from frameos.workers import overlay, pidfile
-from frameos.workers.child import ORPHAN_POLL_S, OrphanChild
+from frameos.workers import overlay, pidfile, procfs
+from frameos.workers.child import (
+    ORPHAN_POLL_MAX_S,
+    ORPHAN_POLL_S,
+    OrphanChild,
+    Tracking,
+    kill_group,
+)
 from frameos.workers.cooperative import request_for
-from frameos.workers.ladder import Ladder, Method
+from frameos.workers.ladder import METHODS, Ladder, Method
+from frameos.workers.paths import procs_dir
 from frameos.workers.publisher import Publisher
 
 ORPHAN_REASON = "orphan of a previous frameos instance"
-METHODS: tuple[Method, ...] = ("qmp", "signal", "command", "none")
+HELPER_KILL_S = 1.0  # the bound on killing a leftover bootstrap step or stop command
+
+
+class ProcScan:
+    """One /proc scan per round, shared by every task that asks while it runs."""
+
+    def __init__(self) -> None:
+        self._round: trio.Event | None = None
+        self._groups: dict[int, list[procfs.ProcStat]] = {}
+
+    async def live_groups(self) -> dict[int, list[procfs.ProcStat]]:
+        """The live processes by group, from a scan begun at or after this call. The scan runs
+        in a thread and is not abandoned on cancellation (it takes milliseconds)."""
+        if self._round is not None:
+            await self._round.wait()
+            return self._groups
+        self._round = done = trio.Event()
+        try:
+            self._groups = await trio.to_thread.run_sync(procfs.live_groups)
+        finally:
+            self._round = None
+            done.set()
+        return self._groups
+
+
+SCAN = ProcScan()
+
+
+async def live_members(record: pidfile.PidRecord) -> list[procfs.ProcStat]:
+    """The live processes of the recorded group: [] at once when the probe finds no group."""
+    if not record.group_alive():
+        return []
+    if record.alive():
+        return [procfs.ProcStat(record.pid, "R", record.pgid, record.start_time)]
+    return (await SCAN.live_groups()).get(record.pgid, [])
 
 
 async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidRecord | None:
@@ -37,7 +84,7 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
         return None
     if record is None:
         return None
-    if record.alive() or record.leftovers():
+    if await live_members(record):
         await publisher.publish(
             ev.Message(
                 text=f"{vm}: pid {record.pid} was left running by a previous frameos "
@@ -45,7 +92,7 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
             ),
             "warn",
         )
-        ladder = _ladder(vm, record, publisher)
+        ladder = _ladder(vm, record, publisher, procs_dir(path.parent.parent))
         await ladder.run(ORPHAN_REASON)
         await _leftovers_gone(record, ladder.timeouts.sigkill_ms / 1000, publisher)
     pidfile.remove(path)
@@ -54,10 +101,12 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
 
 async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: Publisher) -> None:
     """SIGKILL lands asynchronously: before launching anew, see the old group gone (bounded)."""
+    pause = ORPHAN_POLL_S
     with trio.move_on_after(bound_s):
-        while record.leftovers():  # noqa: ASYNC110  # not our children: /proc is all there is
-            await trio.sleep(ORPHAN_POLL_S)
-    if stuck := record.leftovers():
+        while await live_members(record):
+            await trio.sleep(pause)
+            pause = min(pause * 2, ORPHAN_POLL_MAX_S)
+    if stuck := await live_members(record):
         pids = ", ".join(str(p.pid) for p in stuck)
         await publisher.publish(
             ev.Message(text=f"{record.vm}: pids {pids} of the previous instance survived SIGKILL"),
@@ -65,7 +114,7 @@ async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: 
         )
 
 
-def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher) -> Ladder:
+def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher, procs: Path) -> Ladder:
     child = OrphanChild(record)
     try:
         timeouts = TimeoutsConfig.model_validate(record.timeouts)
@@ -78,6 +127,7 @@ def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher) -> Ladder:
         sig=record.signal,
         command=record.command,
         qmp_socket=Path(record.qmp_socket) if record.qmp_socket else None,
+        tracking=Tracking(procs, vm, "command"),
     )
     return Ladder(vm, child, method=method, request=request, timeouts=timeouts, publisher=publisher)
 
@@ -114,3 +164,32 @@ async def clean_up_after(
     await discard_overlay(vm, overlay_path, "orphan", publisher)
     if record is not None and record.qmp_socket:
         remove_stale_socket(Path(record.qmp_socket))
+
+
+async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
+    """Kill the bootstrap steps and stop commands a killed instance left running (bounded,
+    all at once), and forget their pidfiles. Call before anything is launched."""
+    paths = pidfile.records(procs_dir(state_dir))
+    if paths:
+        async with trio.open_nursery() as nursery:
+            for path in paths:
+                nursery.start_soon(_stop_helper, path, publisher)
+
+
+async def _stop_helper(path: Path, publisher: Publisher) -> None:
+    try:
+        record = pidfile.read(path)
+    except ValueError as exc:
+        await publisher.publish(ev.Message(text=f"{exc}; removed it"), "warn")
+        record = None
+    if record is not None and await live_members(record):
+        await publisher.publish(
+            ev.Message(
+                text=f"{record.vm}: {record.kind} pid {record.pid} was left running by a previous "
+                f"frameos (pid {record.owner_pid}); killing its process group"
+            ),
+            "warn",
+        )
+        await kill_group(OrphanChild(record), HELPER_KILL_S)
+        await _leftovers_gone(record, HELPER_KILL_S, publisher)
+    pidfile.remove(path)

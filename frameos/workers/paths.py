@@ -3,6 +3,7 @@
 state_dir/vms/NAME.pid        pidfile (pidfile.py)
 state_dir/vms/NAME.qmp        QMP unix socket (`{qmp_socket}`)
 state_dir/vms/NAME.log        the VM's stdout and stderr
+state_dir/procs/PID.pid       pidfile of a running bootstrap step or stop command (child.py)
 state_dir/overlays/NAME.qcow2 overlay on `base_image` (`{overlay}`; `overlay_dir` overrides)
 state_dir/bootstrap/NAME.stamp  digest of the last successful bootstrap (plan.py)
 """
@@ -34,6 +35,7 @@ class VmPaths:
     log: Path
     overlay: Path | None
     stamp: Path
+    procs: Path
 
     @classmethod
     def of(cls, vm: VmConfig, state_dir: Path) -> VmPaths:
@@ -47,6 +49,7 @@ class VmPaths:
             log=state_dir / "vms" / f"{vm.name}.log",
             overlay=overlay,
             stamp=state_dir / "bootstrap" / f"{vm.name}.stamp",
+            procs=procs_dir(state_dir),
         )
 
     def make_dirs(self) -> None:
@@ -63,6 +66,11 @@ class VmPaths:
                 f"QMP socket path {self.qmp_socket} is {size} bytes; unix socket paths must be "
                 f"under 108 bytes: choose a shorter state_dir or VM name"
             )
+
+
+def procs_dir(state_dir: Path) -> Path:
+    """Where the pidfiles of bootstrap steps and stop commands go."""
+    return state_dir / "procs"
 
 
 def substitute(argv: list[str], paths: VmPaths) -> list[str]:

@@ -1,13 +1,17 @@
 """Pidfiles: how a restarted frameos finds the VMs a killed instance left behind (SPEC §5).
 
-One JSON file per running VM, written (atomically) right after launch and removed once the
-process is gone. It names the process by pid *and* start time, so a reused pid is never taken
+One JSON file per process group frameos starts: `vms/NAME.pid` per running VM, and
+`procs/PID.pid` per bootstrap step or cooperative stop command (`kind` says which). Each is
+written (atomically) right after the spawn, before anything can be awaited, and removed once the
+group is gone; if it cannot be written the group is killed at once (child.record_or_kill).
+It names the process by pid *and* start time, so a reused pid is never taken
 for the VM, and it keeps what the stop ladder needs (method, signal, command, QMP socket,
 timeouts) so the orphan is stopped the way it was configured when it was started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -32,14 +36,30 @@ class PidRecord:
     overlay: str | None = None
     timeouts: dict[str, int] = field(default_factory=dict)
     owner_pid: int = 0
+    kind: str = "vm"  # vm | step | command
 
     def alive(self) -> bool:
         """True while the recorded leader runs (same pid, same start time, not a zombie)."""
         return procfs.is_alive(self.pid, self.start_time)
 
+    def group_alive(self) -> bool:
+        """True while the recorded group has a member (maybe only zombies): cheap, no scan."""
+        return procfs.group_exists(self.pgid) and not procfs.reused_leader(
+            self.pgid, self.start_time
+        )
+
     def leftovers(self) -> list[procfs.ProcStat]:
-        """Live processes of the recorded group (leader included), [] when none or not ours."""
+        """Live processes of the recorded group (leader included), [] when none or not ours.
+
+        Scans /proc: run it in a thread, after `group_alive` said yes."""
         return procfs.orphan_group(self.pgid, self.start_time)
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the recorded group, unless its number now names someone else's group."""
+        if procfs.reused_leader(self.pgid, self.start_time):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
 
 
 def write(path: Path, record: PidRecord) -> None:
@@ -64,3 +84,12 @@ def read(path: Path) -> PidRecord | None:
 
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def records(directory: Path) -> list[Path]:
+    """The pidfiles in `directory` ([] when it does not exist)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    return [directory / name for name in names if name.endswith(".pid")]

@@ -2,9 +2,11 @@
 
 `run` goes in the supervisor's inner nursery (`await inner.start(pool.run)` returns once every
 VM has launched or failed to launch); `stop` runs every VM's ladder in parallel and returns
-when all are down. The pool also answers /healthz (`workers`), /readyz (reasons per VM) and
-/metrics (`frameos_vm_*`), and stops what a killed instance left under names no longer in the
-config.
+when all are down. Cancelling the nursery that runs `run` does the same (each ladder shielded
+and bounded by its rungs' timeouts), so shutdown can be done by nesting; `force` cuts the
+running ladders short (SIGKILL, bounded). The pool also answers /healthz (`workers`), /readyz
+(reasons per VM) and /metrics (`frameos_vm_*`), and stops what a killed instance left: bootstrap
+steps, stop commands, and VMs under names no longer in the config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prometheus_client.registry import Collector
 from frameos import events as ev
 from frameos.config import FrameConfig
 from frameos.state import RuntimeState, WorkerCounts
-from frameos.workers.orphans import clean_up_after
+from frameos.workers.orphans import clean_up_after, stop_helpers
 from frameos.workers.publisher import Publisher
 from frameos.workers.vm import Spawner, VmState, VmWorker, default_spawner
 
@@ -80,11 +82,16 @@ class VmPool:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise every VM until `stop`; `started` once each launched or failed to launch.
 
-        Cancellation kills every VM's process group (each worker's bounded, shielded cleanup).
+        First, whatever a killed instance left running is stopped: its bootstrap steps and
+        stop commands (a bounded kill), VMs no longer configured (their ladder); each
+        configured VM's worker stops its own orphan before launching.
+        Cancellation stops every VM through its ladder (shielded, bounded; see `force`).
         """
+        async with trio.open_nursery() as cleaning:
+            cleaning.start_soon(stop_helpers, self.state_dir, self.publisher)
+            cleaning.start_soon(self._stop_unknown_orphans)
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as starting:
-                starting.start_soon(self._stop_unknown_orphans)
                 for worker in self.workers:
                     starting.start_soon(nursery.start, worker.run)
             task_status.started(len(self.workers))
@@ -95,8 +102,15 @@ class VmPool:
             for worker in self.workers:
                 nursery.start_soon(worker.stop, reason)
 
+    def force(self) -> None:
+        """Cut every running ladder short: each VM's group is SIGKILLed at once (bounded).
+        For a second stop signal while `stop` (or the cancellation of `run`) is under way."""
+        for worker in self.workers:
+            worker.force()
+
     async def on_reload(self, new: FrameConfig, changed: list[str]) -> None:
-        """A reload hook: VM changes are not applied live; say so."""
+        """A reload hook: VM changes are not applied live; say so. Running VMs keep the
+        settings they were launched with, their ladder's timeouts included."""
         vm_changes = [path for path in changed if path == "vms" or path.startswith("vms.")]
         if vm_changes:
             await self.publisher.publish(

@@ -60,8 +60,28 @@ def is_alive(pid: int, started: int | None = None) -> bool:
     return started is None or stat.start_time == started
 
 
+def group_exists(pgid: int) -> bool:
+    """True while the process group `pgid` has any member (zombies included): a kill(0) probe,
+    one system call, no /proc scan."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, but is not ours to signal
+    return True
+
+
+def reused_leader(pgid: int, leader_start: int) -> bool:
+    """True when a process with pid `pgid` runs that started at another time than the group's
+    recorded leader: the number was handed out again, so the group is not ours (one read)."""
+    stat = read_stat(pgid)
+    return stat is not None and stat.start_time != leader_start
+
+
 def group_members(pgid: int) -> list[ProcStat]:
-    """Live (non-zombie) processes whose process group is `pgid`; scans /proc."""
+    """Live (non-zombie) processes whose process group is `pgid`; scans all of /proc (slow:
+    call it off the event loop, and only when `group_exists` said yes)."""
     members = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -79,8 +99,22 @@ def orphan_group(pgid: int, leader_start: int) -> list[ProcStat]:
     the kernel does not hand that pid out again; so a live process with pid == pgid and another
     start time means the group died and the number was reused: not ours.
     """
+    if not group_exists(pgid) or reused_leader(pgid, leader_start):
+        return []
     members = group_members(pgid)
     for member in members:
         if member.pid == pgid and member.start_time != leader_start:
             return []
     return members
+
+
+def live_groups() -> dict[int, list[ProcStat]]:
+    """Every live (non-zombie) process of the host by process group: one scan of /proc for any
+    number of groups (slow: call it off the event loop)."""
+    groups: dict[int, list[ProcStat]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = read_stat(int(name))
+            if stat is not None and stat.alive:
+                groups.setdefault(stat.pgid, []).append(stat)
+    return groups

@@ -13,8 +13,8 @@ polled, so a restart follows the backoff's end within milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from pathlib import Path
@@ -25,7 +25,15 @@ from frameos import events as ev
 from frameos.config import VmConfig
 from frameos.workers import LaunchError, overlay, pidfile, procfs
 from frameos.workers.bootstrap import BootstrapContext, run_bootstrap
-from frameos.workers.child import Child, signal_name, spawn
+from frameos.workers.child import (
+    SPAWN_ERRORS,
+    Child,
+    Tracking,
+    kill_group,
+    record_or_kill,
+    signal_name,
+    spawn,
+)
 from frameos.workers.cooperative import request_for
 from frameos.workers.ladder import Ladder, Method
 from frameos.workers.orphans import clean_up_after, discard_overlay, remove_stale_socket
@@ -34,6 +42,8 @@ from frameos.workers.publisher import Publisher
 from frameos.workers.restart import Decision, RestartTracker, Verdict
 
 LOG_MAX_BYTES = 8 * 1024 * 1024
+STOP_REASON = "frameos is stopping"
+LAUNCH_ERRORS: tuple[type[Exception], ...] = (LaunchError, *SPAWN_ERRORS)
 Spawner = Callable[[list[str], Mapping[str, str], Path | None, int], Awaitable[Child]]
 
 
@@ -59,6 +69,28 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     _S.STOPPING: frozenset({_S.STOPPED}),
     _S.STOPPED: frozenset(),
 }
+
+
+class BootState(Enum):
+    """The bootstrap of the current launch (SPEC §6)."""
+
+    NONE = "none"  # not launched yet
+    PENDING = "pending"  # launched; the bootstrap task has not begun
+    RUNNING = "running"
+    OK = "ok"  # succeeded, had nothing to do, or there are no steps
+    FAILED = "failed"  # failed or was interrupted
+
+
+_B = BootState
+BOOT_TRANSITIONS: dict[BootState, frozenset[BootState]] = {
+    _B.NONE: frozenset({_B.PENDING, _B.OK}),
+    _B.PENDING: frozenset({_B.RUNNING}),
+    _B.RUNNING: frozenset({_B.OK, _B.FAILED}),
+    _B.OK: frozenset({_B.PENDING, _B.OK}),
+    _B.FAILED: frozenset({_B.PENDING, _B.OK}),
+}
+# The bound on a ladder run under cancellation, beyond its rungs: the final kill's wait.
+LADDER_SLACK_S = 0.5
 
 
 async def default_spawner(
@@ -89,14 +121,14 @@ class VmWorker:
         self.attempt = 0
         self.child: Child | None = None
         self.launched_at = 0.0
-        self.boot = "none"  # none | pending | running | ok | failed
+        self.boot = BootState.NONE
         self.last_abnormal = False
         self._stop_reason = ""
         self._stop_requested = trio.Event()
         self._done = trio.Event()
         self._wake: trio.CancelScope | None = None
-        self._laddered = False
-        self._running = False
+        self._ladder_scope: trio.CancelScope | None = None  # set while a ladder runs
+        self._laddered = False  # a ladder ran in this stop
 
     @property
     def name(self) -> str:
@@ -114,6 +146,14 @@ class VmWorker:
             )
         self.state = to
 
+    def set_boot(self, to: BootState) -> None:
+        """Move the bootstrap state to `to`; an illegal transition is a bug and raises."""
+        if to not in BOOT_TRANSITIONS[self.boot]:
+            raise RuntimeError(
+                f"vm {self.name}: illegal bootstrap transition {self.boot.value} → {to.value}"
+            )
+        self.boot = to
+
     def uptime_s(self) -> float:
         if self.state is not VmState.RUNNING:
             return 0.0
@@ -129,23 +169,26 @@ class VmWorker:
         """Clean up after a previous instance, then launch and supervise until `stop`.
 
         `started` comes after the first launch (with its pid, or None when it failed).
-        Cancellation kills the VM's process group (shielded, bounded) and leaves no pidfile.
+        Cancellation stops a running VM through its ladder (shielded, bounded by the rungs'
+        timeouts; `force` cuts it short) and leaves no process and no pidfile.
         """
-        if self._running:  # stop() came first and did it all
+        if self.state is not VmState.IDLE:  # stop() came first and did it all
             task_status.started(None)
             return
-        self._running = True
         try:
+            self.set_state(VmState.STARTING)
             self.paths.make_dirs()
             await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay, self.publisher)
             await self._supervise(task_status)
         finally:
+            self._finish_stop()
             self._done.set()
 
     async def _supervise(self, task_status: trio.TaskStatus[int | None]) -> None:
         reported = False
         while not self._stop_requested.is_set():
-            self.set_state(VmState.STARTING)
+            if self.state is not VmState.STARTING:
+                self.set_state(VmState.STARTING)
             child = await self._launch()
             if not reported:
                 task_status.started(child.pid if child else None)
@@ -161,7 +204,6 @@ class VmWorker:
             )
         if not reported:
             task_status.started(None)
-        await self._finish_stop()
 
     async def _follow(self, decision: Decision) -> None:
         """Back off and return (to relaunch), or park until `stop` when there is no restart."""
@@ -201,17 +243,26 @@ class VmWorker:
             await fn(*args)
         self._wake = None
 
-    async def _finish_stop(self) -> None:
+    def _finish_stop(self) -> None:
+        """However the run ended (stop, cancellation): STOPPED, and said so."""
+        if self.state is VmState.STOPPED:
+            return
         if self.state is not VmState.STOPPING:
             self.set_state(VmState.STOPPING)
         if not self._laddered:  # nothing was running: say so, in the same two events
-            await self.publisher.publish(
-                ev.VmShutdownRequested(vm=self.name, reason=self._stop_reason)
+            self._say(
+                ev.VmShutdownRequested(
+                    vm=self.name, reason=self._stop_reason or STOP_REASON, deadline_ms=0
+                )
             )
-            await self.publisher.publish(
+            self._say(
                 ev.VmShutdownComplete(vm=self.name, outcome="graceful", total_ms=0, changed=False)
             )
         self.set_state(VmState.STOPPED)
+
+    def _say(self, event: ev.Event, severity: ev.Severity | None = None) -> None:
+        with contextlib.suppress(trio.ClosedResourceError):
+            self.publisher.publish_nowait(event, severity)
 
     # --- launch ----------------------------------------------------------------------------
 
@@ -236,7 +287,11 @@ class VmWorker:
                     )
                 )
             child = await self._start(argv)
-        except (LaunchError, OSError) as exc:
+            # Before any checkpoint: a pidfile, or no process (killed at once).
+            await record_or_kill(
+                child, lambda: self._write_pidfile(child), self.vm.timeouts.sigkill_ms / 1000
+            )
+        except LAUNCH_ERRORS as exc:
             await self.publisher.publish(
                 ev.Message(text=f"{self.name}: launch {self.attempt} failed: {_why(exc, self.vm)}"),
                 "error",
@@ -244,9 +299,8 @@ class VmWorker:
             if made_overlay:
                 await discard_overlay(self.name, self.paths.overlay, "shutdown", self.publisher)
             return None
-        # No checkpoint from the spawn to `_run_child`'s try: nothing can cancel us in between.
+        # No checkpoint from the pidfile to `_run_child`'s try: nothing can cancel us in between.
         self.child, self.launched_at = child, trio.current_time()
-        self._write_pidfile(child)
         return child
 
     async def _start(self, argv: list[str]) -> Child:
@@ -261,6 +315,7 @@ class VmWorker:
             os.close(log)
 
     def _write_pidfile(self, child: Child) -> None:
+        """The VM's pidfile, with what an orphan's ladder needs: the settings of this launch."""
         vm = self.vm
         pidfile.write(
             self.paths.pidfile,
@@ -282,31 +337,55 @@ class VmWorker:
     # --- from launch to exit ---------------------------------------------------------------
 
     async def _run_child(self, child: Child) -> float:
-        """Bootstrap alongside; the ladder on `stop`; the exit reported. Returns the uptime."""
+        """Bootstrap alongside; the ladder on `stop` or cancellation; the exit reported.
+        Returns the uptime."""
         self.set_state(VmState.RUNNING)
         has_steps = self.vm.bootstrap is not None and bool(self.vm.bootstrap.steps)
-        self.boot = "pending" if has_steps else "ok"
+        self.set_boot(BootState.PENDING if has_steps else BootState.OK)
         boot_scope = trio.CancelScope()
         try:
-            await self.publisher.publish(
-                ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt)
-            )
+            self._say(ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt))
             async with trio.open_nursery() as nursery:
                 if has_steps:
                     nursery.start_soon(self._bootstrap, child, boot_scope)
                 await self._interruptible(child.wait)
                 boot_scope.cancel()
                 if not child.exited:  # stop() was called
-                    self.set_state(VmState.STOPPING)
-                    self._laddered = True
-                    await self._ladder(child).run(self._stop_reason)
+                    await self._stop_child(child, self._stop_reason, shielded=False)
+        except BaseException as exc:
+            if not child.exited and not self._laddered:  # cancelled: still through the ladder
+                await self._stop_child(child, _cancel_reason(exc), shielded=True)
+            raise
         finally:
             await self._reap(child)
         return trio.current_time() - self.launched_at
 
+    async def _stop_child(self, child: Child, reason: str, *, shielded: bool) -> None:
+        """The ladder, in a scope `force` cancels; under cancellation shielded and bounded by
+        the rungs' timeouts."""
+        if self.state is not VmState.STOPPING:
+            self.set_state(VmState.STOPPING)
+        self._stop_reason = self._stop_reason or reason
+        self._laddered = True
+        ladder = self._ladder(child)
+        with trio.CancelScope(shield=shielded) as scope:
+            if shielded:
+                budget_s = ladder.timeouts.total_ms / 1000 + LADDER_SLACK_S
+                scope.deadline = trio.current_time() + budget_s
+            self._ladder_scope = scope
+            try:
+                await ladder.run(reason)
+            finally:
+                self._ladder_scope = None
+
+    def force(self) -> None:
+        """Cut a running ladder short: its group is SIGKILLed at once (bounded)."""
+        if self._ladder_scope is not None:
+            self._ladder_scope.cancel()
+
     async def _bootstrap(self, child: Child, scope: trio.CancelScope) -> None:
         with scope:
-            self.boot = "running"
+            self.set_boot(BootState.RUNNING)
             ok = False
             try:
                 ok = await run_bootstrap(
@@ -319,7 +398,7 @@ class VmWorker:
                     )
                 )
             finally:
-                self.boot = "ok" if ok else "failed"
+                self.set_boot(BootState.OK if ok else BootState.FAILED)
 
     def _ladder(self, child: Child) -> Ladder:
         vm = self.vm
@@ -332,6 +411,7 @@ class VmWorker:
             qmp_socket=self.paths.qmp_socket,
             env=child_env(self.base_env, vm.env),
             cwd=vm.cwd,
+            tracking=Tracking(self.paths.procs, self.name, "command"),
         )
         return Ladder(
             self.name,
@@ -355,29 +435,25 @@ class VmWorker:
     async def _reap(self, child: Child) -> None:
         """However the run ended (exit, ladder, cancellation): no process of the group left,
         the exit reported, the pidfile and the overlay gone."""
-        if not child.exited:
-            with trio.move_on_after(self.vm.timeouts.sigkill_ms / 1000, shield=True):
-                child.signal_group(signal.SIGKILL)
-                await child.wait()
-        child.kill_leftovers()
+        await kill_group(child, self.vm.timeouts.sigkill_ms / 1000)
         self.child = None
         code = child.returncode
         self.last_abnormal = code != 0
-        self.publisher.publish_nowait(
+        self._say(
             ev.VmExited(
                 vm=self.name,
                 pid=child.pid,
                 exit_code=code if code is None or code >= 0 else None,
                 signal=signal_name(-code) if code is not None and code < 0 else None,
                 uptime_ms=int((trio.current_time() - self.launched_at) * 1000),
-                expected=self._stop_requested.is_set(),
+                expected=self._stop_requested.is_set() or self._laddered,
             ),
             None if self._laddered else "warn",
         )
         pidfile.remove(self.paths.pidfile)
         reclaimed = overlay.discard(self.paths.overlay) if self.paths.overlay else None
         if reclaimed is not None:
-            self.publisher.publish_nowait(
+            self._say(
                 ev.VmLayerDiscarded(
                     vm=self.name,
                     overlay_path=str(self.paths.overlay),
@@ -399,10 +475,8 @@ class VmWorker:
             self._stop_requested.set()
             if self._wake is not None:
                 self._wake.cancel()
-        if not self._running:
-            self._running = True
-            self.set_state(VmState.STOPPING)
-            await self._finish_stop()
+        if self.state is VmState.IDLE:  # run() never began: nothing to stop
+            self._finish_stop()
             self._done.set()
         await self._done.wait()
 
@@ -410,25 +484,37 @@ class VmWorker:
         """Why this VM keeps /readyz at 503 (SPEC §7.1)."""
         if self.state is VmState.GAVE_UP:
             return [f"vm {self.name}: gave up"]
-        if self.state is VmState.RUNNING and self.boot in ("pending", "running"):
+        if self.state is VmState.RUNNING and self.boot in (BootState.PENDING, BootState.RUNNING):
             return [f"vm {self.name}: bootstrap running"]
         if self.vm.restart.policy != "permanent":
             return []
         if self.state is not VmState.RUNNING:
             return [f"vm {self.name}: not running"]
-        if self.boot == "failed":
+        if self.boot is BootState.FAILED:
             return [f"vm {self.name}: bootstrap failed"]
         return []
 
 
 def _open_log(path: Path) -> int:
     """The VM's stdout/stderr file, appended to; rotated once to NAME.log.1 past 8 MiB."""
-    try:
-        if path.stat().st_size > LOG_MAX_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o640)
+    if os.fstat(fd).st_size > LOG_MAX_BYTES:
+        os.close(fd)
+        os.replace(path, path.with_name(path.name + ".1"))
+        fd = os.open(path, flags, 0o640)
+    return fd
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    """The reason a cancellation carries (trio's `cancel(reason=...)`), or STOP_REASON."""
+    if isinstance(exc, BaseExceptionGroup):
+        match, _ = exc.split(trio.Cancelled)
+        exc = match.exceptions[0] if match is not None else exc
+        return _cancel_reason(exc) if not isinstance(exc, BaseExceptionGroup) else STOP_REASON
+    if isinstance(exc, trio.Cancelled) and exc.reason:
+        return exc.reason
+    return STOP_REASON
 
 
 def _why(exc: BaseException, vm: VmConfig) -> str:
@@ -441,4 +527,9 @@ def _why(exc: BaseException, vm: VmConfig) -> str:
         return f"command {vm.command[0]!r} is not executable (permission denied)"
     if isinstance(exc, OSError):
         return f"cannot start {vm.command[0]!r}: {exc.strerror or exc}"
-    return str(exc)
+    if isinstance(exc, LaunchError):
+        return str(exc)
+    return (
+        f"cannot start {vm.command[0]!r}: {exc}; check the VM's command and env "
+        f"(no NUL bytes, no '=' or empty env names)"
+    )

@@ -1,0 +1,109 @@
+"""The command line as a person meets it: errors said once with the right usage, and human
+output that reads well. In-process through `main([...])` where that is the real path, and one
+real process to show the console script behaves the same."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from frameos import events as ev
+from frameos.cli import main
+from tests.conftest import frameos_argv
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """main(args) → (exit status, stdout, stderr); argparse's exits become the status."""
+    try:
+        status = main(list(args))
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (("run", "--bogus"), "usage: frameos run "),
+        (("check", "--bogus", "x"), "usage: frameos check "),
+        (("check", "--output", "xml"), "usage: frameos check "),
+        (("parity", "--probe-timeout", "soon"), "usage: frameos parity "),
+        (("contract", "extra"), "usage: frameos contract"),
+        (("bogus",), "usage: frameos [-h]"),
+        ((), "usage: frameos [-h]"),
+    ],
+)
+def test_a_bad_flag_gets_its_commands_usage_and_one_error_line(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], usage: str
+) -> None:
+    status, out, err = run_main(capsys, *args)
+    assert status == 2
+    assert out == ""
+    assert err.startswith(usage)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("frameos: error: ")
+    assert "frameos frameos" not in err
+
+
+def test_the_console_script_says_the_same(tmp_path: Path) -> None:
+    result = subprocess.run(
+        frameos_argv("run", "--bogus"), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: frameos run ")
+    assert "frameos: error: unrecognized arguments: --bogus\n" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_and_config_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run_main(capsys, "run", "--demo", "--config", "frame.json")
+    assert (status, out) == (2, "")
+    assert err == "frameos: --demo and --config exclude each other: the demo has its own config\n"
+
+
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "frame.json"
+    path.write_text(json.dumps({"vms": [{"command": []}], "bogus": 1}))
+    return path
+
+
+def test_a_failed_check_prints_one_problem_per_line_for_a_person(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = bad_config(tmp_path)
+    status, out, err = run_main(capsys, "check", "--config", str(path), "--output", "human")
+    assert (status, err) == (1, "")  # said once, by the event
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0].endswith("check failed: 3 problems")
+    problems = [line.strip() for line in lines[1:]]
+    assert [p.split(": ")[1] for p in problems] == ["vms[0].name", "vms[0].command", "bogus"]
+    assert all(p.startswith(f"- {path}: ") for p in problems)
+
+
+def test_a_failed_check_in_json_is_one_event_and_the_problems_on_stderr(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = bad_config(tmp_path)
+    status, out, err = run_main(capsys, "check", "--config", str(path), "--output", "json")
+    assert status == 1
+    (line,) = out.splitlines()
+    envelope = json.loads(line)
+    assert envelope["event"] == ev.RuntimeCheckFailed.NAME
+    assert len(envelope["fields"]["problems"]) == 3
+    assert err.splitlines()[0] == "frameos: configuration has problems:"
+    assert len(err.splitlines()) == 4
+
+
+def test_a_good_check_reads_as_a_sentence(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "frame.json"
+    path.write_text(json.dumps({"vms": [{"name": "web", "command": ["/bin/true"]}]}))
+    status, out, err = run_main(capsys, "check", "--config", str(path), "--output", "human")
+    assert status == 0, err
+    assert f"config {path} is valid (1 VM, 0 apps, 0 scenes)" in out

@@ -1,0 +1,353 @@
+"""The front door with raw sockets: every connection ends, every refusal is JSON (issue 8 #3,
+#8, #9), and hypercorn is used through its public API only (issue 9)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import trio
+
+import frameos
+from frameos.events import Message
+from frameos.server.httphead import MAX_HEAD_BYTES, Rejected, parse_head
+from tests.test_server import Server, serving
+
+UPGRADE = (
+    b"connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+async def until_eof(stream: trio.SocketStream, seconds: float = 5) -> bytes:
+    """Everything the server sends until it closes; fails if it does not close in time."""
+    data = b""
+    with trio.fail_after(seconds):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data
+
+
+async def talk(port: int, raw: bytes) -> bytes:
+    """Send raw bytes; return all the server answers; the server must end the connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(raw)
+        return await until_eof(stream)
+
+
+def responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split raw bytes into (status, headers, body) responses (Content-Length framed)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip())
+            for k, v in (ln.decode().split(":", 1) for ln in lines[1:] if b":" in ln)
+        )
+        length = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split(b" ")[1]), headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def one_error(data: bytes, status: int) -> dict[str, object]:
+    """Exactly one response, `status`, in the documented error shape."""
+    [(got, headers, body)] = responses(data)
+    assert got == status, data
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert set(error) == {"error", "message", "details"}, error
+    return error
+
+
+def no_errors(server: Server) -> None:
+    """Nothing was reported as an internal failure (no `message` with severity error)."""
+    errors = [e for e in server.bus.ring if e.severity == "error"]
+    assert not errors, [e.line for e in errors]
+
+
+# --- issue 8 #3: every HTTP connection ends --------------------------------------------------
+
+
+async def test_connection_close_and_http10_end_the_connection(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        for request in (
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            b"GET /healthz HTTP/1.0\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /readyz HTTP/1.1\r\nhost: x\r\n"
+            b"connection: close\r\n\r\n",
+        ):
+            answers = responses(await talk(server.port, request))
+            assert [status for status, _, _ in answers] == [200] * request.count(b"GET ")
+
+
+async def test_keep_alive_timeout_is_enforced(tmp_path: Path) -> None:
+    async with serving(tmp_path, keep_alive_s=0.3) as server:
+        streams = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(20)]
+        for stream in streams:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        for stream in streams:
+            [(status, _, _)] = responses(await until_eof(stream))  # closed once idle
+            assert status == 200
+            await stream.aclose()
+
+
+async def test_stop_does_not_wait_for_idle_keep_alive_clients(tmp_path: Path) -> None:
+    # graceful_s is 30 s: a stop that waited for the idle connection would fail the deadline
+    async with serving(tmp_path, graceful_s=30, keep_alive_s=60) as server:
+        idle = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await idle.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(5):
+            while not (answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"}")):
+                answer += await idle.receive_some(65536)
+        server.stop.set()
+        assert await until_eof(idle) == b""
+        await idle.aclose()
+
+
+# --- issue 8 #8: upgrades elsewhere and bad cursors are JSON, never 500 ----------------------
+
+
+async def test_websocket_upgrades_elsewhere_get_404_json(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        for path in ("/", "/healthz", "/ws/eventsx", "/v1/events"):
+            error = one_error(
+                await talk(
+                    server.port, f"GET {path} HTTP/1.1\r\nhost: x\r\n".encode() + UPGRADE + b"\r\n"
+                ),
+                404,
+            )
+            assert error["error"] == "not_found"
+        # the event stream after a keep-alive request on the same connection
+        data = await talk(
+            server.port,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"GET /ws/events HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"\r\n",
+        )
+        (first, _, _), (second, _, body) = responses(data)
+        assert (first, second) == (200, 404)
+        assert "first request" in json.loads(body)["message"]
+        no_errors(server)
+
+
+@pytest.mark.parametrize("since", ["%C2%B2", "1" * 5000, "-1", "", "1e3"])
+async def test_bad_since_gets_400_naming_it(tmp_path: Path, since: str) -> None:
+    async with serving(tmp_path) as server:
+        request = f"GET /ws/events?since={since} HTTP/1.1\r\nhost: x\r\n".encode() + UPGRADE
+        error = one_error(await talk(server.port, request + b"\r\n"), 400)
+        assert error["error"] == "invalid_cursor"
+        assert error["details"] == {"parameter": "since"}
+        assert "since" in str(error["message"]) and "pass the seq" in str(error["message"])
+        status, _, body = responses(
+            await talk(
+                server.port,
+                f"GET /v1/events?after={since} HTTP/1.1\r\nhost: x\r\n"
+                "connection: close\r\n\r\n".encode(),
+            )
+        )[0]
+        if since:  # an empty after= means the default
+            assert status == 400 and json.loads(body)["details"] == {"parameter": "after"}
+        no_errors(server)
+
+
+# --- issue 8 #9: RFC 6455 / RFC 9112 details ---------------------------------------------------
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    data = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + key + data
+
+
+async def upgraded(port: int) -> tuple[trio.SocketStream, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /ws/events HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"\r\n")
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+    assert data.startswith(b"HTTP/1.1 101 ")
+    return stream, data.partition(b"\r\n\r\n")[2]
+
+
+def close_code(data: bytes) -> int:
+    start = data.index(b"\x88")
+    return int(struct.unpack("!H", data[start + 2 : start + 4])[0])
+
+
+async def test_invalid_utf8_closes_1007_and_a_client_1007_is_echoed(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        stream, rest = await upgraded(server.port)
+        async with stream:
+            await stream.send_all(masked(0x1, b"ok \xff\xfe"))
+            assert close_code(rest + await until_eof(stream)) == 1007
+        stream, rest = await upgraded(server.port)
+        async with stream:
+            await stream.send_all(masked(0x8, struct.pack("!H", 1007) + b"bad data"))
+            assert close_code(rest + await until_eof(stream)) == 1007
+        assert server.hub.protocol_errors == 1  # the echo is a normal close
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (
+            b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+            b"sec-websocket-version: 8\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            426,
+            "upgrade_required",
+        ),
+        (
+            b"POST /ws/events HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            b"GET /ws/events HTTP/1.1\r\nhost: x\r\n"
+            + UPGRADE
+            + b"x-pad: "
+            + b"p" * MAX_HEAD_BYTES
+            + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * MAX_HEAD_BYTES + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"GET /healthz HTTP/2.0\r\nhost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (b"GET /healthz HTTP/9.9\r\nhost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_version_not_supported"),
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nno colon\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "bad_request"),  # no Host
+        (
+            b"POST /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+            501,
+            "not_implemented",
+        ),
+        (
+            b"POST /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            411,
+            "length_required",
+        ),
+    ],
+)
+async def test_refusals_are_json_and_close(
+    tmp_path: Path, request_bytes: bytes, status: int, code: str
+) -> None:
+    async with serving(tmp_path) as server:
+        error = one_error(await talk(server.port, request_bytes), status)
+        assert error["error"] == code
+        if status == 426:
+            data = await talk(server.port, request_bytes)
+            assert responses(data)[0][1]["sec-websocket-version"] == "13"
+        if status == 405:
+            data = await talk(server.port, request_bytes)
+            assert responses(data)[0][1]["allow"] == "GET"
+        no_errors(server)
+
+
+async def test_content_length_with_transfer_encoding_is_refused_without_smuggling(
+    tmp_path: Path,
+) -> None:
+    smuggled = b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n"
+    request = (
+        b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n" % (5 + len(smuggled))
+    ) + smuggled
+    async with serving(tmp_path) as server:
+        data = await talk(server.port, request)
+        error = one_error(data, 400)  # one answer only: the second request never ran
+        assert "Content-Length and Transfer-Encoding" in str(error["message"])
+        # after a good request, too: the refusal comes in order, then the connection ends
+        data = await talk(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" + request)
+        assert [status for status, _, _ in responses(data)] == [200, 400]
+
+
+async def test_a_bad_second_request_is_answered_in_order(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        data = await talk(
+            server.port,
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /x HTTP/9.9\r\nhost: x\r\n\r\n",
+        )
+        assert [status for status, _, _ in responses(data)] == [200, 505]
+
+
+async def test_bodies_are_framed_by_content_length(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        body = b"G" * 70_000  # over the app's 64 KiB: 413 from the app, then the next request
+        data = await talk(
+            server.port,
+            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
+            b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+            % len(body)
+            + body
+            + b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        assert [status for status, _, _ in responses(data)][0] == 405
+        assert [status for status, _, _ in responses(data)][-1] in (200, 413)
+
+
+def test_parse_head_strips_upgrade_and_frames() -> None:
+    head = parse_head(
+        b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert head.path == b"/a" and head.content_length == 3 and not head.last
+    assert b"upgrade" not in head.forward.lower() and head.forward.endswith(b"\r\n\r\n")
+    assert parse_head(b"GET / HTTP/1.0\r\n\r\n").last
+    assert not parse_head(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").last
+    for bad in (
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 1, 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: +1\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost : x\r\n\r\n",
+    ):
+        with pytest.raises(Rejected) as info:
+            parse_head(bad)
+        assert info.value.status == 400
+
+
+# --- issue 9: hypercorn through its public API only ------------------------------------------
+
+PUBLIC_HYPERCORN = {"hypercorn.config", "hypercorn.trio"}
+
+
+def test_frameos_imports_only_public_hypercorn_modules() -> None:
+    root = Path(frameos.__file__).parent
+    used: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] == "hypercorn":
+                    used.setdefault(name, set()).add(path.name)
+    assert used, "the front door serves through hypercorn"
+    assert set(used) <= PUBLIC_HYPERCORN, used
+
+
+async def test_no_private_hypercorn_object_is_held_after_serving(tmp_path: Path) -> None:
+    """hypercorn.trio.serve loads its own internals; frameos must not reach for them."""
+    import sys
+
+    async with serving(tmp_path) as server:
+        await talk(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("frameos") or module is None:
+                continue
+            for attr, value in vars(module).items():
+                owner = getattr(value, "__module__", None) or getattr(value, "__name__", "")
+                if isinstance(owner, str) and owner.startswith("hypercorn"):
+                    assert owner in PUBLIC_HYPERCORN, f"{name}.{attr} comes from {owner}"
+        await server.bus.publish(Message(text="still serving"))
