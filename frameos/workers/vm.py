@@ -109,6 +109,7 @@ class VmWorker:
         self.boot_error: str | None = None
         self._relaunch = False
         self._in_session = False  # a `run` is under way
+        self._forced = False  # `force`: ladders of this session are cut short
         self._changed = trio.Event()
         self._boot_scopes: set[trio.CancelScope] = set()
 
@@ -446,13 +447,17 @@ class VmWorker:
                 budget_s = ladder.timeouts.total_ms / 1000 + LADDER_SLACK_S
                 scope.deadline = trio.current_time() + budget_s
             self._ladder_scope = scope
+            if self._forced:  # `force` came before this ladder began
+                scope.cancel()
             try:
                 await ladder.run(reason)
             finally:
                 self._ladder_scope = None
 
     def force(self) -> None:
-        """Cut a running ladder short: its group is SIGKILLed at once (bounded)."""
+        """Cut a running ladder short: its group is SIGKILLed at once (bounded); a ladder that
+        begins later in this session is cut short as it begins."""
+        self._forced = True
         if self._ladder_scope is not None:
             self._ladder_scope.cancel()
 
@@ -601,6 +606,7 @@ class VmWorker:
             self._stop_requested = trio.Event()
             self._done = trio.Event()
             self._stop_reason, self._laddered, self._relaunch = "", False, False
+            self._forced = False
             self.tracker.reset()
         self.operator_stopped = False
 
