@@ -395,7 +395,7 @@ class CommandRejected(Event):
     SEVERITY = "warn"
     TEMPLATE = "{op} {target} rejected: {reason} ({detail})"
     op: str
-    target: str
+    target: str | None  # a VM name; None for a reload
     reason: str
     detail: str
 
