@@ -176,6 +176,7 @@ def load_window(
             str(deep),
             str(args.load_s),
             str(args.timeout),
+            str(args.poll_interval),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -183,6 +184,8 @@ def load_window(
     window_start = time.monotonic()
     probe.start()
     out, _ = pollers.communicate(timeout=args.load_s + args.timeout + 30)
+    if pollers.returncode != 0:
+        raise RuntimeError(f"the pollers' process failed (exit {pollers.returncode})")
     window_end = time.monotonic()
     stop.set()
     probe.join(args.timeout + 1)
@@ -203,7 +206,7 @@ def load_window(
     }
 
 
-def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
+def poll_deep(port: int, deep: int, seconds: float, timeout: float, interval: float) -> None:
     """The child process of (4): POLLERS threads poll deep until `seconds` passed; prints the
     durations (s) as one JSON list."""
     stop = threading.Event()
@@ -214,6 +217,7 @@ def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
                 port, f"/v1/events?after={deep - rng.randrange(1000)}&limit=100", timeout
             ),
             stop,
+            interval,
         )
         for _ in range(POLLERS)
     ]
@@ -227,9 +231,9 @@ def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 6 and sys.argv[1] == "--poll":
-        port, deep, seconds, timeout = sys.argv[2:]
-        poll_deep(int(port), int(deep), float(seconds), float(timeout))
+    if len(sys.argv) == 7 and sys.argv[1] == "--poll":
+        port, deep, seconds, timeout, interval = sys.argv[2:]
+        poll_deep(int(port), int(deep), float(seconds), float(timeout), float(interval))
         return 0
 
     def extra(parser: Any) -> None:
@@ -239,6 +243,12 @@ def main() -> int:
         parser.add_argument("--replay-cap", type=float, default=60.0)
         parser.add_argument("--timeout", type=float, default=10.0)
         parser.add_argument("--skip-replay", action="store_true")
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=0.0,
+            help="pause of each deep poller between polls (0: a tight loop, the default)",
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
     if "--runs" not in sys.argv[1:]:
@@ -336,6 +346,7 @@ def main() -> int:
                 p50_ms=[rnd(w["lag_p50"]) for w in windows],
                 heartbeats=[w["heartbeats"] for w in windows],
                 pollers=POLLERS,
+                poll_interval_s=args.poll_interval,
                 load_s=args.load_s,
                 polls=[w["polls"] for w in windows],
                 poll_p50_ms=[rnd(w["poll_p50"]) for w in windows],
