@@ -18,6 +18,8 @@ import trio.testing
 from frameos import events as ev
 from frameos.config import FrameConfig, validate_config
 from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile, procfs
+from frameos.workers import pool as pool_module
+from frameos.workers.launch import rotate_if_large
 from frameos.workers.paths import procs_dir
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeChild, FakeSpawner, RecordingPublisher
@@ -484,4 +486,44 @@ async def test_real_stop_during_a_bootstrap_kills_the_step_and_the_vm(tmp_path: 
             assert not alive(vm_pid) and not alive(record.pid)
             assert worker.state is VmState.STOPPED and worker.operator_stopped
             assert pidfile.records(procs_dir(tmp_path)) == []
+            work.cancel_scope.cancel()
+
+
+def test_rotate_if_large_copies_then_truncates(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, b"old\n" * 100)
+        assert not rotate_if_large(log, limit=400)  # at the bound: kept
+        os.write(fd, b"x")
+        assert rotate_if_large(log, limit=400)
+        assert (tmp_path / "a.log.1").read_bytes() == b"old\n" * 100 + b"x"
+        os.write(fd, b"new\n")  # the writer's open descriptor goes on at the new end
+        assert log.read_bytes() == b"new\n"
+    finally:
+        os.close(fd)
+    assert not rotate_if_large(tmp_path / "missing.log")
+
+
+async def test_a_running_vms_output_is_rotated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "LOG_MAX_BYTES", 100_000)
+    monkeypatch.setattr(pool_module, "LOG_CHECK_S", 0.01)
+    chatty = (
+        "import sys, time; sys.stdout.write('x' * 200_000); sys.stdout.flush(); time.sleep(600)"
+    )
+    config = frame(
+        tmp_path,
+        [vm("chatty", command=[sys.executable, "-c", chatty], cooperative={"method": "none"})],
+    )
+    pool = VmPool(config, RecordingPublisher())
+    log = Path(pool.snapshot("chatty").output_log)
+    assert log == tmp_path / "vms" / "chatty.log"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            rotated = log.with_name("chatty.log.1")
+            await until(lambda: rotated.exists() and rotated.stat().st_size == 200_000)
+            assert log.stat().st_size == 0  # nothing written since
             work.cancel_scope.cancel()

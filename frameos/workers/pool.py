@@ -195,7 +195,7 @@ class VmPool:
             await trio.sleep(LOG_CHECK_S)
             paths = [w.paths.log for w in self.workers if w.child is not None]
             if paths:
-                await trio.to_thread.run_sync(_rotate_all, paths)
+                await trio.to_thread.run_sync(_rotate_all, paths, LOG_MAX_BYTES)
 
     # --- operations (R2) ---------------------------------------------------------------------
 
@@ -478,10 +478,10 @@ def _remove(path: Path) -> int | None:
     return size
 
 
-def _rotate_all(paths: list[Path]) -> None:
+def _rotate_all(paths: list[Path], limit: int) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
-            rotate_if_large(path)
+            rotate_if_large(path, limit)
 
 
 class PoolCollector(Collector):
