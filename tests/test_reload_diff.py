@@ -250,3 +250,32 @@ async def test_apply_on_real_processes(tmp_path: Path) -> None:
     assert not any(procfs.is_alive(pid or 0) for pid in now.values())
     (discarded,) = of(pub, ev.VmLayerDiscarded, "gone")[-1:]
     assert discarded.reason == "shutdown"
+
+
+async def test_a_canceled_reload_leaves_what_it_stopped_stopped(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    pub = RecordingPublisher()
+    old = frame(tmp_path, [vm("swap", env={"V": "1"}), vm("gone")])
+    new = frame(tmp_path, [vm("swap", env={"V": "2"}), vm("added")])
+    async with trio.open_nursery() as outer:
+        spawner = FakeSpawner(outer, {SIGINT: 0.5})
+        pool = VmPool(old, pub, spawner=spawner, base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            gone = pool.worker("gone")
+            with trio.move_on_after(0.2) as cancelled:
+                await pool.apply(new)
+            assert cancelled.cancelled_caught
+            assert pool.names == ["swap", "added"]  # the pool took the new config at once
+            swap = pool.worker("swap")
+            await swap.wait_stopped()
+            await gone.wait_stopped()
+            assert (swap.state, swap.operator_stopped) == (VmState.STOPPED, True)
+            assert gone.state is VmState.STOPPED
+            assert spawner.children[0].exited and spawner.children[1].exited
+            launched = [launch[1]["FRAMEOS_VM"] for launch in spawner.launches]
+            assert sorted(launched) == ["added", "gone", "swap"]  # swap was not relaunched
+            await pool.start_vm("swap")  # the new settings
+            assert spawner.launches[-1][1]["V"] == "2"
+            await pool.stop("test")

@@ -322,6 +322,7 @@ class VmWorker:
         record = LaunchRecord(self.attempt)
         self.launches.append(record)
         self.launched_vm = vm = self.vm
+        self.paths = VmPaths.of(vm, self.state_dir)  # a reload may have changed them
         made_overlay = False
         try:
             argv = substitute(vm.command, self.paths)
@@ -617,7 +618,7 @@ class VmWorker:
         assert vm.name == self.name
         self.vm = vm
         self.tracker.config = vm.restart
-        if self.child is None:
+        if self.child is None and self.state is not VmState.STARTING:  # else: at its launch
             self.paths = VmPaths.of(vm, self.state_dir)
 
     def not_ready_reasons(self) -> list[str]:
