@@ -448,8 +448,6 @@ class VmWorker:
                 budget_s = ladder.timeouts.total_ms / 1000 + LADDER_SLACK_S
                 scope.deadline = trio.current_time() + budget_s
             self._ladder_scope = scope
-            if self._forced:  # `force` came before this ladder began
-                scope.cancel()
             try:
                 await ladder.run(reason)
             finally:
@@ -457,7 +455,7 @@ class VmWorker:
 
     def force(self) -> None:
         """Cut a running ladder short: its group is SIGKILLed at once (bounded); a ladder that
-        begins later in this session is cut short as it begins."""
+        begins later in this session goes straight to its SIGKILL rung."""
         self._forced = True
         if self._ladder_scope is not None:
             self._ladder_scope.cancel()
@@ -531,6 +529,7 @@ class VmWorker:
             request=request,
             timeouts=vm.timeouts,
             publisher=self.publisher,
+            forced=self._forced,
         )
 
     def _stop_command(self) -> list[str] | None:
