@@ -200,7 +200,7 @@ async def test_a_stop_cancels_a_start_in_flight(
             await pool.stop("test")
 
 
-async def test_a_cancelled_start_leaves_the_vm_stopped_through_its_ladder(
+async def test_a_cancelled_launch_leaves_the_vm_stopped(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     pub = RecordingPublisher()
@@ -219,7 +219,7 @@ async def test_a_cancelled_start_leaves_the_vm_stopped_through_its_ladder(
             async def cancel_the_start() -> None:
                 await spawner.waiting.wait()  # the launch is in flight
                 outer.start_soon(_open_later, spawner.gate)
-                scope.cancel()  # the caller's own cancellation (the runs service's)
+                scope.cancel(reason="run 2 (stop) won")  # the caller's own (the runs service's)
 
             outer.start_soon(cancel_the_start)
             with scope:
@@ -229,11 +229,14 @@ async def test_a_cancelled_start_leaves_the_vm_stopped_through_its_ladder(
                     cancelled = True
                     raise
             assert cancelled and scope.cancelled_caught
-            assert worker.state is VmState.STOPPED
-            child = spawner.children[-1]
-            assert child.exited and child.signals[0] == int(signal.SIGINT)
+            assert (worker.state, worker.operator_stopped) == (VmState.STOPPED, True)
+            assert len(spawner.children) == 1  # the canceled launch left no process
             assert not worker.paths.pidfile.exists()
             await pool.stop("test")
+    assert [e.reason for e in of(pub, ev.VmShutdownRequested, "a")] == [
+        "operator",
+        "run 2 (stop) won",
+    ]
 
 
 async def _open_later(gate: trio.Event) -> None:
@@ -527,3 +530,44 @@ async def test_a_running_vms_output_is_rotated(
             await until(lambda: rotated.exists() and rotated.stat().st_size == 200_000)
             assert log.stat().st_size == 0  # nothing written since
             work.cancel_scope.cancel()
+
+
+async def test_real_cancelled_start_during_its_bootstrap_stops_the_vm(tmp_path: Path) -> None:
+    armed = tmp_path / "armed"
+    config = frame(
+        tmp_path,
+        [
+            boot_vm(
+                "real",
+                ["sh", "-c", f"touch {armed}; exec sleep 600"],
+                command=[sys.executable, "-c", "import time; time.sleep(600)"],
+                cooperative={"method": "signal", "signal": "SIGTERM"},
+            )
+        ],
+    )
+    pub = RecordingPublisher()
+    pool = VmPool(config, pub)
+    worker = pool.worker("real")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)  # its first bootstrap hangs: the start_vm below waits
+            scope = trio.CancelScope()
+            seen: list[int] = []
+
+            async def cancel_during_the_bootstrap() -> None:
+                await until(lambda: armed.exists() and bool(pidfile.records(procs_dir(tmp_path))))
+                (record,) = [pidfile.read(p) for p in pidfile.records(procs_dir(tmp_path))]
+                assert record is not None and worker.pid is not None
+                seen.extend([worker.pid, record.pid])
+                scope.cancel(reason="run 2 (stop) won")
+
+            work.start_soon(cancel_during_the_bootstrap)
+            with scope:
+                await pool.start_vm("real")
+            assert scope.cancelled_caught and len(seen) == 2
+            assert not any(alive(pid) for pid in seen)  # the VM and its bootstrap step
+            assert (worker.state, worker.operator_stopped) == (VmState.STOPPED, True)
+            assert pidfile.records(procs_dir(tmp_path)) == []
+            work.cancel_scope.cancel()
+    (requested,) = of(pub, ev.VmShutdownRequested, "real")
+    assert requested.reason == "the start was canceled: run 2 (stop) won"

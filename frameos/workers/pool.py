@@ -396,10 +396,10 @@ class VmPool:
                 raise OperationFailed(f"vm {worker.name}: bootstrap failed: {why}")
         except OperationFailed:
             raise
-        except BaseException:
+        except BaseException as exc:
             worker.operator_stopped = True
             with trio.CancelScope(shield=True):
-                await worker.stop("the start was canceled")
+                await worker.stop(_canceled_because(exc))
             raise
 
     async def _launch(self, worker: VmWorker) -> LaunchRecord:
@@ -467,6 +467,16 @@ class VmPool:
 
     def collector(self) -> Collector:
         return PoolCollector(self)
+
+
+def _canceled_because(exc: BaseException) -> str:
+    """The stop reason of a canceled start: the cancellation's reason when it has one (the
+    runs service says which run won), else a plain one."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, trio.Cancelled) and exc.reason:
+        return f"the start was canceled: {exc.reason}"
+    return "the start was canceled"
 
 
 def _raise_if_canceled(scope: trio.CancelScope, name: str, op: str) -> None:

@@ -207,6 +207,10 @@ class VmWorker:
             self.paths.make_dirs()
             await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay, self.publisher)
             await self._supervise(task_status)
+        except BaseException as exc:
+            if not self._stop_reason:  # ended by a cancellation: say whose, when it says
+                self._stop_reason = _cancel_reason(exc)
+            raise
         finally:
             self._in_session = False
             self._finish_stop()
