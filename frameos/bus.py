@@ -178,19 +178,24 @@ class Bus:
     async def publish(self, event: Event, severity: Severity | None = None) -> Envelope:
         """Publish; waits only while the unwritten events are above the high-water mark.
 
-        Cancellation while waiting leaves the event unpublished.
+        Raises trio.ClosedResourceError once the bus is closed. Cancellation while waiting
+        leaves the event unpublished.
         """
         while self._unwritten_bytes > self.high_water_bytes and not self._closed:
             await self._room.wait()
-        return self.publish_nowait(event, severity)
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        return self._enqueue(event, severity)
 
     def _enqueue(self, event: Event, severity: Severity | None) -> Envelope:
-        self._seq += 1
-        envelope = encode(event, self._seq, self._clock(), severity)
-        self._pending.append(envelope)
+        self._seq = seq = self._seq + 1
+        envelope = encode(event, seq, self._clock(), severity)
+        pending = self._pending
+        pending.append(envelope)
         self._unwritten_bytes += len(envelope.line)
         self.published += 1
-        self._wake.set()
+        if len(pending) == 1:  # the writer re-checks `_pending` before it waits again
+            self._wake.set()
         return envelope
 
     # --- subscribers ---------------------------------------------------------------------------
