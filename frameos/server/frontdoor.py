@@ -65,7 +65,6 @@ class FrontDoor:
         self.fds_in_use = 0
         self.connections = 0
         self.stopping = False
-        self.at_limit_total = 0  # times the budget or EMFILE held back accepting
         self._released = trio.Event()
         self._idle = trio.Event()
         self._idle_waits: set[trio.CancelScope] = set()
@@ -148,8 +147,7 @@ class FrontDoor:
                 nursery.start_soon(self._handle, stream)
 
     def _limit_reached(self, text: str) -> None:
-        """Warn once per episode (until usage falls to half the budget); count every time."""
-        self.at_limit_total += 1
+        """Warn once per episode (until usage falls to half the budget)."""
         if not self._warned:
             self._warned = True
             self.hub.bus.publish_nowait(Message(text=text), "warn")
