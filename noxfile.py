@@ -25,8 +25,12 @@ def tests(session: nox.Session) -> None:
     of every `frameos` process the e2e tests start (pyproject's [tool.coverage.run]: `patch`
     makes the children measure themselves, `parallel` gives each its data file)."""
     session.install("-e", ".[test]", COVERAGE)
-    # one absolute data file prefix, whatever the cwd a test gives its subprocess
-    session.env["COVERAGE_FILE"] = str(Path(".coverage").resolve())
+    # One absolute data file prefix, whatever the cwd a test gives its subprocess, in a
+    # directory that a subprocess which dropped root (tests/test_config.py) can write too.
+    data = Path(".nox", "coverage").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o1777)
+    session.env["COVERAGE_FILE"] = str(data / ".coverage")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", "--quiet")

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ class FrameosRun:
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self.ready = threading.Event()
         self.lines = 0
-        self.tail: list[str] = []
+        self.tail: deque[str] = deque(maxlen=50)  # the last lines of stdout
         self.ready_line: dict[str, Any] | None = None
         self.on_line = on_line
         self.started = time.perf_counter()
@@ -210,8 +211,7 @@ class FrameosRun:
                 self.ready.set()
             if self.on_line is not None:
                 self.on_line(raw)
-            if len(self.tail) < 50:
-                self.tail.append(raw.decode(errors="replace").rstrip())
+            self.tail.append(raw.decode(errors="replace").rstrip())
 
     @property
     def port(self) -> int:
@@ -229,7 +229,7 @@ class FrameosRun:
             self.stop()
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
             raise RuntimeError(f"frameos run was not ready within {timeout} s; "
-                               f"stdout: {self.tail[-5:]}; stderr: {err[-2000:]}")
+                               f"stdout: {list(self.tail)[-5:]}; stderr: {err[-2000:]}")
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:

@@ -61,7 +61,16 @@ class Session:
         self.failed: list[str] = []
         self.started = time.monotonic()
 
+        # the instance under test: a failed check quotes its last stderr lines
+        self.watched: tuple[FrameosRun, Path, str] | None = None
+
+    def watch(self, run: FrameosRun, config: Path, tag: str) -> FrameosRun:
+        self.watched = (run, config, tag)
+        return run
+
     def check(self, scenario: str, name: str, ok: bool, **detail: Any) -> bool:
+        if not ok and self.watched is not None:
+            detail["frameos_output"] = stderr_tail(*self.watched)
         emit(chaos=scenario, check=name, ok=bool(ok), **detail)
         if not ok:
             self.failed.append(f"{scenario}.{name}")
@@ -139,9 +148,20 @@ def start(
     argv: list[str] | None = None,
     on_line: Callable[[bytes], None] | None = None,
 ) -> FrameosRun:
+    """A tagged `frameos run`; its stderr goes to stderr-TAG.txt beside the config."""
     env = dict(os.environ)
     env[TAG_VAR] = tag
-    return FrameosRun(config, env=env, argv=argv or [], on_line=on_line, stderr=subprocess.DEVNULL)
+    with (config.parent / f"stderr-{tag}.txt").open("wb") as stderr:
+        return FrameosRun(config, env=env, argv=argv or [], on_line=on_line, stderr=stderr.fileno())
+
+
+def stderr_tail(run: FrameosRun, config: Path, tag: str, lines: int = 8) -> list[str]:
+    """The last lines frameos wrote on stderr, and on stdout (to explain a failed check)."""
+    try:
+        text = (config.parent / f"stderr-{tag}.txt").read_text(errors="replace")
+    except OSError:
+        text = ""
+    return [*text.splitlines()[-lines:], *(f"stdout: {t[:300]}" for t in list(run.tail)[-3:])]
 
 
 def new_tag(scenario: str) -> str:
@@ -317,7 +337,7 @@ def r1(session: Session, rounds: int, churners: int) -> None:
         for index in range(rounds):
             tag = new_tag("r1")
             tags.append(tag)
-            run = start(config, tag, on_line=on_line)
+            run = session.watch(start(config, tag, on_line=on_line), config, tag)
             if not session.check("r1", "ready", wait_ready(run, 30), round=index):
                 return
             if index:
@@ -352,7 +372,7 @@ def r1(session: Session, rounds: int, churners: int) -> None:
         # the last instance: start, see the previous one gone, stop cleanly, check it all
         tag = new_tag("r1")
         tags.append(tag)
-        run = start(config, tag)
+        run = session.watch(start(config, tag), config, tag)
         if session.check("r1", "ready", wait_ready(run, 30), round=rounds):
             gone = wait_for(lambda: not tagged(tags[-2]), 5.0)
             session.check(
@@ -393,7 +413,7 @@ def r1(session: Session, rounds: int, churners: int) -> None:
 def wait_ready(run: FrameosRun, timeout: float) -> bool:
     if run.ready.wait(timeout):
         return True
-    note(f"not ready in {timeout} s; exit {run.proc.poll()}; stdout tail {run.tail[-3:]}")
+    note(f"not ready in {timeout} s; exit {run.proc.poll()}; stdout {list(run.tail)[-3:]}")
     return False
 
 
@@ -456,11 +476,11 @@ def disk(session: Session) -> None:
     run: FrameosRun | None = None
     filler = mount / "filler"
     try:
-        run = start(config, tag)
+        run = session.watch(start(config, tag), config, tag)
         if not session.check("disk", "ready", wait_ready(run, 30)):
             return
         port = run.port
-        vm_pids = _vm_pids(tag, "sleep")
+        vm_pids = _vm_pids(tag, ["sleep", "600"])
         fill(filler)
         degraded = wait_for(
             lambda: health(port) == "degraded" or run.proc.poll() is not None, 10.0, 0.1
@@ -512,11 +532,13 @@ def fill(path: Path) -> int:
     return written
 
 
-def _vm_pids(tag: str, name: str) -> list[int]:
+def _vm_pids(tag: str, argv: list[str]) -> list[int]:
+    """Processes of the tagged instance whose command line is exactly `argv`."""
+    want = b"\0".join(a.encode() for a in argv) + b"\0"
     out = []
     for pid in tagged(tag):
         with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == want:
                 out.append(pid)
     return out
 
@@ -578,7 +600,9 @@ def conns(session: Session, count: int) -> None:
     run: FrameosRun | None = None
     held: list[socket.socket] = []
     try:
-        run = start(config, tag, argv=["prlimit", "--nofile=1024", "--"])
+        run = session.watch(
+            start(config, tag, argv=["prlimit", "--nofile=1024", "--"]), config, tag
+        )
         if not session.check("conns", "ready", wait_ready(run, 30)):
             return
         port = run.port
@@ -718,7 +742,7 @@ def fifo(session: Session) -> None:
     tag = new_tag("fifo")
     run: FrameosRun | None = None
     try:
-        run = start(config, tag)
+        run = session.watch(start(config, tag), config, tag)
         if not session.check("fifo", "ready", wait_ready(run, 30)):
             return
         pipe = base / "frame.fifo"
@@ -767,6 +791,7 @@ def main() -> int:
     }
     for name, step in steps.items():
         if name in only:
+            session.watched = None
             t0 = time.monotonic()
             try:
                 step()
