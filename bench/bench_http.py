@@ -134,9 +134,12 @@ def wrk(port: int, seconds: float) -> dict[str, Any]:
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    out = subprocess.run([exe, "-t2", "-c32", f"-d{seconds:g}s", "--latency",
-                          f"http://127.0.0.1:{port}/healthz"],
-                         capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    done = subprocess.run([exe, "-t2", "-c32", f"-d{seconds:g}s", "--latency",
+                           f"http://127.0.0.1:{port}/healthz"],
+                          capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    out = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     figures: dict[str, Any] = {"rps": rps}
     for pct in ("50", "99"):

@@ -96,7 +96,6 @@ async def serve_frameos(queue_depth: int | None = None, fsync: str | None = None
     bus = Bus(log, last_seq=log.open().last_seq, fsync=config.event_log.fsync)
     state = RuntimeState(config=config, config_source="bench")
     hub = WsHub(bus, config.websocket)
-    bus.subscribe(hub)
     door = FrontDoor(create_app(state, bus, hub, Metrics(state, bus, hub)), hub)
     stop = trio.Event()
 

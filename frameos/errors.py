@@ -35,10 +35,26 @@ class Problem:
         return f"{where}: {self.message}"
 
 
+# A file can hold tens of thousands of mistakes; a person reads the first few.
+MAX_PROBLEMS = 20
+
+
 class ConfigError(FrameosError):
-    """Invalid configuration or manifest: one or more problems, reported together."""
+    """Invalid configuration or manifest: one or more problems, reported together.
+
+    At most MAX_PROBLEMS are kept; a last one says how many more there were."""
 
     def __init__(self, problems: list[Problem]) -> None:
+        if len(problems) > MAX_PROBLEMS:
+            more = len(problems) - MAX_PROBLEMS
+            problems = [
+                *problems[:MAX_PROBLEMS],
+                Problem(
+                    problems[MAX_PROBLEMS].source,
+                    "",
+                    f"and {more} more problem{'s' if more > 1 else ''} not shown; fix these first",
+                ),
+            ]
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
 

@@ -40,6 +40,7 @@ PREFIX = b'{"v":%d,"seq":' % ENVELOPE_VERSION
 PROBE = 4096  # bytes read at a time when looking for a line boundary
 SCAN_BYTES = 16 << 10  # below this span the binary search reads the lines in one go
 SNAPSHOT_TRIES = 3  # a rotation racing a reader is retried this often
+MIN_FREE_BYTES = 64 << 10  # below this at open, the disk counts as full
 ROTATE_RETRY_FIRST_S = 0.05
 ROTATE_RETRY_MAX_S = 2.0
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -138,12 +139,19 @@ class EventLog:
                 f"pass another --event-log"
             ) from None
         try:
+            _require_room(fd)
             recovery = self._recover(fd)
             self._size = os.fstat(fd).st_size
         except OSError as exc:
             os.close(fd)
             raise EventLogError(
                 f"event log {self.path}: cannot recover its tail ({explain(exc)})"
+            ) from None
+        except _DiskFull as full:
+            os.close(fd)
+            raise EventLogError(
+                f"event log {self.path}: only {full.free} bytes free on its filesystem; free "
+                f"space on it, or choose another path with --event-log"
             ) from None
         self._fd = fd
         return recovery
@@ -365,6 +373,20 @@ class EventLog:
                 return True
             chain.insert(0, seg)
         return False
+
+
+class _DiskFull(Exception):
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+
+def _require_room(fd: int) -> None:
+    """Refuse to start on a full disk: it would run with every event stuck in memory."""
+    stat = os.fstatvfs(fd)
+    blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail  # root may use the reserve
+    free = blocks * stat.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise _DiskFull(free)
 
 
 def _close_all(chain: list[_Segment]) -> None:

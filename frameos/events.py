@@ -33,6 +33,10 @@ class Event(BaseModel):
     # as B/KiB/MiB) and `{n:count noun}` ("1 restart", "4 restarts").
     TEMPLATE: ClassVar[str] = ""
 
+    # The run that caused this event (SPEC §7.3), on every event a run causes; omitted from the
+    # JSON when None, so an event no run caused keeps its bytes.
+    run_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -114,11 +118,23 @@ class RuntimeStop(Event):
     duration_ms: int
 
 
+class ReloadVms(BaseModel):
+    """What a reload did to each VM, by name (SPEC §5.1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    restarted: list[str] = Field(default_factory=list)
+    updated: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+
+
 class RuntimeReload(Event):
     NAME = "runtime:reload"
     TEMPLATE = "reload: changed {changed}; error {error}"  # render.py says it better
     changed: list[str]
     error: str | None = None
+    vms: ReloadVms = Field(default_factory=ReloadVms)
 
 
 class RuntimeCheckOk(Event):
@@ -370,7 +386,7 @@ class CommandAccepted(Event):
     TEMPLATE = "run {run_id}: {op} {target} accepted"
     run_id: str
     op: str
-    target: str
+    target: str | None  # a VM name; None for a reload
     idempotency_key: str | None = None
 
 
@@ -379,7 +395,7 @@ class CommandRejected(Event):
     SEVERITY = "warn"
     TEMPLATE = "{op} {target} rejected: {reason} ({detail})"
     op: str
-    target: str
+    target: str | None  # a VM name; None for a reload
     reason: str
     detail: str
 
@@ -397,6 +413,14 @@ class CommandFailed(Event):
     TEMPLATE = "run {run_id} failed: {error}"
     run_id: str
     error: str
+
+
+class CommandCanceled(Event):
+    NAME = "command.canceled"
+    SEVERITY = "warn"
+    TEMPLATE = "run {run_id} canceled: {reason}"
+    run_id: str
+    reason: str
 
 
 # --- external workers -------------------------------------------------------------------------
@@ -441,5 +465,9 @@ class Summary(Event):
 
 
 def field_names(cls: type[Event]) -> list[str]:
-    """The wire names of an event's fields, in declaration order."""
-    return [info.alias or name for name, info in cls.model_fields.items()]
+    """The wire names of an event's fields, in declaration order; the base's optional `run_id`
+    comes last unless the event declares it itself (command.*)."""
+    own = vars(cls).get("__annotations__", {})
+    base = [name for name in Event.model_fields if name not in own]
+    names = [name for name in cls.model_fields if name not in base] + base
+    return [cls.model_fields[name].alias or name for name in names]

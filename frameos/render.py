@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import string
 import time
-from typing import Any
-
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from frameos.envelope import Envelope
 from frameos.events import (
@@ -22,6 +20,9 @@ from frameos.events import (
     VmLaunched,
     VmRestartScheduled,
 )
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 SEVERITY_STYLE = {
     "debug": "dim",
@@ -70,8 +71,10 @@ def sentence(event: Event) -> str:
             return f"reload: changed {', '.join(changed)}" if changed else "reload: nothing changed"
         case RuntimeReload(error=error):
             return f"reload failed: {error}"
-        case RuntimeCheckFailed(error=error, problems=problems) if len(problems) > 1:
-            return "\n".join([f"check failed: {len(problems)} problems", *problems])
+        case RuntimeCheckFailed(problems=problems) if len(problems) > 1:
+            return "\n".join(
+                [f"check failed: {len(problems)} problems", *(f"- {p}" for p in problems)]
+            )
         case VmLaunched(vm=vm, pid=pid, attempt=attempt) if attempt > 1:
             return f"{vm}: launched again (pid {pid}, restart {attempt - 1})"
         case VmLaunched(vm=vm, pid=pid):
@@ -96,7 +99,10 @@ def describe(envelope: Envelope) -> str:
 
 
 def render(envelope: Envelope) -> Text:
-    """One rich line (more for a list): `HH:MM:SS.mmm SEVERITY event  sentence`."""
+    """One rich line, `HH:MM:SS.mmm SEVERITY event  sentence`; a sentence's further lines (a
+    list of problems) are indented under its first."""
+    from rich.text import Text  # here: the sentences (and `plural`) are needed without rich
+
     stamp = time.strftime("%H:%M:%S", time.localtime(envelope.timestamp))
     millis = int((envelope.timestamp % 1) * 1000)
     style = SEVERITY_STYLE.get(envelope.severity, "")
@@ -108,5 +114,5 @@ def render(envelope: Envelope) -> Text:
     line.append(first)
     indent = " " * (13 + 9 + 27)
     for more in rest:
-        line.append(f"\n{indent}- {more}")
+        line.append(f"\n{indent}{more}")
     return line

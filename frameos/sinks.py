@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import sys
+import threading
 from typing import BinaryIO
 
 import trio
@@ -35,6 +37,11 @@ class Sink:
         self.depth = depth
         self._subscription: Subscription | None = None
         self._reported = 0
+        # Writes run in worker threads and a cancelled one is abandoned, not stopped: tickets
+        # keep a later write (the drain) behind it, so the output stays in seq order.
+        self._turns = threading.Condition()
+        self._issued = 0
+        self._turn = 0
 
     @property
     def dropped(self) -> int:
@@ -69,8 +76,21 @@ class Sink:
         wanted = [e for e in envelopes if self.wants(e)]
         if not wanted:
             return True
+        ticket, self._issued = self._issued, self._issued + 1
         # abandon_on_cancel: a stdout that never drains must not hold up a bounded shutdown
-        return await trio.to_thread.run_sync(self.write, wanted, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            self._write_in_turn, ticket, wanted, abandon_on_cancel=True
+        )
+
+    def _write_in_turn(self, ticket: int, batch: list[Envelope]) -> bool:
+        with self._turns:
+            self._turns.wait_for(lambda: self._turn == ticket)
+        try:
+            return self.write(batch)
+        finally:
+            with self._turns:
+                self._turn += 1
+                self._turns.notify_all()
 
     def _report_drops(self) -> None:
         lost = self.dropped - self._reported
@@ -98,11 +118,13 @@ class JsonSink(Sink):
 
     def write(self, batch: list[Envelope]) -> bool:
         data = memoryview(b"".join(e.line for e in batch))
-        try:
-            while data:
+        while data:
+            try:
                 data = data[os.write(self.fd, data) :]
-        except BrokenPipeError:
-            return False
+            except BlockingIOError:  # a stdout someone made non-blocking: wait until writable
+                select.select([], [self.fd], [])
+            except OSError:  # EPIPE, EIO (the terminal went away): nobody can read us now
+                return False
         return True
 
 

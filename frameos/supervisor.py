@@ -1,24 +1,27 @@
 """`frameos run`: the nurseries and the order of things (SPEC §1, §4; STYLE "nesting is the
 shutdown order").
 
-    outer nursery ── signal task ── bus writer ── output sink ── systemd notifier
+    outer nursery ── signal task ── bus writer ── output sinks ── systemd notifier
       └── stop scope (deadline = shutdown_timeout_s once stopping; a second signal cancels it)
-            └── server nursery ── HTTP front door
-                  └── work nursery ── VM pool ── heartbeat ── metrics ── reloader
+            └── server nursery ── HTTP front door (and its websocket hub)
+                  └── work nursery ── VM pool
+                        └── running nursery ── heartbeat ── metrics ── reloader
 
 Start-up: runtime:start, the VMs, the server, runtime:ready. The first SIGTERM or SIGINT begins
-a graceful stop (runtime:stopping): the work nursery ends first (the VMs through their ladders,
-while clients still watch and `/healthz` says "stopping"), then the front door drains under a
-deadline, then runtime:stop and summary are logged and the bus drains. A second SIGTERM/SIGINT
-cancels the stop scope at once (exit 1). An unexpected exception in a component ends the same
-way: the nurseries unwind (each VM through its ladder), an error event names the fault, and
-runtime:stop and summary still close the log (exit 1).
+a graceful stop (runtime:stopping): the running nursery ends (tickers, a reload in flight), then
+the work nursery is cancelled with the reason, which stops every VM through its ladder while the
+server still answers (`/healthz` says "stopping"); then the front door drains under a deadline
+(hypercorn's idea), runtime:stop and summary are logged, and `bus.aclose` drains every
+subscriber. A second SIGTERM/SIGINT cuts the ladders short (`pool.force`) and cancels the stop
+scope (exit 1). A fault (an unexpected exception) of a ticker or the reloader is logged and
+stops like a signal; one of the server unwinds the nurseries, the VMs again through their
+ladders; either way runtime:stop and summary close the log (exit 1).
 
-Signals are blocked from the first line of `python -m frameos` until the handlers below are
-installed (frameos/__main__.py, cli.main); every delivery is counted (`SignalInbox`), so a second
-SIGINT is never merged into the first. SIGHUP asks the reloader, which re-reads the config in its
-own task, one reload at a time, each bounded by `RELOAD_TIMEOUT_S`; the signal task never waits
-on a reload, and a stop cancels a reload in flight.
+Signals are blocked from the first line of `python -m frameos` (and of `cli.main`) until
+`signal_inbox` has its handlers in, so a SIGHUP during start-up waits instead of killing. Every
+delivery is counted, so a second SIGINT is never merged into the first. SIGHUP asks the
+reloader, which re-reads the config in its own task, one reload at a time, each bounded by
+`RELOAD_TIMEOUT_S`; the signal task never waits on a reload, and a stop cancels one in flight.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from frameos.config import FrameConfig, diff, event_log_path, load_config
 from frameos.emit import Output
 from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
-from frameos.sinks import HumanSink, JsonSink, QueueSink
+from frameos.sinks import HumanSink, JsonSink, Sink
 from frameos.state import Phase, RuntimeState
 from frameos.systemd import SystemdNotifier
 from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
@@ -235,8 +238,7 @@ class Supervisor:
             status = await self._supervise()
             await self._log_the_end(status)
             signals.cancel()
-            await bus.aclose()
-            sink.close()
+            await bus.aclose()  # writes out what is pending, then ends every subscription
         if isinstance(self.fault, FrameosError):
             raise self.fault
         return status
@@ -267,7 +269,7 @@ class Supervisor:
             "info" if status == EXIT_OK else "error",
         )
 
-    def _make_sink(self) -> QueueSink:
+    def _make_sink(self) -> Sink:
         if self.options.output == "human":
             return HumanSink(self.bus, verbose=self.options.verbose)
         return JsonSink(self.bus)
@@ -328,17 +330,8 @@ class Supervisor:
                 running.start_soon(heartbeat, bus, state)
                 running.start_soon(metrics, bus, state, self._watchers)
                 running.start_soon(self._reloader)
-                state.set_phase(Phase.READY)
-                await bus.publish(
-                    ev.RuntimeReady(
-                        server=state.server_url,
-                        health_endpoint=f"{state.server_url}/healthz",
-                        event_stream_transport="websocket",
-                        metrics_interval_seconds=state.config.metrics_interval,
-                        apps_loaded=state.apps_loaded,
-                        scenes_loaded=state.scenes_loaded,
-                    )
-                )
+                if not self.shutdown.requested.is_set():  # a stop during start-up: never ready
+                    await self._ready()
                 await self.shutdown.requested.wait()
                 running.cancel_scope.cancel()  # tickers and a reload in flight
         except Exception as exc:  # a fault of a ticker or the reloader: stop like on SIGTERM
@@ -350,8 +343,22 @@ class Supervisor:
             ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
         )
         self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
-        await self.pool.stop(self.shutdown.reason)  # the ladders, while clients still watch
-        work.cancel_scope.cancel()
+        # every VM through its ladder (interface F), while clients still watch
+        work.cancel_scope.cancel(reason=self.shutdown.reason)
+
+    async def _ready(self) -> None:
+        state = self.state
+        state.set_phase(Phase.READY)
+        await self.bus.publish(
+            ev.RuntimeReady(
+                server=state.server_url,
+                health_endpoint=f"{state.server_url}/healthz",
+                event_stream_transport="websocket",
+                metrics_interval_seconds=state.config.metrics_interval,
+                apps_loaded=state.apps_loaded,
+                scenes_loaded=state.scenes_loaded,
+            )
+        )
 
     def _watchers(self) -> int:
         """Connected websocket clients (0 before the server exists)."""
@@ -394,7 +401,8 @@ class Supervisor:
             return
         self.forced = True
         self.bus.publish_nowait(ev.Message(text=f"second {name}: forcing the stop now"), "warn")
-        self.stop_scope.cancel()
+        self.pool.force()  # the ladders under way: SIGKILL now (they are shielded from cancel)
+        self.stop_scope.cancel(reason=f"second {name}")
 
     def _request_reload(self) -> None:
         try:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import trio
 
+from frameos.bus import Subscription
 from frameos.envelope import Envelope
 from frameos.events import (
     Event,
@@ -49,6 +50,7 @@ from frameos.events import (
     VmShutdownEscalated,
     VmShutdownRequested,
 )
+from frameos.render import plural
 from frameos.sdnotify import NotifySocket, monotonic_usec, watchdog_usec
 from frameos.state import Phase, RuntimeState
 
@@ -58,12 +60,6 @@ SUBSCRIPTION_DEPTH = 256  # written batches waiting for the view (a drop here lo
 MAX_NAMES = 4  # VMs named in a stopping STATUS line before "…"
 
 Datagram = tuple[str, ...]
-
-
-class Subscription(Protocol):
-    """One subscriber's bounded channel of written batches; ends when the bus closes it."""
-
-    def __aiter__(self) -> AsyncIterator[Sequence[Envelope]]: ...
 
 
 class BusView(Protocol):
@@ -79,10 +75,6 @@ class BusView(Protocol):
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
     def publish_nowait(self, event: Event, severity: Severity | None = None) -> Envelope: ...
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class ServiceView:

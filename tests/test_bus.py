@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,10 +14,13 @@ import pytest
 import trio
 import trio.testing
 
+from frameos import eventlog
 from frameos.bus import Bus, Subscription
-from frameos.envelope import Envelope
+from frameos.envelope import Envelope, decode
+from frameos.errors import EventLogError
 from frameos.eventlog import EventLog
 from frameos.events import Message
+from tests.conftest import require, require_tools
 
 
 def open_log(tmp_path: Path) -> EventLog:
@@ -276,4 +284,235 @@ async def test_deprecated_deliver_subscribers_still_work(tmp_path: Path) -> None
         await bus.publish(Message(text="y"))
         await bus.aclose()
     assert deliverer.seen == [1]
+    log.close()
+
+
+# --- faults (issue 8 #2) ---------------------------------------------------------------------
+
+
+class FullDisk:
+    """os.write for the log's fd fails with ENOSPC (after a short write) while `full` is set."""
+
+    def __init__(
+        self, log: EventLog, monkeypatch: pytest.MonkeyPatch, failures: int | None = None
+    ) -> None:
+        self.log, self.full, self.calls, self.failures = log, True, 0, failures
+        self.real_write = os.write
+        monkeypatch.setattr(os, "write", self.write)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.failures is not None and self.calls >= self.failures:
+            self.full = False
+        if fd != self.log._fd or not self.full:
+            return self.real_write(fd, data)
+        self.calls += 1
+        if self.calls == 1 and len(data) > 40:
+            return self.real_write(fd, bytes(data)[:40])  # a short write, mid-line
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_a_full_disk_is_a_fault_retried_with_no_gap_and_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The old bus let ENOSPC out of `run`: a traceback, exit 1, a partial last line."""
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    seen: list[Envelope] = []
+    logged: list[bool] = []
+    disk = FullDisk(log, monkeypatch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        nursery.start_soon(record, bus.subscribe("recorder", 1000), log, seen, logged)
+        for i in range(3):
+            await bus.publish(Message(text=f"during {i}"))
+        await trio.sleep(5)  # the writer retries: 50 ms, 100 ms, ... 2 s
+        assert bus.fault is not None and "No space left on device" in bus.fault
+        assert "the disk is full" in bus.fault
+        assert bus.write_errors >= 5
+        assert seen == []  # observers see nothing the log does not have
+        assert b"\n" not in log.path.read_bytes()  # not even a partial line
+        disk.full = False
+        await bus.publish(Message(text="after"))
+        await bus.aclose()
+    assert bus.fault is None
+    texts = [(e.severity, e.fields()["text"]) for e in seen]
+    assert texts[:3] == [("info", "during 0"), ("info", "during 1"), ("info", "during 2")]
+    severity, text = texts[3]  # the fault, in seq order once the disk had room
+    assert severity == "error" and "event log write failed: No space left on device" in text
+    assert "retrying with backoff" in text
+    assert texts[4:] == [  # "after" was published while the writer was backing off
+        ("info", "after"),
+        ("info", f"event log write works again ({bus.write_errors} errors so far)"),
+    ]
+    assert [e.seq for e in seen] == list(range(1, 7))
+    assert log.path.read_bytes() == b"".join(e.line for e in seen)
+    assert all(logged)
+    log.close()
+
+
+async def test_publishers_wait_at_the_mark_while_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    log = open_log(tmp_path)
+    bus = Bus(log, high_water_bytes=1000)
+    disk = FullDisk(log, monkeypatch)
+    waiting, done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+
+        async def publisher() -> None:
+            for i in range(30):  # ~3 KB: past the mark
+                if bus._unwritten_bytes > bus.high_water_bytes:
+                    waiting.set()
+                await bus.publish(Message(text=f"{i:040d}"))
+            done.set()
+
+        nursery.start_soon(publisher)
+        with trio.fail_after(60):
+            await waiting.wait()
+        await trio.sleep(10)
+        assert bus.last_seq < 31  # blocked, nothing lost: the events wait in memory
+        assert bus.fault is not None
+        bus.publish_nowait(Message(text="a sync caller never waits"))  # nor raises, nor drops
+        disk.full = False
+        with trio.fail_after(60):
+            await done.wait()
+        await bus.aclose()
+    seqs = [decode(line).seq for line in log.read_after(0, 1000).lines]
+    assert seqs == list(range(1, bus.last_seq + 1))
+    assert bus.published == 30 + 1 + 2  # 30 events, the sync one, the fault and its end
+    log.close()
+
+
+async def test_a_failing_fsync_is_a_fault_until_it_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # real time (0.35 s of backoff): the mock clock would jump while the fsync thread runs
+    log = open_log(tmp_path)
+    bus = Bus(log, fsync="always")
+    real_fsync, failures = os.fsync, [3]
+
+    def eio(fd: int) -> None:
+        if fd == log._fd and failures[0]:
+            failures[0] -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", eio)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        await bus.publish(Message(text="x"))
+        await bus.aclose()
+    texts = [decode(line).fields()["text"] for line in log.read_after(0, 10).lines]
+    assert texts[0] == "x"
+    assert "event log fsync failed: Input/output error" in str(texts[1])
+    assert texts[2] == "event log fsync works again (3 errors so far)"
+    assert bus.write_errors == 3
+    log.close()
+
+
+async def test_a_failed_rotation_is_reported_and_writing_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=300, keep=20)
+    log.open()
+    monkeypatch.setattr(eventlog, "ROTATE_RETRY_FIRST_S", 0.0)
+    log._rotate_delay = 0.0
+    real_open, failures = os.open, [1]
+
+    def emfile(file: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        if str(file).endswith(".new") and failures[0]:
+            failures[0] -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(os, "open", emfile)
+    bus = Bus(log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        for i in range(10):
+            await bus.publish(Message(text=f"{i:0100d}"))
+            await trio.testing.wait_all_tasks_blocked()
+        await bus.aclose()
+    texts = [decode(line).fields()["text"] for line in log.read_after(0, 100).lines]
+    assert any("event log rotation failed: Too many open files" in str(t) for t in texts)
+    assert "event log rotation works again (1 errors so far)" in texts
+    assert bus.fault is None
+    log.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
+async def test_a_real_full_tmpfs_then_room_again(tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "root for a tmpfs")
+    require_tools("mount", "umount")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    try:
+        log = open_log(disk)  # 256 KiB free: opens
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (200 << 10))
+        bus = Bus(log)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            for i in range(200):  # ~100 KB: more than the disk has
+                bus.publish_nowait(Message(text=f"{i:0400d}"))
+            with trio.fail_after(10):
+                while bus.fault is None:  # a condition with a deadline: the real disk fills
+                    await trio.sleep(0.01)
+            filler.unlink()
+            await bus.aclose()
+        lines = log.path.read_bytes().splitlines()
+        seqs = [decode(line).seq for line in lines]  # every line parses: none torn
+        assert seqs == list(range(1, 203))
+        texts = [decode(line).fields()["text"] for line in lines]
+        assert any("No space left on device" in str(t) for t in texts)
+        assert texts[-1] == f"event log write works again ({bus.write_errors} errors so far)"
+        log.close()
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:  # up to ENOSPC
+                handle.write(b"\0" * 4096)
+        with pytest.raises(EventLogError, match="bytes free on its filesystem; free space"):
+            EventLog(disk / "events.jsonl").open()  # a restart on the still-full disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+async def test_cancelled_during_a_fault_the_batch_in_flight_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stop comes while the writer retries a batch: the final flush writes that batch too."""
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    FullDisk(log, monkeypatch, failures=6)  # ~1.5 s of backoff, then room again
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        for i in range(3):
+            bus.publish_nowait(Message(text=f"in flight {i}"))
+        await trio.sleep(0.5)  # retrying the first batch
+        for i in range(2):
+            bus.publish_nowait(Message(text=f"pending {i}"))
+        nursery.cancel_scope.cancel()
+    seqs = [decode(line).seq for line in log.path.read_bytes().splitlines(keepends=True)]
+    assert seqs == list(range(1, bus.last_seq + 1))  # nothing lost, nothing twice
+    texts = [decode(line).fields()["text"] for line in log.read_after(0, 100).lines]
+    assert texts[:3] == ["in flight 0", "in flight 1", "in flight 2"]
+    log.close()
+
+
+async def test_a_disk_that_never_comes_back_is_said_on_stderr(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    FullDisk(log, monkeypatch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        bus.publish_nowait(Message(text="lost"))
+        await bus.aclose()  # gives up after FINAL_FLUSH_S
+    err = capsys.readouterr().err
+    assert "events could not be written (event log write failed: No space left" in err
     log.close()

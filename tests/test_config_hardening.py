@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from frameos.config import MAX_CONFIG_BYTES, load_config, resolve, validate_config
+from frameos.config import MAX_CONFIG_BYTES, FrameConfig, load_config, resolve, validate_config
 from frameos.errors import ConfigError
 from tests.conftest import frameos_argv
 
@@ -106,6 +106,11 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
         {"vms": [vm(command=["q", "{overlay}" * 10_000], base_image="/b.qcow2")]},
         "vms[0].command[1]",
         "once its placeholders are filled in",
+    ),
+    (
+        {"vms": [vm(cooperative={"method": "signal", "signal": "kill"})]},
+        "vms[0].cooperative.signal",
+        "SIGKILL cannot be caught",
     ),
     ({"frame_host": "a b"}, "frame_host", "an IP address or a host name"),
     ({"frame_host": ""}, "frame_host", "non-empty"),
@@ -291,16 +296,27 @@ def run_check(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_refuses_the_config_that_killed_run(tmp_path: Path) -> None:
-    """Issue 8 #1 as reported: `check` exited 0 and `run` crashed with a traceback."""
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_check_refuses_the_config_that_killed_run(tmp_path: Path, command: str) -> None:
+    """Issue 8 #1 as reported: `check` exited 0 and `run` crashed with a traceback, SIGKILLing
+    the good VM. Now both refuse the file before anything starts."""
     path = tmp_path / "frame.json"
-    path.write_text(json.dumps({"vms": [GOOD, vm(env={"A=B": "x"})]}))
-    result = run_check("--config", str(path), "--output", "json")
+    data = {"state_dir": str(tmp_path / "state"), "vms": [GOOD, vm(env={"A=B": "x"})]}
+    path.write_text(json.dumps(data))
+    result = subprocess.run(
+        frameos_argv(command, "--config", str(path), "--output", "json"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 1
     assert f"{path}: vms[1].env[\"A=B\"]: the environment variable name 'A=B' contains" in (
         result.stderr
     )
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "state").exists(), "nothing started"
 
 
 @pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
@@ -326,3 +342,17 @@ def test_load_config_is_importable_alone() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_thousands_of_mistakes_give_a_readable_report(tmp_path: Path) -> None:
+    """One problem per line, but not 80,000 lines (nor a did-you-mean search for each)."""
+    path = tmp_path / "f.json"
+    path.write_text("{" + ",".join(f'"k{i}": 1' for i in range(80_000)) + "}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    lines = [str(p) for p in info.value.problems]
+    assert len(lines) == 21
+    assert lines[0] == f"{path}: k0: unknown key; known keys: " + ", ".join(
+        FrameConfig.model_fields
+    )
+    assert lines[-1] == f"{path}: and 79980 more problems not shown; fix these first"

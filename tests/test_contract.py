@@ -33,6 +33,7 @@ NOT_EMITTED_YET = {
     ev.CommandRejected,
     ev.CommandCompleted,
     ev.CommandFailed,
+    ev.CommandCanceled,
     ev.WorkerRegistered,
     ev.WorkerStatus,
     ev.WorkerStale,
@@ -70,7 +71,12 @@ def test_command_event_fields_are_the_models_fields() -> None:
     for command in COMMANDS:
         listed = shipped["command_event_fields"][command.name]
         assert listed == {cls.NAME: field_names(cls) for cls in command.events}
-    assert shipped["events"][ev.WorkerStatus.NAME]["fields"] == ["worker_id", "from", "to"]
+    assert shipped["events"][ev.WorkerStatus.NAME]["fields"] == [
+        "worker_id",
+        "from",
+        "to",
+        "run_id",
+    ]
 
 
 def test_declared_events_nothing_emits_are_under_no_command() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from frameos import events as ev
 from tests.conftest import frameos_argv, running_frameos, write_config
 
 pytestmark = pytest.mark.e2e
+PYTHONPATH = os.environ.get("PYTHONPATH", "")
 
 
 async def http_get(url: str) -> tuple[int, bytes]:
@@ -57,14 +60,14 @@ async def test_serves_health_metrics_and_a_live_event_stream(tmp_path: Path) -> 
             beats = []
             while len(beats) < 3:
                 event = json.loads(await ws.get_message())
-                if event["event"] == "runtime:heartbeat":
+                if event["event"] == ev.RuntimeHeartbeat.NAME:
                     beats.append(event["seq"])
         assert beats == sorted(beats) and len(set(beats)) == 3
         fos.send(signal.SIGTERM)
         assert await fos.wait_exit() == 0
     names = fos.names()
-    assert names[:2] == ["runtime:start", "runtime:ready"]
-    assert names[-3:] == ["runtime:stopping", "runtime:stop", "summary"]
+    assert names[:2] == [ev.RuntimeStart.NAME, ev.RuntimeReady.NAME]
+    assert names[-3:] == [ev.RuntimeStopping.NAME, ev.RuntimeStop.NAME, ev.Summary.NAME]
     stopping = fos.events[-3]["fields"]
     assert stopping == {"reason": "received SIGTERM", "signal": "SIGTERM"}
     assert fos.events[-1]["fields"]["exit_status"] == 0
@@ -73,7 +76,7 @@ async def test_serves_health_metrics_and_a_live_event_stream(tmp_path: Path) -> 
 async def test_stdout_and_event_log_hold_the_same_bytes(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
-        await fos.wait_for("runtime:heartbeat")
+        await fos.wait_for(ev.RuntimeHeartbeat)
         fos.send(signal.SIGINT)
         assert await fos.wait_exit() == 0
     log = (tmp_path / "state" / "events.jsonl").read_bytes()
@@ -95,7 +98,7 @@ async def test_seq_continues_across_restarts_and_a_torn_tail_is_recovered(tmp_pa
         second.send(signal.SIGTERM)
         assert await second.wait_exit() == 0
     torn = second.events[0]
-    assert torn["event"] == "message" and torn["severity"] == "warn"
+    assert torn["event"] == ev.Message.NAME and torn["severity"] == "warn"
     assert "torn tail of 26 bytes truncated" in torn["fields"]["text"]
     assert torn["seq"] == last + 1
     seqs = [json.loads(line)["seq"] for line in log.read_bytes().splitlines()]
@@ -108,14 +111,14 @@ async def test_sighup_reports_changes_and_keeps_the_old_config_on_error(tmp_path
         data = json.loads(config.read_text())
         config.write_text(json.dumps({**data, "metrics_interval": 30, "frame_port": 1}))
         fos.send(signal.SIGHUP)
-        reload = await fos.wait_for("runtime:reload")
+        reload = await fos.wait_for(ev.RuntimeReload)
         assert reload["fields"] == {"changed": ["frame_port", "metrics_interval"], "error": None}
-        later = await fos.wait_for("message", lambda e: "after a restart" in e["fields"]["text"])
+        later = await fos.wait_for(ev.Message, lambda e: "after a restart" in e["fields"]["text"])
         assert "frame_port" in later["fields"]["text"]
         config.write_text('{"metrics_interval": "soon"}')
         index = len(fos.events)
         fos.send(signal.SIGHUP)
-        failed = await fos.wait_for("runtime:reload", start=index)
+        failed = await fos.wait_for(ev.RuntimeReload, start=index)
         assert failed["severity"] == "error"
         assert "metrics_interval: expected a number" in failed["fields"]["error"]
         assert "the running config stays" in failed["fields"]["error"]
@@ -147,23 +150,34 @@ async def test_second_sigint_forces_the_stop(tmp_path: Path) -> None:
         ],
     )
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
-        launched = await fos.wait_for("vm.launched")
+        launched = await fos.wait_for(ev.VmLaunched)
         with trio.fail_after(10):
             while not armed.exists():  # the child ignores SIGTERM from here on
                 await trio.sleep(0.01)
         fos.send(signal.SIGINT)
-        await fos.wait_for("vm.shutdown_escalated")
+        await fos.wait_for(ev.VmShutdownEscalated)
         fos.send(signal.SIGINT)
         assert await fos.wait_exit() == 1
     assert any("forcing the stop" in e["fields"].get("text", "") for e in fos.events), fos.names()
-    assert fos.events[-1]["event"] == "summary"
+    assert fos.events[-1]["event"] == ev.Summary.NAME
     assert fos.events[-1]["fields"]["exit_status"] == 1
     assert not Path(f"/proc/{launched['fields']['pid']}").exists()
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # frameos runs from the checkout (it is not installed): keep it importable from any cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), PYTHONPATH]))}
     return subprocess.run(
-        frameos_argv(*args), capture_output=True, text=True, check=False, timeout=30, cwd=cwd
+        frameos_argv(*args),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        cwd=cwd,
+        env=env,
     )
 
 
@@ -189,7 +203,7 @@ def test_bad_config_refuses_to_start_with_a_clear_message(
         assert "Traceback" not in result.stderr
     check = run_cli("check", "--config", str(path), "--output", "json")
     event = json.loads(check.stdout)
-    assert event["event"] == "runtime:check_failed" and message in event["fields"]["error"]
+    assert event["event"] == ev.RuntimeCheckFailed.NAME and message in event["fields"]["error"]
 
 
 def test_missing_config_points_at_the_demo(tmp_path: Path) -> None:
@@ -232,9 +246,9 @@ def test_check_ok_and_human_output(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     result = run_cli("check", "--config", str(config), "--output", "json")
     assert result.returncode == 0
-    assert json.loads(result.stdout)["event"] == "runtime:check_ok"
+    assert json.loads(result.stdout)["event"] == ev.RuntimeCheckOk.NAME
     human = run_cli("check", "--config", str(config), "--output", "human")
-    assert human.returncode == 0 and "runtime:check_ok" in human.stdout
+    assert human.returncode == 0 and ev.RuntimeCheckOk.NAME in human.stdout
     assert "is valid (0 VMs" in " ".join(human.stdout.split())
 
 
@@ -260,7 +274,7 @@ def test_bad_manifests_are_reported_together(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     event = json.loads(result.stdout)
-    assert event["event"] == "runtime:check_failed"
+    assert event["event"] == ev.RuntimeCheckFailed.NAME
     problems = " | ".join(event["fields"]["problems"])
     assert "apps.json: invalid JSON at line 1 column 3" in problems
     assert "scenes.json: scenes[0].version: expected a semver-like version" in problems

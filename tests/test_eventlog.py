@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from frameos import eventlog
 from frameos.envelope import decode, encode
 from frameos.errors import EventLogError, StaleCursorError
 from frameos.eventlog import EventLog, Page
@@ -171,3 +174,152 @@ def test_lines_with_another_prefix_are_still_found(tmp_path: Path) -> None:
     log.open()
     assert [decode(line).seq for line in log.read_after(300, 3).lines] == [301, 302, 303]
     log.close()
+
+
+# --- faults (issue 8 #2, #6) -----------------------------------------------------------------
+
+
+def enospc() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_write_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short write then ENOSPC mid-line: the file is cut back to its last whole line."""
+    path = tmp_path / "e.jsonl"
+    log = EventLog(path)
+    log.open()
+    log.append(lines(1, 3))
+    real_write = os.write
+
+    def short_then_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 30:
+            return real_write(fd, bytes(data)[:30])  # a short write: half a line
+        raise enospc()
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        log.append(lines(4, 2))
+    assert path.read_bytes() == lines(1, 3)  # no partial line left behind
+    monkeypatch.setattr(os, "write", real_write)
+    log.append(lines(4, 2))  # the retry of the same batch
+    assert path.read_bytes() == lines(1, 5)
+    log.close()
+
+
+def test_a_failed_cut_back_is_redone_before_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.jsonl"
+    log = EventLog(path)
+    log.open()
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def torn(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data)[:10])
+        raise OSError(errno.EIO, "I/O error")
+
+    def failing_truncate(fd: int, size: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "write", torn)
+    monkeypatch.setattr(os, "ftruncate", failing_truncate)
+    with pytest.raises(OSError, match="I/O error"):
+        log.append(lines(1, 1))
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    log.append(lines(1, 1))
+    assert path.read_bytes() == lines(1, 1)
+    log.close()
+
+
+def test_rotation_that_cannot_open_its_new_file_renames_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EMFILE at rotation: the old code had already renamed events.jsonl to .1 and crashed."""
+    path = tmp_path / "e.jsonl"
+    log = EventLog(path, max_bytes=500, keep=2)
+    log.open()
+    monkeypatch.setattr(eventlog, "ROTATE_RETRY_FIRST_S", 0.0)  # retry at the next append
+    log._rotate_delay = 0.0
+    real_open = os.open
+    failures = [0]
+
+    def no_fds(file: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        if str(file).endswith(".new") and failures[0] < 2:
+            failures[0] += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_fds)
+    log.append(lines(1, 10))  # over max_bytes: the rotation fails, the data is written
+    assert isinstance(log.rotation_error, OSError) and log.rotation_error.errno == errno.EMFILE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    log.append(lines(11, 1))  # fails again, writing goes on in the same file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    log.append(lines(12, 1))  # the fd limit is gone: rotates
+    assert log.rotation_error is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl", "e.jsonl.1"]
+    assert path.read_bytes() == b""
+    log.append(lines(13, 1))
+    assert [decode(line).seq for line in log.read_after(0, 100).lines] == list(range(1, 14))
+    log.close()
+
+
+def test_a_rotation_interrupted_before_the_last_rename_is_finished_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    (tmp_path / "e.jsonl.1").write_bytes(lines(1, 3))
+    (tmp_path / "e.jsonl.new").write_bytes(b"")  # renamed PATH → PATH.1, then killed
+    log = EventLog(path, keep=2)
+    assert log.open().last_seq == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl", "e.jsonl.1"]
+    log.close()
+
+
+def test_a_leftover_new_file_is_dropped_when_the_log_is_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(lines(1, 3))
+    (tmp_path / "e.jsonl.new").write_bytes(b"")  # killed after opening PATH.new
+    log = EventLog(path, keep=2)
+    assert log.open().last_seq == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]
+    log.close()
+
+
+def test_keep_0_never_renumbers_after_a_kill_right_after_rotation(tmp_path: Path) -> None:
+    """issue 8 #6: the old code truncated the file, so the next instance started again at 1."""
+    path = tmp_path / "e.jsonl"
+    log = EventLog(path, max_bytes=500, keep=0)
+    log.open()
+    log.append(lines(1, 10))  # rotates: keep 0 keeps nothing but the last line
+    assert not list(tmp_path.glob("e.jsonl.*"))
+    assert [decode(line).seq for line in log.read_after(9, 10).lines] == [10]
+    assert log._fd is not None
+    os.close(log._fd)  # "SIGKILL": no close, no fsync of anything more
+    again = EventLog(path, max_bytes=500, keep=0)
+    assert again.open().last_seq == 10
+    again.append(lines(11, 1))
+    assert [decode(line).seq for line in again.read_after(9, 10).lines] == [10, 11]
+    again.close()
+
+
+def test_opening_on_a_full_disk_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventlog, "MIN_FREE_BYTES", 1 << 62)  # every disk is full
+    with pytest.raises(EventLogError, match=r"bytes free on its filesystem; free space on it"):
+        EventLog(tmp_path / "e.jsonl").open()
+
+
+def test_open_errors_name_the_cause_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> int:
+        raise enospc()
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(
+        EventLogError, match=r"cannot open \(No space left on device; the disk is full"
+    ):
+        EventLog(tmp_path / "e.jsonl").open()

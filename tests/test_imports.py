@@ -20,16 +20,17 @@ from frameos import events as ev
 from tests.conftest import write_config
 
 HEAVY = ("quart", "flask", "jinja2", "werkzeug", "hypercorn")
+WATCHED = (*HEAVY, "rich", "pydantic", "trio")  # rich: only for human output
 VM_MARK = "frameos-import-test-vm"  # in each VM's command line, so the hook can count launches
 
 HOOK = f"""
 import os, runpy, sys
-HEAVY, launches = {HEAVY!r}, 0
+WATCHED, launches = {WATCHED!r}, 0
 def hook(event, args):
     global launches
     if event == "subprocess.Popen" and {VM_MARK!r} in " ".join(map(str, args[1])):
         launches += 1
-    elif event == "import" and args[0].split(".")[0] in HEAVY:
+    elif event == "import" and args[0].split(".")[0] in WATCHED:
         os.write(2, f"HEAVY {{args[0]}} after {{launches}} launches\\n".encode())
 sys.addaudithook(hook)
 sys.argv = ["frameos", *sys.argv[1:]]
@@ -41,12 +42,12 @@ def hooked(*args: str) -> list[str]:
     return [sys.executable, "-c", HOOK, *args]
 
 
-def heavy_imports(stderr: str) -> list[tuple[str, int]]:
-    """(module, VMs launched by then) for each heavy module loaded, in order."""
+def heavy_imports(stderr: str, watched: tuple[str, ...] = HEAVY) -> list[tuple[str, int]]:
+    """(module, VMs launched by then) for each watched module loaded, in order."""
     return [
         (words[1], int(words[3]))
         for words in (line.split() for line in stderr.splitlines())
-        if words[:1] == ["HEAVY"]
+        if words[:1] == ["HEAVY"] and words[1].split(".")[0] in watched
     ]
 
 
@@ -56,7 +57,9 @@ def config_with_vms(tmp_path: Path, count: int) -> Path:
     return write_config(tmp_path, vms=vms)
 
 
-def test_check_imports_nothing_of_the_http_stack(tmp_path: Path) -> None:
+def test_check_imports_nothing_of_the_http_stack_and_rich_only_for_people(
+    tmp_path: Path,
+) -> None:
     config = str(config_with_vms(tmp_path, 2))
     for output in ("json", "human"):
         result = subprocess.run(
@@ -68,6 +71,17 @@ def test_check_imports_nothing_of_the_http_stack(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert heavy_imports(result.stderr) == []
+        rich = heavy_imports(result.stderr, ("rich",))
+        assert bool(rich) == (output == "human")
+
+
+def test_contract_prints_the_shipped_file_without_pydantic_or_trio() -> None:
+    result = subprocess.run(
+        hooked("contract"), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["contract"] == "frameos.contract.v1"
+    assert heavy_imports(result.stderr, WATCHED) == []
 
 
 def test_run_launches_every_vm_before_importing_the_http_stack(tmp_path: Path) -> None:

@@ -221,3 +221,38 @@ async def test_cancellation_kill_is_bounded(autojump_clock: trio.testing.MockClo
         assert trio.current_time() - start == pytest.approx(1.5)
     assert not child.exited
     assert "still there" in getattr(pub.of("message")[0], "text", "")
+
+
+async def test_every_rung_event_carries_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as nursery:
+        child = FakeChild(nursery)  # honours only SIGKILL
+        await stop(child, pub)
+    (requested,) = pub.of("vm.shutdown_requested")
+    assert isinstance(requested, ev.VmShutdownRequested)
+    assert requested.deadline_ms == TIMEOUTS.total_ms == 4000
+    (attempted,) = pub.of("vm.cooperative_attempted")
+    assert isinstance(attempted, ev.VmCooperativeAttempted)
+    assert attempted.timeout_ms == 2000
+    assert [getattr(e, "timeout_ms", None) for e in pub.of("vm.shutdown_escalated")] == [1000, 1000]
+
+
+class StuckPublisher(RecordingPublisher):
+    """A bus whose log is stuck above its high-water mark: `publish` never returns."""
+
+    async def publish(self, event: ev.Event, severity: ev.Severity | None = None) -> object:
+        await trio.sleep_forever()
+
+
+async def test_a_stuck_bus_never_delays_a_signal(autojump_clock: trio.testing.MockClock) -> None:
+    pub = StuckPublisher()
+    async with trio.open_nursery() as nursery:
+        child = FakeChild(nursery)
+        start = trio.current_time()
+        result = await stop(child, pub)
+        assert trio.current_time() - start == pytest.approx(3.0)
+    assert child.signals == [SIGINT, SIGTERM, SIGKILL]
+    assert result == LadderResult("forced", 3000, changed=True, exited=True)
+    assert pub.names()[-1] == "vm.shutdown_complete"

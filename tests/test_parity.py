@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from frameos import events as ev
 from frameos.cli import build_parser
 from frameos.envelope import encode
 from frameos.parity import compare, main
@@ -220,7 +221,7 @@ async def test_golden_ok_event_for_the_valid_pair() -> None:
     sources = file_sources()
     outcome = judge(sources, await load_both(sources, 5.0))
     event = ok_event(outcome, sources)
-    assert event.NAME == "runtime:parity_ok"
+    assert event.NAME == ev.RuntimeParityOk.NAME
     fields = json.loads(event.to_json())
     assert fields == GOLDEN_OK
     assert list(fields) == list(GOLDEN_OK)
@@ -378,7 +379,7 @@ def test_main_ok_writes_event_and_log(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(args) == 0
     line = capsys.readouterr().out
     envelope = json.loads(line)
-    assert envelope["event"] == "runtime:parity_ok"
+    assert envelope["event"] == ev.RuntimeParityOk.NAME
     assert envelope["fields"] == GOLDEN_OK
     assert log.read_text() == line
 
@@ -399,7 +400,7 @@ def test_main_failed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 1
     out, err = capsys.readouterr()
     envelope = json.loads(out)
-    assert envelope["event"] == "runtime:parity_failed"
+    assert envelope["event"] == ev.RuntimeParityFailed.NAME
     assert envelope["severity"] == "error"
     assert set(envelope["fields"]) == {
         "error",

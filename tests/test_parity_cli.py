@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from frameos import events as ev
+
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 RENDERER = str(FIXTURES / "valid" / "renderer.json")
 DRIVER = str(FIXTURES / "valid" / "driver.json")
@@ -77,7 +79,7 @@ def test_valid_pair_exits_0_with_parity_ok(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (envelope,) = events(result.stdout)
-    assert envelope["event"] == "runtime:parity_ok"
+    assert envelope["event"] == ev.RuntimeParityOk.NAME
     assert envelope["fields"]["shared_formats"] == ["rgb565", "rgba8888"]
     assert envelope["fields"]["renderer_contract_source"] == "fixture"
     assert log.read_text() == result.stdout
@@ -91,7 +93,7 @@ def test_invalid_pair_exits_1_with_parity_failed() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     (envelope,) = events(result.stdout)
-    assert envelope["event"] == "runtime:parity_failed"
+    assert envelope["event"] == ev.RuntimeParityFailed.NAME
     fields = envelope["fields"]
     assert set(fields) == {
         "error", "duration_ms", "renderer_contract_source", "driver_contract_source"
@@ -135,7 +137,7 @@ def test_human_output() -> None:
         "--driver-contract", str(folder / "driver.json"), "--output", "human",
     )  # fmt: skip
     assert result.returncode == 1
-    assert "runtime:parity_failed" in result.stdout
+    assert ev.RuntimeParityFailed.NAME in result.stdout
     assert "parity failed: renderer.api_version '1.0' must equal driver.api_version" in (
         " ".join(result.stdout.split())
     )

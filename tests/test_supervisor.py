@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ import trio.testing
 import frameos.server.app
 import frameos.server.frontdoor
 import frameos.server.metrics
-import frameos.server.wsfast  # noqa: F401  (imported here so start-up does not wait on it)
+import frameos.server.wsfast  # imported here: start-up does not wait on the HTTP stack
 from frameos import events as ev
 from frameos import supervisor as sup
 from frameos.bus import Bus
 from frameos.config import FrameConfig, event_log_path, load_config
 from frameos.envelope import Envelope
 from frameos.eventlog import EventLog
-from frameos.server.app import health_body
 from frameos.state import Phase
 from frameos.workers.testing import FakeSpawner
 
@@ -35,9 +34,9 @@ SIGTERM, SIGINT = int(signal.SIGTERM), int(signal.SIGINT)
 
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
-    """Autojump, but only after 0.2 s of real idleness: a worker thread (a config read, a
-    sink write) is real work the virtual clock must not race past."""
-    return trio.testing.MockClock(autojump_threshold=0.2)
+    """Autojump, but only after 0.5 s of real idleness: a worker thread (a config read, a
+    sink write) or a real socket is real work the virtual clock must not race past."""
+    return trio.testing.MockClock(autojump_threshold=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -71,19 +70,17 @@ def fake_vm(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 class Recorder:
-    """A bus subscriber keeping every envelope; `hooks[name]` run as an event is delivered."""
+    """A bus subscription keeping every envelope (it ends when the bus drains)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bus: Bus) -> None:
+        self.subscription = bus.subscribe("test", 4096)
         self.envelopes: list[Envelope] = []
-        self.hooks: dict[str, Callable[[Envelope], None]] = {}
         self._lot = trio.lowlevel.ParkingLot()
 
-    def deliver(self, batch: Any) -> None:
-        for envelope in batch:
-            self.envelopes.append(envelope)
-            if hook := self.hooks.get(envelope.name):
-                hook(envelope)
-        self._lot.unpark_all()
+    async def run(self) -> None:
+        async for batch in self.subscription:
+            self.envelopes.extend(batch)
+            self._lot.unpark_all()
 
     def names(self) -> list[str]:
         return [e.name for e in self.envelopes]
@@ -127,17 +124,21 @@ async def start(
     exits_on: Mapping[int, float] | None = None,
     config: FrameConfig | None = None,
     launch: bool = True,
+    demo: bool = False,
 ) -> Run:
     """Start a Supervisor on `config_path` with fake VMs (they honour `exits_on`)."""
     config = config or load_config(config_path, {})
     options = sup.Options(
-        config=config, config_source=str(config_path), config_path=config_path, output="json"
+        config=config,
+        config_source=str(config_path),
+        config_path=None if demo else config_path,
+        output="json",
     )
     log = EventLog(event_log_path(config, None))
     log.open()
     bus = Bus(log, fsync="never")
-    recorder = Recorder()
-    bus.subscribe(recorder)
+    recorder = Recorder(bus)
+    nursery.start_soon(recorder.run)
     spawner = FakeSpawner(nursery, exits_on if exits_on is not None else {SIGTERM: 0.5})
     run = Run(sup.Supervisor(options, bus, spawner=spawner), recorder)
     if launch:
@@ -150,20 +151,39 @@ def order(names: list[str], *wanted: str) -> list[int]:
     return [names.index(name) for name in wanted]
 
 
+async def http_get(url: str) -> tuple[int, dict[str, Any]]:
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, port = host_port.rsplit(":", 1)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                f"GET /{path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
 async def test_start_and_stop_order_by_nesting(
     clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, vms=[fake_vm("a"), fake_vm("b")])
-    health_while_stopping: list[str] = []
+    timeouts = {"cooperative_ms": 0, "sigterm_ms": 30000, "sigkill_ms": 1000}
+    config = write_config(
+        tmp_path, vms=[fake_vm("a", timeouts=timeouts), fake_vm("b", timeouts=timeouts)]
+    )
     async with trio.open_nursery() as nursery:
-        run = await start(nursery, config)
-        run.recorder.hooks[ev.VmShutdownRequested.NAME] = lambda _: health_while_stopping.append(
-            health_body(run.supervisor.state, run.supervisor.bus, run.supervisor.hub)["status"]
-            if run.supervisor.hub is not None
-            else "no server"
-        )
+        run = await start(nursery, config, exits_on={})  # they leave only on SIGKILL
         assert run.supervisor.state.phase is Phase.READY
         signal.raise_signal(signal.SIGTERM)
+        await run.recorder.wait_for(ev.VmShutdownEscalated, count=2)
+        # the VMs are stopping: the server still answers, and says so
+        status, health = await http_get(run.supervisor.state.server_url + "/healthz")
+        assert (status, health["status"]) == (200, "stopping")
+        assert health["workers"]["total"] == 2
+        assert ev.RuntimeStop.NAME not in run.recorder.names()
         assert await run.exit_status() == 0
     names = run.recorder.names()
     start_order = order(names, "runtime:start", "vm.launched", "runtime:ready")
@@ -177,11 +197,10 @@ async def test_start_and_stop_order_by_nesting(
     ]
     assert stop_order == sorted(stop_order), names
     assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
-    # the server still answered, and said "stopping", while the VMs went down
-    assert health_while_stopping == ["stopping", "stopping"]
     assert run.recorder.of(ev.RuntimeStopping) == [
         {"reason": "received SIGTERM", "signal": "SIGTERM"}
     ]
+    assert {f["reason"] for f in run.recorder.of(ev.VmShutdownRequested)} == {"received SIGTERM"}
     summary = run.recorder.of(ev.Summary)[0]
     assert (summary["exit_status"], summary["vms"]) == (0, 2)
     assert run.supervisor.state.phase is Phase.STOPPED
@@ -196,9 +215,11 @@ async def test_two_sigints_back_to_back_force_the_stop(
         # both delivered before the signal task reads either: trio's own receiver merges them
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # a third changes nothing
         assert await run.exit_status() == 1
     texts = [f["text"] for f in run.recorder.of(ev.Message)]
-    assert "second SIGINT: forcing the stop now" in texts
+    assert texts.count("second SIGINT: forcing the stop now") == 1
+    assert not [t for t in texts if "SIGTERM" in t]
     assert run.recorder.of(ev.Summary)[0]["exit_status"] == 1
     assert run.recorder.names()[-1] == ev.Summary.NAME
 
@@ -253,7 +274,7 @@ class StuckRead:
 
 
 async def test_a_stuck_reload_times_out_and_signals_still_work(
-    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stuck = StuckRead()
     monkeypatch.setattr(sup, "load_config", stuck)
@@ -288,6 +309,8 @@ async def test_a_stop_cancels_a_reload_in_flight(
             with trio.fail_after(5):
                 await stuck.entered.wait()
             signal.raise_signal(signal.SIGTERM)
+            await run.recorder.wait_for(ev.RuntimeStopping)
+            signal.raise_signal(signal.SIGHUP)  # while the VM stops: nothing left to reload
             assert await run.exit_status() == 0
     finally:
         stuck.release.set()
@@ -338,3 +361,44 @@ async def test_a_port_in_use_is_logged_then_raised_alone(
     names = run.recorder.names()
     assert ev.RuntimeReady.NAME not in names
     assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
+
+
+async def test_the_demo_reloads_nothing(clock: trio.testing.MockClock, tmp_path: Path) -> None:
+    """Without a config file (the demo), a SIGHUP reports an empty reload."""
+    config = write_config(tmp_path)
+    loaded = load_config(config, {})
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config, config=loaded, demo=True)
+        signal.raise_signal(signal.SIGHUP)
+        assert await run.recorder.wait_for(ev.RuntimeReload) == {"changed": [], "error": None}
+        signal.raise_signal(signal.SIGTERM)
+        assert await run.exit_status() == 0
+
+
+async def test_a_fault_of_the_server_still_stops_every_vm_through_its_ladder(
+    clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_door(
+        self: object,
+        listeners: list[trio.SocketListener],
+        stop: trio.Event,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started(("127.0.0.1", 1))
+        await trio.sleep(1)
+        raise RuntimeError("accept loop broke")
+
+    monkeypatch.setattr(frameos.server.frontdoor.FrontDoor, "run", broken_door)
+    config = write_config(tmp_path, vms=[fake_vm("a")])
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config)
+        assert await run.exit_status() == 1
+    names = run.recorder.names()
+    faults = [f["text"] for f in run.recorder.of(ev.Message) if "internal fault" in str(f["text"])]
+    assert len(faults) == 1 and "RuntimeError: accept loop broke" in faults[0]
+    (requested,) = run.recorder.of(ev.VmShutdownRequested)
+    assert requested["vm"] == "a"
+    assert run.recorder.of(ev.VmShutdownComplete)[0]["vm"] == "a"
+    assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
+    assert run.recorder.of(ev.Summary)[0]["exit_status"] == 1

@@ -29,7 +29,12 @@ from typing import Any
 
 import pytest
 
+from frameos import events as ev
 from tests.conftest import require, require_tools
+
+SHUTDOWN_NAMES = {
+    cls.NAME for cls in (ev.VmShutdownRequested, ev.VmShutdownEscalated, ev.VmShutdownComplete)
+}
 
 pytestmark = pytest.mark.systemd
 
@@ -95,6 +100,9 @@ def drop_in(root: Path) -> str:
             "PrivateTmp=no",
             "ProtectHome=read-only",
             f"ReadWritePaths={root}",
+            "# PrivateTmp=yes gives the shipped unit a writable /tmp (the HTTP stack's private",
+            "# socket lives in a temporary directory); without it, /tmp is read-only here.",
+            f"Environment=TMPDIR={root}",
             "# The harness shares the host's filesystem: no /var/lib/frameos there.",
             "StateDirectory=",
             "# Harness scale.",
@@ -145,7 +153,7 @@ class Systemd:
         """
         lines = self.journal("-t", "frameos")
         events = [json.loads(line) for line in lines if line.startswith('{"v":')]
-        starts = [i for i, e in enumerate(events) if e["event"] == "runtime:start"]
+        starts = [i for i, e in enumerate(events) if e["event"] == ev.RuntimeStart.NAME]
         return events[starts[-1] :] if starts else []
 
     def events_once(
@@ -190,7 +198,8 @@ class Systemd:
             if ok(props):
                 return props
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: not within {timeout} s; last {props}")
+                tail = "\n".join(self.journal()[-20:])
+                pytest.fail(f"{what}: not within {timeout} s; last {props}; journal:\n{tail}")
             time.sleep(0.05)
 
     def ensure_active(self) -> dict[str, str]:
@@ -345,11 +354,11 @@ def test_activating_until_ready_then_active_with_status(systemd: Systemd) -> Non
     ready_at = next(i for i, n in enumerate(notes) if n.startswith("READY=1"))
     assert notes[0].startswith("STATUS=starting")
     assert notes[ready_at] == f"READY=1, STATUS={props['StatusText']}"
-    events = [e["event"] for e in systemd.events_once(lambda names: "runtime:ready" in names)]
+    events = [e["event"] for e in systemd.events_once(lambda names: ev.RuntimeReady.NAME in names)]
     if HAS_WORKERS:
-        assert events.count("vm.launched") == 2
-        assert max(i for i, e in enumerate(events) if e == "vm.launched") < events.index(
-            "runtime:ready"
+        assert events.count(ev.VmLaunched.NAME) == 2
+        assert max(i for i, e in enumerate(events) if e == ev.VmLaunched.NAME) < events.index(
+            ev.RuntimeReady.NAME
         )
 
 
@@ -368,12 +377,12 @@ def test_reload_goes_through_reloading_and_back_to_active(systemd: Systemd) -> N
         r"RELOADING=1, MONOTONIC_USEC=\d+, STATUS=reloading configuration", notes[0]
     ), notes
     assert notes[1] == f"READY=1, STATUS={props['StatusText']}"
-    systemd.events_once(lambda names: "runtime:reload" in names)
+    systemd.events_once(lambda names: ev.RuntimeReload.NAME in names)
 
 
 def test_a_frozen_process_is_restarted_by_the_watchdog(systemd: Systemd) -> None:
     before = systemd.ensure_active()
-    old_vms = {e["fields"]["pid"] for e in systemd.events() if e["event"] == "vm.launched"}
+    old_vms = {e["fields"]["pid"] for e in systemd.events() if e["event"] == ev.VmLaunched.NAME}
     assert len(old_vms) == (2 if HAS_WORKERS else 0)
     systemd.systemctl("kill", "-s", "SIGSTOP", "--kill-who=main", UNIT)
     systemd.wait_for("Result=watchdog", lambda p: p["Result"] == "watchdog")
@@ -404,22 +413,22 @@ def test_stop_runs_the_ladder_within_timeout_stop_sec(systemd: Systemd) -> None:
     props = systemd.show()
     assert (props["ActiveState"], props["Result"]) == ("inactive", "success")
     assert 3.0 <= took < 60, took  # the stubborn VM's ladder ran, well inside TimeoutStopSec
-    events = systemd.events_once(lambda names: "summary" in names)
+    events = systemd.events_once(lambda names: ev.Summary.NAME in names)
     names = [e["event"] for e in events]
-    stopping = names.index("runtime:stopping")
+    stopping = names.index(ev.RuntimeStopping.NAME)
     ladder = [
         (e["event"], e["fields"].get("vm"), e["fields"].get("signal") or e["fields"].get("outcome"))
         for e in events[stopping:]
-        if e["event"].startswith("vm.shutdown")
+        if e["event"] in SHUTDOWN_NAMES
     ]
-    assert ("vm.shutdown_complete", "calm", "graceful") in ladder
+    assert (ev.VmShutdownComplete.NAME, "calm", "graceful") in ladder
     assert [step for step in ladder if step[1] == "stubborn"] == [
-        ("vm.shutdown_requested", "stubborn", None),
-        ("vm.shutdown_escalated", "stubborn", "SIGTERM"),
-        ("vm.shutdown_escalated", "stubborn", "SIGKILL"),
-        ("vm.shutdown_complete", "stubborn", "forced"),
+        (ev.VmShutdownRequested.NAME, "stubborn", None),
+        (ev.VmShutdownEscalated.NAME, "stubborn", "SIGTERM"),
+        (ev.VmShutdownEscalated.NAME, "stubborn", "SIGKILL"),
+        (ev.VmShutdownComplete.NAME, "stubborn", "forced"),
     ]
-    assert names[-2:] == ["runtime:stop", "summary"]
+    assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
     assert events[-1]["fields"]["exit_status"] == 0
     notes = systemd.notifications()[before:]
     assert notes[0] == "STOPPING=1, STATUS=stopping (received SIGTERM)"
@@ -438,8 +447,8 @@ def test_a_ladder_longer_than_timeout_stop_sec_is_extended_not_timed_out(systemd
         props = systemd.show()
         assert (props["ActiveState"], props["Result"]) == ("inactive", "success"), props
         assert took > 2.5, took  # the ladder (≈ 3 s) outlasted TimeoutStopSec, extended
-        events = systemd.events_once(lambda names: "summary" in names)
-        complete = [e["fields"] for e in events if e["event"] == "vm.shutdown_complete"]
+        events = systemd.events_once(lambda names: ev.Summary.NAME in names)
+        complete = [e["fields"] for e in events if e["event"] == ev.VmShutdownComplete.NAME]
         assert {(f["vm"], f["outcome"]) for f in complete} == {
             ("calm", "graceful"),
             ("stubborn", "forced"),

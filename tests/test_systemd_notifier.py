@@ -581,3 +581,32 @@ async def test_rung_budgets_come_from_the_events_not_a_reloaded_config(
     assert extend(timed_out) == f"EXTEND_TIMEOUT_USEC={5_000_000 + margin}"
     escalated = ev.VmShutdownEscalated(vm="db", signal="SIGTERM", timeout_ms=3_000)
     assert extend(escalated) == f"EXTEND_TIMEOUT_USEC={3_000_000 + margin}"
+
+
+async def test_with_the_real_bus_the_drain_ends_the_notifier(
+    systemd: tuple[str, socket.socket], tmp_path: Path
+) -> None:
+    from frameos.bus import Bus
+    from frameos.eventlog import EventLog
+
+    path, sock = systemd
+    log = EventLog(tmp_path / "events.jsonl")
+    log.open()
+    bus, state = Bus(log, fsync="never"), make_state()
+    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path})
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            await nursery.start(notifier.run)
+            state.set_phase(Phase.STOPPING)
+            # one batch (no checkpoint in between), so the datagrams do not depend on timing
+            bus.publish_nowait(ev.RuntimeStopping(reason="received SIGTERM", signal="SIGTERM"))
+            for event in stop_events():
+                bus.publish_nowait(event)
+            await bus.aclose()  # writes the rest, then closes every subscription
+    log.close()
+    assert await received(sock) == [
+        "STOPPING=1\nSTATUS=stopping (received SIGTERM)",
+        "STATUS=exiting with status 0",
+    ]
+    assert bus.dropped == 0

@@ -282,3 +282,77 @@ async def test_helpers_left_by_a_killed_instance_are_killed(tmp_path: Path) -> N
 class _Pid:
     def __init__(self, pid: int) -> None:
         self.pid = pid
+
+
+# --- cheap recovery --------------------------------------------------------------------------
+
+
+async def test_orphans_share_one_proc_scan_per_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 orphans whose parent never reaps them (the test itself: they stay zombies, so their
+    groups answer the kill(0) probe): /proc is scanned a few times in all, not per orphan."""
+    scans: list[int] = []
+    real_scan = procfs.live_groups
+
+    def counted() -> dict[int, list[procfs.ProcStat]]:
+        scans.append(1)
+        return real_scan()
+
+    def forbidden(pgid: int) -> list[procfs.ProcStat]:
+        raise AssertionError("a /proc scan per orphan")
+
+    monkeypatch.setattr(procfs, "live_groups", counted)
+    monkeypatch.setattr(procfs, "group_members", forbidden)
+    (tmp_path / "vms").mkdir()
+    procs = [
+        await trio.lowlevel.open_process(["sleep", "60"], start_new_session=True) for _ in range(20)
+    ]
+    try:
+        for i, proc in enumerate(procs):
+            started = procfs.start_time(proc.pid)
+            assert started is not None
+            pidfile.write(
+                tmp_path / "vms" / f"old{i}.pid",
+                pidfile.PidRecord(
+                    vm=f"old{i}",
+                    pid=proc.pid,
+                    start_time=started,
+                    pgid=proc.pid,
+                    method="signal",
+                    timeouts={"cooperative_ms": 2000, "sigterm_ms": 1000, "sigkill_ms": 1000},
+                ),
+            )
+        pub = RecordingPublisher()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                pool = VmPool(frame(tmp_path, []), pub)
+                await nursery.start(pool.run)  # the orphans are stopped before it starts
+                await pool.stop("test")
+        assert all(procfs.read_stat(p.pid).state == "Z" for p in procs)  # type: ignore[union-attr]
+        assert len(of(pub, ev.VmCooperativeSucceeded, "old0")) == 1
+        assert len([e for e, _ in pub.events if isinstance(e, ev.VmShutdownComplete)]) == 20
+        assert 1 <= len(scans) <= 10
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def test_a_reload_does_not_change_a_running_vms_ladder(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    pub = RecordingPublisher()
+    launched = frame(tmp_path, [vm("a", timeouts=QUICK)])
+    reloaded = frame(tmp_path, [vm("a", timeouts={**QUICK, "sigterm_ms": 9000})])
+    async with trio.open_nursery() as outer:
+        pool = VmPool(launched, pub, spawner=FakeSpawner(outer), base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            await pool.on_reload(reloaded, ["vms.0.timeouts.sigterm_ms"])
+            await pool.stop("after a reload")
+            work.cancel_scope.cancel()
+    (requested,) = of(pub, ev.VmShutdownRequested, "a")
+    assert requested.deadline_ms == 3000
+    assert [e.timeout_ms for e in of(pub, ev.VmShutdownEscalated, "a")] == [1000, 1000]

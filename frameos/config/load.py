@@ -254,13 +254,17 @@ def resolve(config: FrameConfig, source: str, env: Mapping[str, str]) -> FrameCo
     state_dir = config.state_dir
     if state_dir is None:
         systemd_state = env.get("STATE_DIRECTORY", "").split(":")[0]
-        state_dir = Path(systemd_state) if systemd_state else Path("state")
-        if "\0" in str(state_dir):
-            raise _fail(source, "$STATE_DIRECTORY contains a NUL byte; fix the unit", "state_dir")
-    config = config.model_copy(update={"state_dir": state_dir.absolute()})
+        state_dir = Path(systemd_state) if systemd_state and "\0" not in systemd_state else None
+    try:
+        state_dir = (state_dir or Path("state")).absolute()
+    except OSError as exc:  # a relative state_dir, and the current directory is gone
+        raise _fail(
+            source, f"cannot be made absolute ({exc.strerror}); give an absolute path", "state_dir"
+        ) from None
+    config = config.model_copy(update={"state_dir": state_dir})
     problems = _token_problems(config, source, env)
     for index, vm in enumerate(config.vms):
-        problems += _launch_problems(vm, f"vms[{index}]", config.state_dir or state_dir, source)
+        problems += _launch_problems(vm, index, state_dir, source)
     if problems:
         raise ConfigError(problems)
     return config
@@ -299,11 +303,12 @@ def _token_problems(config: FrameConfig, source: str, env: Mapping[str, str]) ->
     return []
 
 
-def _launch_problems(vm: VmConfig, at: str, state_dir: Path, source: str) -> list[Problem]:
+def _launch_problems(vm: VmConfig, index: int, state_dir: Path, source: str) -> list[Problem]:
     """What launching `vm` would refuse: the placeholders, the socket path, the exec size.
 
     The paths mirror workers/paths.py VmPaths.of (the config cannot import the workers).
     """
+    at = f"vms[{index}]"
     qmp = os.fsencode(state_dir / "vms" / f"{vm.name}.qmp")
     overlay = None
     if vm.base_image is not None:
@@ -320,7 +325,7 @@ def _launch_problems(vm: VmConfig, at: str, state_dir: Path, source: str) -> lis
             problems.append(
                 Problem(
                     source,
-                    json_path((*_loc(at), "env", key)),
+                    json_path(("vms", index, "env", key)),
                     f"`NAME=value` is over {MAX_ARG_BYTES} bytes, which the kernel refuses to "
                     "exec; shorten it",
                 )
@@ -382,11 +387,6 @@ def _launch_problems(vm: VmConfig, at: str, state_dir: Path, source: str) -> lis
             )
         )
     return problems
-
-
-def _loc(at: str) -> tuple[int | str, ...]:
-    name, _, rest = at.partition("[")
-    return (name, int(rest.rstrip("]")))
 
 
 def is_loopback(host: str) -> bool:

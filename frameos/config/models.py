@@ -125,6 +125,15 @@ def _argv(value: list[str]) -> list[str]:
     return value
 
 
+# How docs/configuration.md states what each validator allows (frameos/config/reference.py).
+RULES = {
+    _exec_text: f"no NUL, ≤ {MAX_ARG_BYTES} bytes",
+    _env_name: "names: non-empty, no `=`",
+    _fs_path: f"no NUL, ≤ {MAX_PATH_BYTES} bytes, each part ≤ {MAX_NAME_BYTES}",
+    _absolute: "absolute",
+    _argv: "argv[0] non-empty",
+}
+
 ExecText = Annotated[str, AfterValidator(_exec_text)]
 EnvName = Annotated[str, AfterValidator(_env_name)]
 Argv = Annotated[list[ExecText], Field(min_length=1, max_length=10_000), AfterValidator(_argv)]
@@ -235,6 +244,11 @@ class CooperativeConfig(Model):
             name = "SIG" + name
         if not hasattr(_signal, name) or name.startswith("SIG_"):
             raise ValueError(f"expected a signal name such as SIGINT or SIGUSR1, found {value!r}")
+        if name in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(
+                f"{name} cannot be caught, so it asks nothing (SIGSTOP would freeze the guest "
+                "for the whole ladder); use a signal the guest handles, such as SIGINT"
+            )
         return name
 
     @model_validator(mode="after")

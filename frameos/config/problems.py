@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from frameos.config.models import PATTERN_HINTS, PathError
-from frameos.errors import Problem
+from frameos.errors import MAX_PROBLEMS, Problem
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -97,8 +97,9 @@ def _expected(err: Mapping[str, Any]) -> str:
 
 def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> list[Problem]:
     """One Problem per pydantic error, with JSON paths and hints for unknown keys."""
-    problems = []
-    for item in err.errors(include_url=False):
+    problems: list[Problem] = []
+    items = err.errors(include_url=False)
+    for item in items[:MAX_PROBLEMS]:
         loc = tuple(item["loc"])
         exc = (item.get("ctx") or {}).get("error")
         if isinstance(exc, PathError):
@@ -115,7 +116,8 @@ def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> 
             problems.append(
                 Problem(source, path, f"{_expected(item)}, found {_found(item['input'])}")
             )
-    return problems
+    # The rest only count: ConfigError shows how many there were, not what they were.
+    return problems + [Problem(source, "", "not shown")] * (len(items) - len(items[:MAX_PROBLEMS]))
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:

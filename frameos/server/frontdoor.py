@@ -143,11 +143,11 @@ class FrontDoor:
                     backoff = min(backoff * 2, ACCEPT_BACKOFF_S[1])
                     continue
                 backoff = ACCEPT_BACKOFF_S[0]
-                self._warned = False
                 self._take(HTTP_FDS)
                 nursery.start_soon(self._handle, stream)
 
     def _limit_reached(self, text: str) -> None:
+        """Warn once per episode (until usage falls to half the budget); count every time."""
         self.at_limit_total += 1
         if not self._warned:
             self._warned = True
@@ -160,6 +160,8 @@ class FrontDoor:
     def _give(self, fds: int) -> None:
         self.fds_in_use -= fds
         self._released.set()
+        if self.fds_in_use <= self.budget // 2:
+            self._warned = False  # the episode is over: warn again next time
 
     # --- one connection ------------------------------------------------------------------------
 
@@ -193,20 +195,25 @@ class FrontDoor:
             with trio.move_on_after(LINGER_S, shield=True):
                 await stream.aclose()
 
-    async def _splice(self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected) -> None:
+    async def _splice(
+        self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected
+    ) -> None:
         try:
             upstream = await self.upstream.connect()
         except OSError as exc:
             await _answer_directly(client, 503, "unavailable", f"cannot reach the app: {exc}")
             return
-        async with upstream:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
+        async with upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._responses, upstream, client, nursery.cancel_scope)
+            try:
                 if isinstance(head, Rejected):
                     await upstream.send_all(reject_request(head))
                 else:
                     await self._requests(client, upstream, buffer, head)
-                # No more requests from this client: hypercorn's answers end the connection.
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()  # the client (or hypercorn) went away
+                return
+            # No more requests from this client: hypercorn's answers end the connection.
         with trio.move_on_after(LINGER_S):
             await client.send_eof()
             while await client.receive_some(RECV):
@@ -219,6 +226,8 @@ class FrontDoor:
         try:
             while data := await upstream.receive_some(RECV):
                 await client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; closing the upstream connection tells hypercorn
         finally:
             done.cancel()
 

@@ -280,6 +280,8 @@ class WsHub:
             self.bus.unsubscribe(sub)
 
     def deliver(self, batch: Sequence[Envelope]) -> None:
+        if batch[-1].seq <= self.delivered_seq:
+            return  # already delivered (a caller still wiring the hub as a bus subscriber too)
         self.delivered_seq = batch[-1].seq
         if not self.clients:
             return
@@ -324,7 +326,12 @@ class WsHub:
                 self.clients.add(client)
                 return
             if page is None:
-                page = await read_page(self.bus.log, cursor)
+                try:
+                    page = await read_page(self.bus.log, cursor)
+                except StaleCursorError as exc:  # rotation overtook this replay
+                    client.close(1011, f"events after {cursor} were rotated away; reconnect")
+                    client.close_reason = str(exc)
+                    return
             if not page.lines:
                 client.close(1011, "the log holds no events after the cursor; reconnect")
                 return

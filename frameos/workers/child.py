@@ -15,8 +15,9 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from frameos.workers import LaunchError, pidfile, procfs
 from frameos.workers.pidfile import PidRecord
 
 ORPHAN_POLL_S = 0.002
+RECORD_KILL_S = 1.0  # the bound on killing a process whose pidfile could not be written
 ORPHAN_POLL_MAX_S = 0.05
 # What starting a process raises for bad input (an env name with "=", a NUL byte, a missing
 # program, a full disk, ...): the failure of that one launch, never of the supervisor.
@@ -137,18 +139,22 @@ async def kill_group(child: Child, bound_s: float) -> bool:
     return child.exited
 
 
-async def record_or_kill(child: Child, write: Callable[[], object], bound_s: float) -> None:
-    """Write `child`'s pidfile now (`write`, synchronous: nothing can cancel us between the
-    spawn and the record). When that fails (ENOSPC, EACCES, ...) the group is killed at once
-    and LaunchError says why: a process frameos could not find after a crash must not run."""
+async def record_or_kill(child: Child, write: Callable[[], Awaitable[object]]) -> None:
+    """Write `child`'s pidfile (`write`, run to completion even when cancelled: a thread that
+    is not abandoned) before anything else. When that fails (ENOSPC, EACCES, ...), or a
+    cancellation arrives first, the group is killed at once (shielded, bounded): a process
+    frameos could not find after a crash must not run. A failed write raises LaunchError."""
     try:
-        write()
+        await write()
     except OSError as exc:
-        await kill_group(child, bound_s)
+        await kill_group(child, RECORD_KILL_S)
         raise LaunchError(
             f"cannot write the pidfile of pid {child.pid} ({exc.strerror or exc}), so killed "
             f"pid {child.pid}: nothing may run untracked; free space in the state_dir"
         ) from None
+    except BaseException:
+        await kill_group(child, RECORD_KILL_S)
+        raise
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,12 @@ async def run_captured(
     try:
         child = await spawn(argv, env=env, cwd=cwd, output=write_end)
         if tracking is not None:
-            await record_or_kill(child, lambda: recorded.append(tracking.write(child)), grace_s)
+            track = tracking
+
+            def write() -> None:
+                recorded.append(track.write(child))
+
+            await record_or_kill(child, partial(trio.to_thread.run_sync, write))
     except BaseException:
         os.close(read_end)
         raise

@@ -7,7 +7,7 @@ delay after the ones it honours; `RecordingPublisher` keeps every event publishe
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trio
@@ -126,12 +126,18 @@ class FakeSpawner:
         self.launches: list[tuple[list[str], dict[str, str], Path | None, float]] = []
 
     async def __call__(
-        self, argv: list[str], env: Mapping[str, str], cwd: Path | None, log: int
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: Path | None,
+        log: Path,
+        record: Callable[[FakeChild], None],
     ) -> FakeChild:
         self.launches.append((argv, dict(env), cwd, trio.current_time()))
         if self.fail_with is not None:
             raise self.fail_with
         child = FakeChild(self.nursery, self.exits_on)
+        record(child)  # synchronously: no thread, so the autojump clock stays exact
         if self.lifetime is not None:
             child.exit_later(self.lifetime, self.code)
         self.children.append(child)
