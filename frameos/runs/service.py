@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -46,7 +46,7 @@ from frameos.runs.model import (
     UnknownRun,
     UnknownVm,
 )
-from frameos.runs.receipt import PAGE, Receipt, make_receipt, run_lines
+from frameos.runs.receipt import PAGE, Receipt, make_receipt, run_events
 
 # How long `events`/`receipt` wait for the log writer to have a finished run's last event.
 WRITE_WAIT_S = 5.0
@@ -260,22 +260,21 @@ class RunService:
 
     async def events(self, run_id: str) -> builtins.list[bytes]:
         """The run's envelope lines, from the log (oldest first)."""
-        run = self.get(run_id)
-        return await self._lines(run)
+        return [line for line, _ in await self._events(self.get(run_id))]
 
     async def receipt(self, run_id: str) -> Receipt:
         """The run's receipt; the same log gives the same receipt (`Receipt.canonical`)."""
         run = self.get(run_id)
-        return make_receipt(run, await self._lines(run))
+        return make_receipt(run, [data for _, data in await self._events(run)])
 
-    async def _lines(self, run: Run) -> builtins.list[bytes]:
+    async def _events(self, run: Run) -> builtins.list[tuple[bytes, dict[str, Any]]]:
         assert run.first_seq is not None, "a run is accepted before anyone sees it"
         last = run.last_seq if run.last_seq is not None else self.bus.last_seq
         with trio.move_on_after(WRITE_WAIT_S):
             while self.bus.written_seq < last and not self.bus.closed:
                 await self._written.wait()
         last = min(last, self.bus.written_seq)
-        return await trio.to_thread.run_sync(run_lines, self.log, run.run_id, run.first_seq, last)
+        return await trio.to_thread.run_sync(run_events, self.log, run.run_id, run.first_seq, last)
 
     # --- execution -----------------------------------------------------------------------------
 
