@@ -17,6 +17,7 @@ VMs); its stdout (JSON lines) is read by the bench. HEAD is the newest seq of th
                       Bar ≤ 50 ms.
     healthz_p99_ms    meanwhile a probe times GET /healthz (new connection) every 20 ms. Bar ≤ 50.
 
+(4) runs `--runs` windows (3; 1 with --quick); its figures are the medians over the windows.
 Each request has a timeout (`--timeout`, 10 s); a timed-out request counts as that long.
 
     python bench/bench_depth.py [--events 300000] [--quick]
@@ -160,7 +161,52 @@ class Loop(threading.Thread):
                 self.stop.wait(self.interval)
 
 
-def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
+def load_window(
+    port: int, deep: int, args: Any, heartbeats: list[tuple[float, float]]
+) -> dict[str, float]:
+    """One window of (4): the pollers' child process runs `load_s`; the probe runs meanwhile."""
+    stop = threading.Event()
+    probe = Loop(lambda: timed_get(port, "/healthz", args.timeout), stop, PROBE_INTERVAL_S)
+    pollers = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--poll",
+            str(port),
+            str(deep),
+            str(args.load_s),
+            str(args.timeout),
+            str(args.poll_interval),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    window_start = time.monotonic()
+    probe.start()
+    out, _ = pollers.communicate(timeout=args.load_s + args.timeout + 30)
+    if pollers.returncode != 0:
+        raise RuntimeError(f"the pollers' process failed (exit {pollers.returncode})")
+    window_end = time.monotonic()
+    stop.set()
+    probe.join(args.timeout + 1)
+    polls = json.loads(out or "[]")
+    lags = [lag for at, lag in heartbeats if window_start < at <= window_end + 0.2]
+    probes = [s * 1000 for s in probe.samples]
+    return {
+        "lag_max": max(lags) if lags else float("nan"),
+        "lag_p99": percentile(lags, 0.99),
+        "lag_p50": percentile(lags, 0.5),
+        "heartbeats": len(lags),
+        "polls": len(polls),
+        "poll_p50": percentile(polls, 0.5) * 1000,
+        "probe_p99": percentile(probes, 0.99),
+        "probe_p50": percentile(probes, 0.5),
+        "probe_max": max(probes, default=float("nan")),
+        "probes": len(probes),
+    }
+
+
+def poll_deep(port: int, deep: int, seconds: float, timeout: float, interval: float) -> None:
     """The child process of (4): POLLERS threads poll deep until `seconds` passed; prints the
     durations (s) as one JSON list."""
     stop = threading.Event()
@@ -171,6 +217,7 @@ def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
                 port, f"/v1/events?after={deep - rng.randrange(1000)}&limit=100", timeout
             ),
             stop,
+            interval,
         )
         for _ in range(POLLERS)
     ]
@@ -184,9 +231,9 @@ def poll_deep(port: int, deep: int, seconds: float, timeout: float) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 6 and sys.argv[1] == "--poll":
-        port, deep, seconds, timeout = sys.argv[2:]
-        poll_deep(int(port), int(deep), float(seconds), float(timeout))
+    if len(sys.argv) == 7 and sys.argv[1] == "--poll":
+        port, deep, seconds, timeout, interval = sys.argv[2:]
+        poll_deep(int(port), int(deep), float(seconds), float(timeout), float(interval))
         return 0
 
     def extra(parser: Any) -> None:
@@ -196,8 +243,16 @@ def main() -> int:
         parser.add_argument("--replay-cap", type=float, default=60.0)
         parser.add_argument("--timeout", type=float, default=10.0)
         parser.add_argument("--skip-replay", action="store_true")
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=0.0,
+            help="pause of each deep poller between polls (0: a tight loop, the default)",
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
+    if "--runs" not in sys.argv[1:]:
+        args.runs = 1 if args.quick else 3  # windows of the load phase (4)
     if args.quick:
         args.samples, args.load_s = 5, 4.0
     heartbeats: list[tuple[float, float]] = []  # (bench monotonic time, loop_lag_ms)
@@ -278,56 +333,34 @@ def main() -> int:
                     cap_s=args.replay_cap,
                 )
             # (4) 4 deep pollers (threads of a child process, so the probe here does not wait
-            # on their GIL), heartbeat loop lag and /healthz latency meanwhile
-            stop = threading.Event()
-            probe = Loop(lambda: timed_get(port, "/healthz", args.timeout), stop, PROBE_INTERVAL_S)
-            pollers = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--poll",
-                    str(port),
-                    str(deep),
-                    str(args.load_s),
-                    str(args.timeout),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            window_start = time.monotonic()
-            probe.start()
-            out, _ = pollers.communicate(timeout=args.load_s + args.timeout + 30)
-            window_end = time.monotonic()
-            stop.set()
-            probe.join(args.timeout + 1)
-            polls = json.loads(out or "[]")
-            lags = [lag for at, lag in heartbeats if window_start < at <= window_end + 0.2]
+            # on their GIL), heartbeat loop lag and /healthz latency meanwhile; `--runs` windows
+            windows = [load_window(port, deep, args, heartbeats) for _ in range(args.runs)]
             result(
                 BENCH,
                 "loop_lag_max_ms",
-                [max(lags) if lags else float("nan")],
+                [w["lag_max"] for w in windows],
                 unit="ms",
                 bar=f"<= {LAG_BAR_MS:g}",
                 ok=lambda v: v <= LAG_BAR_MS,
-                p99_ms=rnd(percentile(lags, 0.99)),
-                p50_ms=rnd(percentile(lags, 0.5)),
-                heartbeats=len(lags),
+                p99_ms=[rnd(w["lag_p99"]) for w in windows],
+                p50_ms=[rnd(w["lag_p50"]) for w in windows],
+                heartbeats=[w["heartbeats"] for w in windows],
                 pollers=POLLERS,
+                poll_interval_s=args.poll_interval,
                 load_s=args.load_s,
-                polls=len(polls),
-                poll_p50_ms=rnd(percentile(polls, 0.5) * 1000),
+                polls=[w["polls"] for w in windows],
+                poll_p50_ms=[rnd(w["poll_p50"]) for w in windows],
             )
-            probes = [s * 1000 for s in probe.samples]
             result(
                 BENCH,
                 "healthz_p99_ms",
-                [percentile(probes, 0.99)],
+                [w["probe_p99"] for w in windows],
                 unit="ms",
                 bar=f"<= {LAG_BAR_MS:g}",
                 ok=lambda v: v <= LAG_BAR_MS,
-                p50_ms=rnd(percentile(probes, 0.5)),
-                max_ms=rnd(max(probes, default=0)),
-                probes=len(probes),
+                p50_ms=[rnd(w["probe_p50"]) for w in windows],
+                max_ms=[rnd(w["probe_max"]) for w in windows],
+                probes=[w["probes"] for w in windows],
             )
         finally:
             status = run.stop(20)

@@ -29,6 +29,7 @@ be worse than a few more KB of memory).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -133,11 +134,14 @@ class Bus:
         self._clock = clock
         self._seq = last_seq
         self._pending: list[Envelope] = []
+        self._writing: list[Envelope] = []  # the batch being written (kept if cancelled)
+        self._appended = False  # whether `_writing` is in the file already
         self._unwritten_bytes = 0  # pending + the batch being written
         self._wake = Wakeup()  # the writer: something is pending
         self._room = Wakeup()  # publishers: the unwritten bytes went down
         self._dirty = Wakeup()  # the group commit: something was written
         self._closed = False
+        self._writer_scope = trio.CancelScope()
         self._done = trio.Event()
         self.ring: deque[Envelope] = deque(maxlen=ring_size)
         self._subscriptions: list[Subscription] = []
@@ -289,9 +293,8 @@ class Bus:
     # --- the writer ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write batches until `aclose`, then close every subscription.
-
-        On cancellation: flush what is pending (bounded by FINAL_FLUSH_S), then close them too.
+        """Write batches until `aclose` or cancellation; then flush what is pending (for at
+        most FINAL_FLUSH_S while the disk fails) and close every subscription.
         """
         try:
             async with trio.open_nursery() as nursery:
@@ -299,19 +302,26 @@ class Bus:
                     nursery.start_soon(self._group_commit)
                 task_status.started()
                 try:
-                    while not self._closed:
-                        await self._wake.wait()
-                        while self._pending:
-                            await self._write_batch()
+                    with self._writer_scope:  # `aclose` cancels it: the rest is the final flush
+                        while True:
+                            await self._wake.wait()
+                            while self._writing or self._pending:
+                                await self._write_batch()
                 finally:
                     nursery.cancel_scope.cancel()
                     with trio.move_on_after(FINAL_FLUSH_S, shield=True):
-                        while self._pending:
+                        while self._writing or self._pending:
                             await self._write_batch()
                         if self.fsync != "never":
                             await self._until_done("fsync", self.log.sync, thread=True)
         finally:
             self._closed = True
+            if self._seq > self.written_seq:  # the disk never came back within FINAL_FLUSH_S
+                print(
+                    f"frameos: event log {self.log.path}: {self._seq - self.written_seq} events "
+                    f"could not be written ({self.fault})",
+                    file=sys.stderr,
+                )
             for subscription in self._subscriptions:
                 subscription._close()
             self._room.set()
@@ -325,15 +335,28 @@ class Bus:
             await trio.sleep(FSYNC_GROUP_S)
 
     async def _write_batch(self) -> None:
-        batch, self._pending = self._pending, []
+        """Write the oldest unwritten batch, then hand it to the subscribers.
+
+        A cancelled write leaves its batch in `_writing` (and whether it reached the file in
+        `_appended`), so the final flush goes on with the same batch: no gap, no duplicate.
+        """
+        if not self._writing:
+            self._writing, self._pending = self._pending, []
+            self._appended = False
+        batch = self._writing
         data = b"".join(e.line for e in batch)
+        if not self._appended:
+            # fsync=batch: on the loop, into the page cache (a stalled disk here stops the
+            # watchdog pings); fsync=always: in a thread, then the fsync before anyone sees it
+            await self._until_done(
+                "write", lambda: self.log.append(data), thread=self.fsync == "always"
+            )
+            self._appended = True  # no checkpoint since the append returned
         if self.fsync == "always":
-            await self._until_done("write", lambda: self.log.append(data), thread=True)
             await self._until_done("fsync", self.log.sync, thread=True)
         else:
-            # page cache; a stalled disk here stops the watchdog pings
-            await self._until_done("write", lambda: self.log.append(data), thread=False)
             self._dirty.set()
+        self._writing = []
         self._check_rotation()
         self._unwritten_bytes -= len(data)
         self._room.set()
@@ -354,10 +377,11 @@ class Bus:
             self._failed("rotation", self.log.rotation_error)
 
     async def aclose(self) -> None:
-        """Stop accepting events; wait until every published one is written and every
-        subscription closed. Cancellation stops the wait, not the writer."""
+        """Stop accepting events; wait until every published one is written (for at most
+        FINAL_FLUSH_S of a failing disk) and every subscription closed. Cancellation stops the
+        wait, not the writer."""
         self._closed = True
-        self._wake.set()
+        self._writer_scope.cancel()
         await self._done.wait()
 
     @property

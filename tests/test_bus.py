@@ -293,12 +293,16 @@ async def test_deprecated_deliver_subscribers_still_work(tmp_path: Path) -> None
 class FullDisk:
     """os.write for the log's fd fails with ENOSPC (after a short write) while `full` is set."""
 
-    def __init__(self, log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.log, self.full, self.calls = log, True, 0
+    def __init__(
+        self, log: EventLog, monkeypatch: pytest.MonkeyPatch, failures: int | None = None
+    ) -> None:
+        self.log, self.full, self.calls, self.failures = log, True, 0, failures
         self.real_write = os.write
         monkeypatch.setattr(os, "write", self.write)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.failures is not None and self.calls >= self.failures:
+            self.full = False
         if fd != self.log._fd or not self.full:
             return self.real_write(fd, data)
         self.calls += 1
@@ -381,8 +385,9 @@ async def test_publishers_wait_at_the_mark_while_the_disk_is_full(
 
 
 async def test_a_failing_fsync_is_a_fault_until_it_works(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # real time (0.35 s of backoff): the mock clock would jump while the fsync thread runs
     log = open_log(tmp_path)
     bus = Bus(log, fsync="always")
     real_fsync, failures = os.fsync, [3]
@@ -471,3 +476,43 @@ async def test_a_real_full_tmpfs_then_room_again(tmp_path: Path) -> None:
             EventLog(disk / "events.jsonl").open()  # a restart on the still-full disk
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+async def test_cancelled_during_a_fault_the_batch_in_flight_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stop comes while the writer retries a batch: the final flush writes that batch too."""
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    FullDisk(log, monkeypatch, failures=6)  # ~1.5 s of backoff, then room again
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        for i in range(3):
+            bus.publish_nowait(Message(text=f"in flight {i}"))
+        await trio.sleep(0.5)  # retrying the first batch
+        for i in range(2):
+            bus.publish_nowait(Message(text=f"pending {i}"))
+        nursery.cancel_scope.cancel()
+    seqs = [decode(line).seq for line in log.path.read_bytes().splitlines(keepends=True)]
+    assert seqs == list(range(1, bus.last_seq + 1))  # nothing lost, nothing twice
+    texts = [decode(line).fields()["text"] for line in log.read_after(0, 100).lines]
+    assert texts[:3] == ["in flight 0", "in flight 1", "in flight 2"]
+    log.close()
+
+
+async def test_a_disk_that_never_comes_back_is_said_on_stderr(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    FullDisk(log, monkeypatch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        bus.publish_nowait(Message(text="lost"))
+        await bus.aclose()  # gives up after FINAL_FLUSH_S
+    err = capsys.readouterr().err
+    assert "events could not be written (event log write failed: No space left" in err
+    log.close()

@@ -326,7 +326,9 @@ async def test_orphans_share_one_proc_scan_per_round(
         pub = RecordingPublisher()
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                await nursery.start(VmPool(frame(tmp_path, []), pub).run)
+                pool = VmPool(frame(tmp_path, []), pub)
+                await nursery.start(pool.run)  # the orphans are stopped before it starts
+                await pool.stop("test")
         assert all(procfs.read_stat(p.pid).state == "Z" for p in procs)  # type: ignore[union-attr]
         assert len(of(pub, ev.VmCooperativeSucceeded, "old0")) == 1
         assert len([e for e, _ in pub.events if isinstance(e, ev.VmShutdownComplete)]) == 20

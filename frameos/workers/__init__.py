@@ -8,13 +8,16 @@
     plan.py, paths.py, procfs.py, pidfile.py, demo.py: no trio, so `frameos check --plan` and the
     config loader stay fast (BARS B4).
 
-Errors of this package (all `frameos.errors.FrameosError`, reported as events, never raised out
-of the pool):
+Errors of this package (all `frameos.errors.FrameosError`; the supervision path reports them as
+events, only the pool operations raise `OperationFailed` to their caller):
 
     WorkerError
     ├── LaunchError         a VM could not be started (command, cwd, overlay, socket path)
-    └── ChannelError        the cooperative channel failed (QMP protocol error, command failed)
-        └── ChannelUnavailable  there is no channel to ask (no socket, refused, no method)
+    ├── ChannelError        the cooperative channel failed (QMP protocol error, command failed)
+    │   └── ChannelUnavailable  there is no channel to ask (no socket, refused, no method)
+    └── OperationFailed     a pool operation (start_vm, stop_vm, ..., R2) did not do its job;
+        ├── OperationCanceled   a stop of the same VM won over it
+        └── VmBusy              the VM is not in a state the operation accepts
 
 This module imports nothing heavy on purpose: importing `frameos.workers.plan` must not pull in
 trio.
@@ -24,7 +27,15 @@ from __future__ import annotations
 
 from frameos.errors import FrameosError
 
-__all__ = ["ChannelError", "ChannelUnavailable", "LaunchError", "WorkerError"]
+__all__ = [
+    "ChannelError",
+    "ChannelUnavailable",
+    "LaunchError",
+    "OperationCanceled",
+    "OperationFailed",
+    "VmBusy",
+    "WorkerError",
+]
 
 
 class WorkerError(FrameosError):
@@ -41,3 +52,15 @@ class ChannelError(WorkerError):
 
 class ChannelUnavailable(ChannelError):
     """There is nothing to ask: no socket, a refused connection, or no method."""
+
+
+class OperationFailed(WorkerError):
+    """A pool operation failed (a launch, a bootstrap, ...); the message says why."""
+
+
+class OperationCanceled(OperationFailed):
+    """A start, restart or bootstrap was canceled because a stop of the same VM won."""
+
+
+class VmBusy(OperationFailed):
+    """The VM is not in a state this operation accepts (e.g. `clean` while it runs)."""

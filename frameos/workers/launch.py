@@ -9,6 +9,7 @@ can cost the event loop milliseconds, times hundreds of VMs. Tests pass a fake s
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -48,14 +49,30 @@ async def default_spawner(
 
 
 def _open_log(path: Path) -> int:
-    """The VM's stdout/stderr file, appended to; rotated once to NAME.log.1 past 8 MiB."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o640)
-    if os.fstat(fd).st_size > LOG_MAX_BYTES:
-        os.close(fd)
-        os.replace(path, path.with_name(path.name + ".1"))
-        fd = os.open(path, flags, 0o640)
-    return fd
+    """The VM's stdout/stderr file, appended to (rotated first when past LOG_MAX_BYTES)."""
+    rotate_if_large(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+
+def rotate_if_large(path: Path, limit: int = LOG_MAX_BYTES) -> bool:
+    """Past `limit` bytes, copy the output file to NAME.log.1 (replacing it) and truncate it.
+
+    Copy-and-truncate, not rename: a running VM keeps writing to its open descriptor (opened
+    with O_APPEND, so it writes at the new end). What it writes between the copy and the
+    truncation is lost (a few lines at most, as with logrotate's copytruncate). Blocking: call
+    in a thread. True when it rotated.
+    """
+    try:
+        if os.stat(path).st_size <= limit:
+            return False
+    except FileNotFoundError:
+        return False
+    rotated = path.with_name(path.name + ".1")
+    tmp = path.with_name(f".{path.name}.1.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, rotated)
+    os.truncate(path, 0)
+    return True
 
 
 def why(exc: BaseException, vm: VmConfig) -> str:

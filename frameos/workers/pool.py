@@ -1,16 +1,31 @@
-"""All the VMs of one instance (SPEC §5, §7.1): started together, stopped together.
+"""All the VMs of one instance (SPEC §5, §5.1, §7.1): started together, stopped together, and
+operated one by one (R2: start_vm, stop_vm, restart_vm, bootstrap_vm, clean_vm, apply).
 
-`run` goes in the supervisor's inner nursery (`await inner.start(pool.run)` returns once every
-VM has launched or failed to launch); `stop` runs every VM's ladder in parallel and returns
-when all are down. Cancelling the nursery that runs `run` does the same (each ladder shielded
-and bounded by its rungs' timeouts), so shutdown can be done by nesting; `force` cuts the
-running ladders short (SIGKILL, bounded). The pool also answers /healthz (`workers`), /readyz
-(reasons per VM) and /metrics (`frameos_vm_*`), and stops what a killed instance left: bootstrap
-steps, stop commands, and VMs under names no longer in the config.
+`run` goes in the supervisor's work nursery (`await work.start(pool.run)` returns once every
+VM has launched or failed to launch) and keeps running (a VM may be started later) until
+`stop` or its cancellation. `stop` runs every VM's ladder in parallel and returns when all are
+down. Cancelling the nursery that runs `run` does the same (each ladder shielded and bounded by
+its rungs' timeouts), so shutdown can be done by nesting; `force` cuts the running ladders
+short (SIGKILL, bounded). The pool also answers /healthz (`workers`), /readyz (reasons per VM)
+and /metrics (`frameos_vm_*`), and stops what a killed instance left: bootstrap steps, stop
+commands, and VMs under names no longer in the config.
+
+Operations run in the caller's task; each raises `OperationFailed` (a message saying why) when
+it did not do its job. An operator's stop holds: the VM's session ends, no restart policy runs,
+until `start_vm`. A stop cancels a start, restart or bootstrap in flight on the same VM: that
+operation raises `OperationCanceled` (or `trio.Cancelled` when its caller's own scope was
+cancelled) after the VM is left stopped through its ladder. Every event an operation causes
+carries its `run_id` (each worker's publisher, publisher.RunTagger). Concurrent operations on
+one VM other than a winning stop are the caller's to refuse (the runs service answers 409).
+
+The VM's stdout and stderr go to `state_dir/vms/NAME.log` (`VmSnapshot.output_log`), copied to
+`NAME.log.1` and truncated once past `LOG_MAX_BYTES` (checked at each launch and every
+`LOG_CHECK_S` while it runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,14 +35,32 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from frameos import events as ev
-from frameos.config import FrameConfig
+from frameos.config import FrameConfig, VmConfig
 from frameos.state import RuntimeState, WorkerCounts
-from frameos.workers.orphans import clean_up_after, stop_helpers
+from frameos.workers import OperationCanceled, OperationFailed, VmBusy
+from frameos.workers.launch import LOG_MAX_BYTES, rotate_if_large
+from frameos.workers.orphans import clean_up_after, discard_overlay, stop_helpers
 from frameos.workers.publisher import Publisher
-from frameos.workers.vm import Spawner, VmState, VmWorker, default_spawner
+from frameos.workers.reload import ReloadDiff, classify
+from frameos.workers.snapshot import (
+    BootstrapSnapshot,
+    LastExit,
+    StepSnapshot,
+    VmSnapshot,
+    redacted_config,
+)
+from frameos.workers.vm import PARKED, LaunchRecord, Spawner, VmState, VmWorker, default_spawner
 
 # The exit status of `frameos run` when a VM with `on_exhausted: exit` gave up.
 EXIT_EXHAUSTED = 3
+# How often the output logs of running VMs are checked against LOG_MAX_BYTES.
+LOG_CHECK_S = 10.0
+OPERATOR_REASON = "operator"
+REMOVED_REASON = "removed from the config by a reload"
+CHANGED_REASON = "its process settings changed in a reload"
+NO_PROCESS = (VmState.IDLE, VmState.STOPPED)
+
+__all__ = ["EXIT_EXHAUSTED", "LOG_MAX_BYTES", "ReloadDiff", "VmPool", "VmSnapshot"]
 
 
 class VmPool:
@@ -43,19 +76,38 @@ class VmPool:
         spawner: Spawner = default_spawner,
     ) -> None:
         assert config.state_dir is not None, "resolve() fills state_dir"
+        self.config = config
         self.state_dir: Path = config.state_dir
         self.publisher = publisher
-        self.workers = [
-            VmWorker(
-                vm,
-                self.state_dir,
-                publisher,
-                on_exhausted=on_exhausted,
-                base_env=base_env,
-                spawner=spawner,
-            )
-            for vm in config.vms
-        ]
+        self.on_exhausted, self.base_env, self.spawner = on_exhausted, base_env, spawner
+        self._workers: dict[str, VmWorker] = {vm.name: self._worker_for(vm) for vm in config.vms}
+        self._nursery: trio.Nursery | None = None
+        self._closed = trio.Event()
+        self._ops: dict[str, trio.CancelScope] = {}  # start/restart/bootstrap in flight
+
+    def _worker_for(self, vm: VmConfig) -> VmWorker:
+        return VmWorker(
+            vm,
+            self.state_dir,
+            self.publisher,
+            on_exhausted=self.on_exhausted,
+            base_env=self.base_env,
+            spawner=self.spawner,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        """The VM names, in config order."""
+        return list(self._workers)
+
+    @property
+    def workers(self) -> list[VmWorker]:
+        """The workers, in config order."""
+        return list(self._workers.values())
+
+    def worker(self, name: str) -> VmWorker:
+        """The worker of VM `name`; KeyError when there is none."""
+        return self._workers[name]
 
     @property
     def restarts(self) -> int:
@@ -79,6 +131,8 @@ class VmPool:
         state.not_ready_providers.append(self.not_ready_reasons)
         state.worker_counts = self.counts
 
+    # --- the pool's own task ----------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Supervise every VM until `stop`; `started` once each launched or failed to launch.
 
@@ -91,13 +145,25 @@ class VmPool:
             cleaning.start_soon(stop_helpers, self.state_dir, self.publisher)
             cleaning.start_soon(self._stop_unknown_orphans)
         async with trio.open_nursery() as nursery:
-            async with trio.open_nursery() as starting:
-                for worker in self.workers:
-                    starting.start_soon(nursery.start, worker.run)
-            task_status.started(len(self.workers))
+            self._nursery = nursery
+            try:
+                async with trio.open_nursery() as starting:
+                    for worker in self.workers:
+                        starting.start_soon(nursery.start, worker.run)
+                task_status.started(len(self._workers))
+                async with trio.open_nursery() as chores:
+                    chores.start_soon(self._rotate_logs)
+                    await self._closed.wait()
+                    chores.cancel_scope.cancel()
+            finally:
+                self._nursery = None
 
     async def stop(self, reason: str) -> None:
-        """Run the ladder of every VM in parallel; return when all have stopped."""
+        """Run the ladder of every VM in parallel; return when all have stopped. `run` then
+        returns, and operations fail ("frameos is stopping")."""
+        self._closed.set()
+        for scope in self._ops.values():
+            scope.cancel()
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
                 nursery.start_soon(worker.stop, reason)
@@ -108,22 +174,9 @@ class VmPool:
         for worker in self.workers:
             worker.force()
 
-    async def on_reload(self, new: FrameConfig, changed: list[str]) -> None:
-        """A reload hook: VM changes are not applied live; say so. Running VMs keep the
-        settings they were launched with, their ladder's timeouts included."""
-        vm_changes = [path for path in changed if path == "vms" or path.startswith("vms.")]
-        if vm_changes:
-            await self.publisher.publish(
-                ev.Message(
-                    text="VM configuration changed: takes effect after a restart of frameos "
-                    "(running VMs keep their current settings)"
-                ),
-                "warn",
-            )
-
     async def _stop_unknown_orphans(self) -> None:
         """Pidfiles of VMs no longer configured: their processes still go through the ladder."""
-        known = {w.name for w in self.workers}
+        known = set(self._workers)
         directory = self.state_dir / "vms"
         try:
             names = sorted(os.listdir(directory))
@@ -136,8 +189,299 @@ class VmPool:
                         clean_up_after, name[:-4], directory / name, None, self.publisher
                     )
 
+    async def _rotate_logs(self) -> None:
+        """Keep each running VM's output file under LOG_MAX_BYTES (copy to .1, truncate)."""
+        while True:
+            await trio.sleep(LOG_CHECK_S)
+            paths = [w.paths.log for w in self.workers if w.child is not None]
+            if paths:
+                await trio.to_thread.run_sync(_rotate_all, paths)
+
+    # --- operations (R2) ---------------------------------------------------------------------
+
+    async def start_vm(self, name: str, *, run_id: str | None = None) -> None:
+        """Launch the VM if it has no process (stopped, gave up, finished, backing off) and wait
+        for its launch and bootstrap; clears an operator's stop. A running VM: waits for a
+        bootstrap under way. OperationFailed when the launch or the bootstrap failed."""
+        worker = self.worker(name)
+        with self._tagged(worker, run_id), self._cancellable(worker) as scope:
+            await self._start(worker)
+        _raise_if_canceled(scope, name, "start")
+
+    async def stop_vm(
+        self, name: str, *, run_id: str | None = None, reason: str = OPERATOR_REASON
+    ) -> None:
+        """Stop the VM through its ladder; it stays stopped (no restart policy) until
+        `start_vm`. Cancels a start, restart or bootstrap in flight on it. The ladder runs in
+        the VM's own task: cancelling this call does not stop the ladder."""
+        worker = self.worker(name)
+        with self._tagged(worker, run_id):
+            worker.operator_stopped = True
+            if (scope := self._ops.get(name)) is not None:
+                scope.cancel()
+            await worker.stop(reason)
+
+    async def restart_vm(self, name: str, *, run_id: str | None = None) -> None:
+        """The ladder, then a launch (and its bootstrap) as `start_vm`."""
+        worker = self.worker(name)
+        with self._tagged(worker, run_id), self._cancellable(worker) as scope:
+            try:
+                await worker.stop("restart requested by an operator")
+            except BaseException:
+                worker.operator_stopped = True
+                raise
+            await self._start(worker)
+        _raise_if_canceled(scope, name, "restart")
+
+    async def bootstrap_vm(self, name: str, *, run_id: str | None = None) -> None:
+        """Run the VM's bootstrap pipeline again now, whatever its stamp (trigger always).
+        OperationFailed unless it is running; VmBusy while a bootstrap runs."""
+        worker = self.worker(name)
+        with self._tagged(worker, run_id), self._cancellable(worker) as scope:
+            await worker.rebootstrap()
+        _raise_if_canceled(scope, name, "bootstrap")
+
+    async def clean_vm(self, name: str, *, run_id: str | None = None) -> None:
+        """Remove the VM's overlay and bootstrap stamp (`cleanup.progress` for each), only
+        while it is stopped (VmBusy otherwise): its next start bootstraps from scratch."""
+        worker = self.worker(name)
+        with self._tagged(worker, run_id):
+            if worker.state not in NO_PROCESS:
+                raise VmBusy(
+                    f"vm {name} is {worker.state.value}: clean works only on a stopped VM; "
+                    f"stop it first"
+                )
+            targets = [("stamp", worker.paths.stamp)]
+            if worker.paths.overlay is not None:
+                targets.insert(0, ("overlay", worker.paths.overlay))
+            for kind, path in targets:
+                try:
+                    size = await trio.to_thread.run_sync(_remove, path)
+                except OSError as exc:
+                    raise OperationFailed(
+                        f"vm {name}: cannot remove {kind} {path}: {exc.strerror or exc}"
+                    ) from None
+                await worker.publisher.publish(
+                    ev.CleanupProgress(
+                        path=str(path),
+                        kind=kind,
+                        bytes=size or 0,
+                        dry_run=False,
+                        skipped_reason=None if size is not None else "not there",
+                    )
+                )
+
+    async def apply(self, new_config: FrameConfig, *, run_id: str | None = None) -> ReloadDiff:
+        """Reload by diff (SPEC §5.1, reload.py): removed VMs stopped (ladder, overlay
+        discarded), VMs with changed process settings restarted with the new config, other
+        changes applied to the worker without touching its process, added VMs launched (their
+        bootstrap follows in their own task). Returns once every launch is settled. A VM with
+        no process to restart (stopped by an operator) just takes its new settings (`updated`).
+        Launch failures are reported as events, not raised."""
+        planned = classify(self.config, new_config)
+        wanted = {vm.name: vm for vm in new_config.vms}
+        restarted, updated = [], list(planned.updated)
+        for name in planned.restarted:
+            worker = self._workers[name]
+            if worker.operator_stopped or worker.state in NO_PROCESS or self._closed.is_set():
+                updated.append(name)
+            else:
+                restarted.append(name)
+        for name in planned.updated + [n for n in planned.restarted if n not in restarted]:
+            worker = self._workers[name]
+            with self._tagged(worker, run_id):
+                worker.reconfigure(wanted[name])
+        async with trio.open_nursery() as nursery:
+            for name in planned.removed:
+                nursery.start_soon(self._remove_vm, self._workers[name], run_id)
+            for name in restarted:
+                nursery.start_soon(self._replace_vm, self._workers[name], wanted[name], run_id)
+        added = {name: self._worker_for(wanted[name]) for name in planned.added}
+        for name in planned.removed:
+            del self._workers[name]
+        self._workers = {
+            vm.name: added.get(vm.name) or self._workers[vm.name] for vm in new_config.vms
+        }
+        self.config = new_config
+        if self._nursery is not None and not self._closed.is_set():
+            async with trio.open_nursery() as nursery:
+                for worker in added.values():
+                    nursery.start_soon(self._launch_added, worker, run_id)
+        order = {name: i for i, name in enumerate(self._workers)}
+        return ReloadDiff(
+            added=planned.added,
+            removed=planned.removed,
+            restarted=restarted,
+            updated=sorted(updated, key=order.__getitem__),
+            unchanged=planned.unchanged,
+            changed=planned.changed,
+        )
+
+    async def on_reload(self, new: FrameConfig, changed: list[str]) -> None:
+        """The supervisor's reload hook: apply the new config by diff."""
+        await self.apply(new)
+
+    def snapshot(self, name: str) -> VmSnapshot:
+        """The VM's state for `GET /v1/vms/{name}`; KeyError when unknown."""
+        worker = self.worker(name)
+        last = worker.last_exit
+        steps = worker.vm.bootstrap.steps if worker.vm.bootstrap else []
+        recorded = worker.boot_steps
+        return VmSnapshot(
+            name=name,
+            state=worker.state.value,
+            pid=worker.pid,
+            uptime_s=round(_uptime(worker), 3),
+            attempt=worker.attempt,
+            restarts=worker.restarts,
+            last_exit=None
+            if last is None
+            else LastExit(exit_code=last.exit_code, signal=last.signal, at=last.at),
+            backoff_until=worker.backoff_until,
+            operator_stopped=worker.operator_stopped,
+            bootstrap=BootstrapSnapshot(
+                status=worker.boot.value,
+                steps=[
+                    StepSnapshot(
+                        name=step.name,
+                        status=recorded.get(step.name, ("pending", None))[0],
+                        duration_ms=recorded.get(step.name, ("pending", None))[1],
+                    )
+                    for step in steps
+                ],
+            ),
+            health=None,
+            config=redacted_config(worker.vm),
+            output_log=str(worker.paths.log),
+        )
+
+    # --- helpers of the operations ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tagged(self, worker: VmWorker, run_id: str | None) -> Iterator[None]:
+        """Events of `worker` carry `run_id` while the operation runs."""
+        tagger = worker.publisher
+        if run_id is not None:
+            tagger.run_id = run_id
+        try:
+            yield
+        finally:
+            if run_id is not None and tagger.run_id == run_id:
+                tagger.run_id = None
+
+    @contextlib.contextmanager
+    def _cancellable(self, worker: VmWorker) -> Iterator[trio.CancelScope]:
+        """A scope a stop of the same VM cancels (`stop_vm`, `stop`)."""
+        with trio.CancelScope() as scope:
+            if self._closed.is_set():
+                scope.cancel()
+            self._ops[worker.name] = scope
+            try:
+                yield scope
+            finally:
+                if self._ops.get(worker.name) is scope:
+                    del self._ops[worker.name]
+
+    async def _start(self, worker: VmWorker) -> None:
+        """Launch (unless running), wait for the launch and the bootstrap. Cancelled: the VM
+        is left stopped through its ladder (shielded; the ladder's rungs bound it)."""
+        try:
+            record = await self._launch(worker)
+            if record.error is not None:
+                raise OperationFailed(f"vm {worker.name}: launch failed: {record.error}")
+            await record.booted.wait()
+            if not record.boot_ok:
+                why = worker.boot_error or "the VM exited before its bootstrap finished"
+                raise OperationFailed(f"vm {worker.name}: bootstrap failed: {why}")
+        except OperationFailed:
+            raise
+        except BaseException:
+            worker.operator_stopped = True
+            with trio.CancelScope(shield=True):
+                await worker.stop("the start was canceled")
+            raise
+
+    async def _launch(self, worker: VmWorker) -> LaunchRecord:
+        """Make the VM launch (a new session, or wake a parked one) unless it is running or
+        launching; return the settled record of that launch."""
+        if self._closed.is_set():
+            raise OperationFailed("frameos is stopping: no VM is started now")
+        if worker.state is VmState.STOPPING:
+            await worker.wait_stopped()
+        state, attempt = worker.state, worker.attempt
+        current = worker.launch_record(attempt)
+        launching = current is not None and not current.settled.is_set()
+        if state is VmState.RUNNING or (state is VmState.STARTING and launching):
+            target = attempt
+        elif state in NO_PROCESS:
+            nursery = self._nursery
+            if nursery is None:
+                raise OperationFailed("the VM pool is not running")
+            worker.rearm()
+            target = attempt + 1
+            await nursery.start(worker.run)
+        else:
+            target = attempt + 1
+            if state in PARKED:
+                worker.operator_stopped = False
+                worker.relaunch()
+
+        def settled() -> bool:
+            record = worker.launch_record(target)
+            return (record is not None and record.settled.is_set()) or (
+                worker.state is VmState.STOPPED
+            )
+
+        await worker.wait_until(settled)
+        record = worker.launch_record(target)
+        if record is None or not record.settled.is_set():
+            raise OperationFailed(f"vm {worker.name} was stopped before it launched")
+        return record
+
+    async def _remove_vm(self, worker: VmWorker, run_id: str | None) -> None:
+        with self._tagged(worker, run_id):
+            if (scope := self._ops.get(worker.name)) is not None:
+                scope.cancel()
+            await worker.stop(REMOVED_REASON)
+            await discard_overlay(worker.name, worker.paths.overlay, "shutdown", worker.publisher)
+
+    async def _replace_vm(self, worker: VmWorker, vm: VmConfig, run_id: str | None) -> None:
+        with self._tagged(worker, run_id):
+            if (scope := self._ops.get(worker.name)) is not None:
+                scope.cancel()
+            if worker.state not in PARKED:
+                await worker.stop(CHANGED_REASON)
+            worker.reconfigure(vm)
+            with contextlib.suppress(OperationFailed):  # reported by its events
+                await self._launch(worker)
+
+    async def _launch_added(self, worker: VmWorker, run_id: str | None) -> None:
+        with self._tagged(worker, run_id), contextlib.suppress(OperationFailed):
+            await self._launch(worker)
+
     def collector(self) -> Collector:
         return PoolCollector(self)
+
+
+def _raise_if_canceled(scope: trio.CancelScope, name: str, op: str) -> None:
+    if scope.cancelled_caught:
+        raise OperationCanceled(f"vm {name}: the {op} was canceled: a stop of the VM won")
+
+
+def _remove(path: Path) -> int | None:
+    """Remove a file; the bytes it held on disk, or None when it was not there."""
+    try:
+        size = os.stat(path).st_blocks * 512
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    return size
+
+
+def _rotate_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            rotate_if_large(path)
 
 
 class PoolCollector(Collector):

@@ -40,6 +40,11 @@ class RestartTracker:
         self._recent: deque[float] = deque()
         self._next_backoff_ms = config.backoff_initial_ms
 
+    def reset(self) -> None:
+        """An operator's start: a fresh window and backoff (`restarts` keeps counting)."""
+        self._recent.clear()
+        self._next_backoff_ms = self.config.backoff_initial_ms
+
     def on_exit(self, now: float, uptime_s: float, abnormal: bool) -> Decision:
         """The decision for an exit at `now` after a run of `uptime_s` seconds."""
         config = self.config

@@ -5,6 +5,8 @@
               │            └─────► gave_up    (more than max_restarts in window_s)
               └─ (a failed launch counts as an abnormal exit)
     any of them ─► stopping ─► stopped        (stop() or cancellation: the ladder)
+    finished, gave_up ─► starting             (relaunch: an operator's start)
+    stopped ─► starting                       (a new session: an operator's start)
 
     bootstrap: none ─► pending ─► running ─► ok | failed ─► pending (the next launch) ...
                (no steps: straight to ok at each launch)
@@ -34,10 +36,10 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     _S.STARTING: frozenset({_S.RUNNING, _S.BACKOFF, _S.FINISHED, _S.GAVE_UP, _S.STOPPING}),
     _S.RUNNING: frozenset({_S.BACKOFF, _S.FINISHED, _S.GAVE_UP, _S.STOPPING}),
     _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPING}),
-    _S.FINISHED: frozenset({_S.STOPPING}),
-    _S.GAVE_UP: frozenset({_S.STOPPING}),
+    _S.FINISHED: frozenset({_S.STARTING, _S.STOPPING}),
+    _S.GAVE_UP: frozenset({_S.STARTING, _S.STOPPING}),
     _S.STOPPING: frozenset({_S.STOPPED}),
-    _S.STOPPED: frozenset(),
+    _S.STOPPED: frozenset({_S.STARTING}),
 }
 
 

@@ -5,20 +5,29 @@ Its lifecycle and the bootstrap of each launch are the state tables of states.py
 exit: `stop()` only asks (it cancels whatever the task waits on) and then waits for the task to
 finish the ladder. The exit is awaited, never polled, so a restart follows the backoff's end
 within milliseconds.
+
+A `run` is one session, from the first launch to the stop; after a stop (STOPPED) the pool may
+`rearm` the worker and run a new session (an operator's start). `relaunch` wakes a session
+parked in backoff, gave_up or finished. Each launch leaves a `LaunchRecord` (pid or error, then
+the bootstrap's outcome) that the pool's operations wait on; `wait_until` is the one way to wait
+for a change of the worker (a broadcast event replaced at every change).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from frameos import events as ev
 from frameos.config import VmConfig
-from frameos.workers import LaunchError, overlay, pidfile, procfs
+from frameos.workers import LaunchError, OperationFailed, VmBusy, overlay, pidfile, procfs
 from frameos.workers.bootstrap import BootstrapContext, run_bootstrap
 from frameos.workers.child import Child, Tracking, kill_group, signal_name
 from frameos.workers.cooperative import request_for
@@ -26,15 +35,38 @@ from frameos.workers.ladder import Ladder, Method
 from frameos.workers.launch import LAUNCH_ERRORS, Spawner, default_spawner, why
 from frameos.workers.orphans import clean_up_after, discard_overlay, remove_stale_socket
 from frameos.workers.paths import VmPaths, child_env, substitute, uses_qmp
-from frameos.workers.publisher import Publisher
+from frameos.workers.publisher import Publisher, RunTagger
 from frameos.workers.restart import Decision, RestartTracker, Verdict
 from frameos.workers.states import BOOT_TRANSITIONS, TRANSITIONS, BootState, VmState
 
-__all__ = ["BootState", "Spawner", "VmState", "VmWorker", "default_spawner"]
+__all__ = ["BootState", "LaunchRecord", "Spawner", "VmState", "VmWorker", "default_spawner"]
 
 STOP_REASON = "frameos is stopping"
 # The bound on a ladder run under cancellation, beyond its rungs: the final kill's wait.
 LADDER_SLACK_S = 0.5
+# Launch records kept for the operations waiting on them (the newest few are enough).
+KEPT_LAUNCHES = 8
+# A session without a process (backoff, gave_up, finished): `relaunch` may wake it.
+PARKED = (VmState.BACKOFF, VmState.GAVE_UP, VmState.FINISHED)
+
+
+@dataclass
+class LaunchRecord:
+    """One launch: its pid or why it failed (`settled`), then its bootstrap (`booted`)."""
+
+    attempt: int
+    pid: int | None = None
+    error: str | None = None
+    boot_ok: bool = False
+    settled: trio.Event = field(default_factory=trio.Event)
+    booted: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    exit_code: int | None
+    signal: str | None
+    at: float  # epoch seconds
 
 
 class VmWorker:
@@ -50,7 +82,9 @@ class VmWorker:
         base_env: Mapping[str, str] | None = None,
         spawner: Spawner = default_spawner,
     ) -> None:
-        self.vm, self.publisher, self.spawner = vm, publisher, spawner
+        self.vm, self.spawner, self.state_dir = vm, spawner, state_dir
+        self.publisher = RunTagger(publisher, self._observe)
+        self.launched_vm = vm  # the settings of the current (or last) launch: its ladder's
         self.paths = VmPaths.of(vm, state_dir)
         self.on_exhausted = on_exhausted
         self.base_env = dict(os.environ if base_env is None else base_env)
@@ -67,6 +101,16 @@ class VmWorker:
         self._wake: trio.CancelScope | None = None
         self._ladder_scope: trio.CancelScope | None = None  # set while a ladder runs
         self._laddered = False  # a ladder ran in this stop
+        self.operator_stopped = False  # stop_vm: no policy restarts it until start_vm
+        self.launches: deque[LaunchRecord] = deque(maxlen=KEPT_LAUNCHES)
+        self.last_exit: ExitRecord | None = None
+        self.backoff_until: float | None = None  # epoch seconds
+        self.boot_steps: dict[str, tuple[str, int | None]] = {}  # step: (status, duration_ms)
+        self.boot_error: str | None = None
+        self._relaunch = False
+        self._in_session = False  # a `run` is under way
+        self._changed = trio.Event()
+        self._boot_scopes: set[trio.CancelScope] = set()
 
     @property
     def name(self) -> str:
@@ -76,6 +120,10 @@ class VmWorker:
     def restarts(self) -> int:
         return self.tracker.restarts
 
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None else None
+
     def set_state(self, to: VmState) -> None:
         """Move to `to`; an illegal transition is a bug and raises."""
         if to not in TRANSITIONS[self.state]:
@@ -83,6 +131,23 @@ class VmWorker:
                 f"vm {self.name}: illegal transition {self.state.value} → {to.value}"
             )
         self.state = to
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every `wait_until`: the worker changed."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds, checked at every change of the worker."""
+        while True:
+            changed = self._changed
+            if predicate():
+                return
+            await changed.wait()
+
+    def launch_record(self, attempt: int) -> LaunchRecord | None:
+        return next((r for r in self.launches if r.attempt == attempt), None)
 
     def set_boot(self, to: BootState) -> None:
         """Move the bootstrap state to `to`; an illegal transition is a bug and raises."""
@@ -91,6 +156,23 @@ class VmWorker:
                 f"vm {self.name}: illegal bootstrap transition {self.boot.value} → {to.value}"
             )
         self.boot = to
+        self._notify()
+
+    def _boot_is(self, state: BootState) -> bool:
+        """`self.boot is state`, read afresh (after an await, another task may have moved it)."""
+        return self.boot is state
+
+    def _observe(self, event: ev.Event) -> None:
+        """Every event of this worker passes here: the snapshot's bootstrap steps."""
+        match event:
+            case ev.BootstrapStarted():
+                steps = self.vm.bootstrap.steps if self.vm.bootstrap else []
+                self.boot_steps = {step.name: ("pending", None) for step in steps}
+                self.boot_error = None
+            case ev.BootstrapStep(step=step, status=status, duration_ms=duration_ms):
+                self.boot_steps[step] = (status, duration_ms)
+            case ev.BootstrapFailed(error=error):
+                self.boot_error = error
 
     def uptime_s(self) -> float:
         if self.state is not VmState.RUNNING:
@@ -110,15 +192,22 @@ class VmWorker:
         Cancellation stops a running VM through its ladder (shielded, bounded by the rungs'
         timeouts; `force` cuts it short) and leaves no process and no pidfile.
         """
-        if self.state is not VmState.IDLE:  # stop() came first and did it all
+        if self._in_session:  # started twice (a start raced the pool's own start)
+            task_status.started(self.pid)
+            return
+        if self._stop_requested.is_set():  # stop() came first
+            self._finish_stop()
+            self._done.set()
             task_status.started(None)
             return
+        self._in_session = True
         try:
             self.set_state(VmState.STARTING)
             self.paths.make_dirs()
             await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay, self.publisher)
             await self._supervise(task_status)
         finally:
+            self._in_session = False
             self._finish_stop()
             self._done.set()
 
@@ -144,15 +233,21 @@ class VmWorker:
             task_status.started(None)
 
     async def _follow(self, decision: Decision) -> None:
-        """Back off and return (to relaunch), or park until `stop` when there is no restart."""
+        """Back off and return (to relaunch), or park until `stop` or `relaunch` when there is
+        no restart. A relaunch (an operator's start) also starts the restart window anew."""
         if decision.verdict is Verdict.RESTART:
             self.set_state(VmState.BACKOFF)
-            await self.publisher.publish(
-                ev.VmRestartScheduled(
-                    vm=self.name, attempt=self.attempt + 1, backoff_ms=decision.backoff_ms
+            self.backoff_until = time.time() + decision.backoff_ms / 1000
+            try:
+                await self.publisher.publish(
+                    ev.VmRestartScheduled(
+                        vm=self.name, attempt=self.attempt + 1, backoff_ms=decision.backoff_ms
+                    )
                 )
-            )
-            await self._interruptible(trio.sleep, decision.backoff_ms / 1000)
+                await self._interruptible(trio.sleep, decision.backoff_ms / 1000)
+            finally:
+                self.backoff_until = None
+            self._take_relaunch()
             return
         if decision.verdict is Verdict.GIVE_UP:
             self.set_state(VmState.GAVE_UP)
@@ -170,13 +265,29 @@ class VmWorker:
                 )
         else:
             self.set_state(VmState.FINISHED)
-        await self._stop_requested.wait()
+        await self._interruptible(trio.sleep_forever)
+        self._take_relaunch()
+
+    def relaunch(self) -> bool:
+        """Wake a session parked in backoff, gave_up or finished: it launches again at once.
+        False when there is no such session (the pool then starts a new one)."""
+        if self.state not in PARKED or self._stop_requested.is_set():
+            return False
+        self._relaunch = True
+        if self._wake is not None:
+            self._wake.cancel()
+        return True
+
+    def _take_relaunch(self) -> None:
+        if self._relaunch:
+            self._relaunch = False
+            self.tracker.reset()
 
     async def _interruptible(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
-        """Await `fn(*args)` unless or until `stop` is requested."""
+        """Await `fn(*args)` unless or until `stop` (or, parked, `relaunch`) is requested."""
         with trio.CancelScope() as scope:
             self._wake = scope
-            if self._stop_requested.is_set():
+            if self._stop_requested.is_set() or (self._relaunch and self.state in PARKED):
                 scope.cancel()
             await fn(*args)
         self._wake = None
@@ -207,46 +318,66 @@ class VmWorker:
     async def _launch(self) -> Child | None:
         """Overlay, process, pidfile; None (reported) when it failed."""
         self.attempt += 1
+        record = LaunchRecord(self.attempt)
+        self.launches.append(record)
+        self.launched_vm = vm = self.vm
         made_overlay = False
         try:
-            argv = substitute(self.vm.command, self.paths)
-            if uses_qmp(self.vm.command):
+            argv = substitute(vm.command, self.paths)
+            if uses_qmp(vm.command):
                 self.paths.check_socket()
                 remove_stale_socket(self.paths.qmp_socket)
-            if self.paths.overlay is not None and self.vm.base_image is not None:
+            if self.paths.overlay is not None and vm.base_image is not None:
                 await discard_overlay(self.name, self.paths.overlay, "orphan", self.publisher)
-                await overlay.prepare(self.vm.base_image, self.paths.overlay)
+                await overlay.prepare(vm.base_image, self.paths.overlay)
                 made_overlay = True
                 await self.publisher.publish(
                     ev.VmOverlayPrepared(
                         vm=self.name,
                         overlay_path=str(self.paths.overlay),
-                        base_image=str(self.vm.base_image),
+                        base_image=str(vm.base_image),
                     )
                 )
             child = await self._start(argv)  # recorded in its pidfile, or killed
         except LAUNCH_ERRORS as exc:
-            await self.publisher.publish(
-                ev.Message(text=f"{self.name}: launch {self.attempt} failed: {why(exc, self.vm)}"),
-                "error",
-            )
-            if made_overlay:
-                await discard_overlay(self.name, self.paths.overlay, "shutdown", self.publisher)
+            record.error = why(exc, vm)
+            try:
+                await self.publisher.publish(
+                    ev.Message(text=f"{self.name}: launch {self.attempt} failed: {record.error}"),
+                    "error",
+                )
+                if made_overlay:
+                    await discard_overlay(self.name, self.paths.overlay, "shutdown", self.publisher)
+            finally:
+                self._settle(record)
+                record.booted.set()
             return None
+        except BaseException:
+            record.error = "the launch was interrupted (frameos or the operation was stopping)"
+            self._settle(record)
+            record.booted.set()
+            raise
         # No checkpoint from the pidfile to `_run_child`'s try: nothing can cancel us in between.
         self.child, self.launched_at = child, trio.current_time()
+        record.pid = child.pid
+        self._settle(record)
         return child
 
+    def _settle(self, record: LaunchRecord) -> None:
+        record.settled.set()
+        self._notify()
+
     async def _start(self, argv: list[str]) -> Child:
+        vm = self.launched_vm
         env = child_env(
             self.base_env,
-            {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **self.vm.env},
+            {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **vm.env},
         )
-        return await self.spawner(argv, env, self.vm.cwd, self.paths.log, self._write_pidfile)
+        return await self.spawner(argv, env, vm.cwd, self.paths.log, self._write_pidfile)
 
     def _write_pidfile(self, child: Child) -> None:
         """The VM's pidfile, with what an orphan's ladder needs: the settings of this launch."""
-        vm = self.vm
+        vm = self.launched_vm
         pidfile.write(
             self.paths.pidfile,
             pidfile.PidRecord(
@@ -270,16 +401,21 @@ class VmWorker:
         """Bootstrap alongside; the ladder on `stop` or cancellation; the exit reported.
         Returns the uptime."""
         self.set_state(VmState.RUNNING)
+        record = self.launches[-1]
         has_steps = self.vm.bootstrap is not None and bool(self.vm.bootstrap.steps)
         self.set_boot(BootState.PENDING if has_steps else BootState.OK)
+        if not has_steps:
+            self._booted(record, True)
         boot_scope = trio.CancelScope()
         try:
             self._say(ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt))
             async with trio.open_nursery() as nursery:
                 if has_steps:
-                    nursery.start_soon(self._bootstrap, child, boot_scope)
+                    nursery.start_soon(self._bootstrap, child, boot_scope, record)
                 await self._interruptible(child.wait)
                 boot_scope.cancel()
+                for scope in self._boot_scopes:  # a bootstrap_vm in flight: the VM is gone
+                    scope.cancel()
                 if not child.exited:  # stop() was called
                     await self._stop_child(child, self._stop_reason, shielded=False)
         except BaseException as exc:
@@ -287,8 +423,15 @@ class VmWorker:
                 await self._stop_child(child, _cancel_reason(exc), shielded=True)
             raise
         finally:
+            self._booted(record, False)  # unless the bootstrap already said how it went
             await self._reap(child)
         return trio.current_time() - self.launched_at
+
+    def _booted(self, record: LaunchRecord, ok: bool) -> None:
+        if not record.booted.is_set():
+            record.boot_ok = ok
+            record.booted.set()
+            self._notify()
 
     async def _stop_child(self, child: Child, reason: str, *, shielded: bool) -> None:
         """The ladder, in a scope `force` cancels; under cancellation shielded and bounded by
@@ -313,25 +456,57 @@ class VmWorker:
         if self._ladder_scope is not None:
             self._ladder_scope.cancel()
 
-    async def _bootstrap(self, child: Child, scope: trio.CancelScope) -> None:
+    async def _bootstrap(self, child: Child, scope: trio.CancelScope, record: LaunchRecord) -> None:
         with scope:
             self.set_boot(BootState.RUNNING)
             ok = False
             try:
-                ok = await run_bootstrap(
-                    BootstrapContext(
-                        self.vm,
-                        self.paths,
-                        child_env(self.base_env, self.vm.env),
-                        self.publisher,
-                        child.pid,
-                    )
-                )
+                ok = await run_bootstrap(self._boot_context(self.vm, child))
             finally:
                 self.set_boot(BootState.OK if ok else BootState.FAILED)
+                self._booted(record, ok)
+
+    def _boot_context(self, vm: VmConfig, child: Child) -> BootstrapContext:
+        return BootstrapContext(
+            vm, self.paths, child_env(self.base_env, vm.env), self.publisher, child.pid
+        )
+
+    async def rebootstrap(self) -> None:
+        """Run the bootstrap pipeline again now (trigger `always`), in the caller's task.
+
+        OperationFailed when the VM is not running or the bootstrap fails (or the VM exits
+        meanwhile: the run is cancelled); VmBusy while a bootstrap runs. Cancellation kills the
+        running step and leaves the VM running with its bootstrap `failed`.
+        """
+        child = self.child
+        if self.state is not VmState.RUNNING or child is None:
+            raise OperationFailed(
+                f"vm {self.name} is {self.state.value}, not running: start it first"
+            )
+        if self.boot in (BootState.PENDING, BootState.RUNNING):
+            raise VmBusy(f"vm {self.name}: a bootstrap is already running; wait for it")
+        boot = self.vm.bootstrap
+        if boot is None or not boot.steps:
+            return
+        vm = self.vm.model_copy(update={"bootstrap": boot.model_copy(update={"trigger": "always"})})
+        attempt, scope, ok = self.attempt, trio.CancelScope(), False
+        self.set_boot(BootState.PENDING)
+        self.set_boot(BootState.RUNNING)
+        self._boot_scopes.add(scope)
+        try:
+            with scope:
+                ok = await run_bootstrap(self._boot_context(vm, child))
+        finally:
+            self._boot_scopes.discard(scope)
+            if self.attempt == attempt and self._boot_is(BootState.RUNNING):
+                self.set_boot(BootState.OK if ok else BootState.FAILED)
+        if scope.cancelled_caught:
+            raise OperationFailed(f"vm {self.name} exited during its bootstrap")
+        if not ok:
+            raise OperationFailed(f"vm {self.name}: bootstrap failed: {self.boot_error}")
 
     def _ladder(self, child: Child) -> Ladder:
-        vm = self.vm
+        vm = self.launched_vm
         method: Method = vm.cooperative_method
         request = request_for(
             method,
@@ -354,7 +529,7 @@ class VmWorker:
 
     def _stop_command(self) -> list[str] | None:
         """`cooperative.command` with its placeholders filled in (as written if one cannot be)."""
-        command = self.vm.cooperative.command
+        command = self.launched_vm.cooperative.command
         if not command:
             return None
         try:
@@ -365,10 +540,15 @@ class VmWorker:
     async def _reap(self, child: Child) -> None:
         """However the run ended (exit, ladder, cancellation): no process of the group left,
         the exit reported, the pidfile and the overlay gone."""
-        await kill_group(child, self.vm.timeouts.sigkill_ms / 1000)
+        await kill_group(child, self.launched_vm.timeouts.sigkill_ms / 1000)
         self.child = None
         code = child.returncode
         self.last_abnormal = code != 0
+        self.last_exit = ExitRecord(
+            exit_code=code if code is None or code >= 0 else None,
+            signal=signal_name(-code) if code is not None and code < 0 else None,
+            at=time.time(),
+        )
         self._say(
             ev.VmExited(
                 vm=self.name,
@@ -410,8 +590,34 @@ class VmWorker:
             self._done.set()
         await self._done.wait()
 
+    async def wait_stopped(self) -> None:
+        """Return once the session's task has finished (after a stop)."""
+        await self._done.wait()
+
+    def rearm(self) -> None:
+        """Ready a stopped worker for a new session (`run` again): an operator's start."""
+        if self.state is VmState.STOPPED:
+            assert self._done.is_set(), "the previous session is still finishing"
+            self._stop_requested = trio.Event()
+            self._done = trio.Event()
+            self._stop_reason, self._laddered, self._relaunch = "", False, False
+            self.tracker.reset()
+        self.operator_stopped = False
+
+    def reconfigure(self, vm: VmConfig) -> None:
+        """Take `vm` as this VM's settings. The running process keeps the ladder it was
+        launched with; the restart policy applies from the next exit; process settings
+        (command, env, ...) only from the next launch (the pool restarts it for those)."""
+        assert vm.name == self.name
+        self.vm = vm
+        self.tracker.config = vm.restart
+        if self.child is None:
+            self.paths = VmPaths.of(vm, self.state_dir)
+
     def not_ready_reasons(self) -> list[str]:
         """Why this VM keeps /readyz at 503 (SPEC §7.1)."""
+        if self.operator_stopped:  # stopped on purpose: not a fault of readiness
+            return []
         if self.state is VmState.GAVE_UP:
             return [f"vm {self.name}: gave up"]
         if self.state is VmState.RUNNING and self.boot in (BootState.PENDING, BootState.RUNNING):

@@ -1,0 +1,68 @@
+"""What `GET /v1/vms/{name}` answers (SPEC §7.3): one VM's state as a pydantic model.
+
+`VmPool.snapshot(name)` builds it; the config is the effective one (what the next launch uses),
+with the values of `env` keys that look secret (TOKEN, SECRET, PASSWORD, KEY, CREDENTIAL, any
+case) replaced by "***". Times are UNIX epoch seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from frameos.config import VmConfig
+
+SECRET_KEY = re.compile(r"TOKEN|SECRET|PASSWORD|KEY|CREDENTIAL", re.IGNORECASE)
+REDACTED = "***"
+
+StepStatus = Literal["pending", "running", "success", "skipped", "failed"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LastExit(_Model):
+    exit_code: int | None = Field(description="the exit status; None when killed by a signal")
+    signal: str | None = Field(description="the signal that ended it (SIGKILL, ...)")
+    at: float = Field(description="when frameos saw the exit (epoch seconds)")
+
+
+class StepSnapshot(_Model):
+    name: str
+    status: StepStatus
+    duration_ms: int | None = None
+
+
+class BootstrapSnapshot(_Model):
+    status: Literal["none", "pending", "running", "ok", "failed"] = Field(
+        description="the bootstrap of the current launch (`ok` also when there are no steps)"
+    )
+    steps: list[StepSnapshot]
+
+
+class VmSnapshot(_Model):
+    name: str
+    state: Literal[
+        "idle", "starting", "running", "backoff", "finished", "gave_up", "stopping", "stopped"
+    ]
+    pid: int | None
+    uptime_s: float
+    attempt: int = Field(description="launches so far (this run of frameos)")
+    restarts: int = Field(description="restarts the policy granted so far")
+    last_exit: LastExit | None
+    backoff_until: float | None = Field(description="when the next launch is due (backoff)")
+    operator_stopped: bool = Field(description="stopped by an operator: no policy restarts it")
+    bootstrap: BootstrapSnapshot
+    health: dict[str, Any] | None = None
+    config: dict[str, Any] = Field(description="the effective VmConfig; secret env values ***")
+    output_log: str = Field(description="the file with the VM's stdout and stderr")
+
+
+def redacted_config(vm: VmConfig) -> dict[str, Any]:
+    """`vm` as JSON-ready data, secret-looking env values replaced by "***"."""
+    data = vm.model_dump(mode="json")
+    data["env"] = {k: REDACTED if SECRET_KEY.search(k) else v for k, v in vm.env.items()}
+    return data
