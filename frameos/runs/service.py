@@ -47,6 +47,7 @@ from frameos.runs.model import (
     UnknownVm,
 )
 from frameos.runs.receipt import PAGE, Receipt, make_receipt, run_events
+from frameos.workers import OperationCanceled
 
 # How long `events`/`receipt` wait for the log writer to have a finished run's last event.
 WRITE_WAIT_S = 5.0
@@ -286,16 +287,21 @@ class RunService:
             run.advance(RunState.RUNNING, self._clock())
             flight.started = trio.current_time()
             error: str | None = None
+            canceled = False
             with flight.scope:
                 try:
                     if beaten is not None:
                         await beaten.done.wait()  # the beaten op unwinds (its VM left stopped)
                     error = await self._op(run)
+                except OperationCanceled as exc:  # the pool says a stop won over it
+                    canceled = True
+                    if run.state is RunState.RUNNING:
+                        run.advance(RunState.CANCELING, self._clock(), str(exc))
                 except Exception as exc:  # a failed op ends its run, never the supervisor
                     error = _describe(exc)
             if error is not None:
                 self._finish(flight, RunState.FAILED, error)
-            elif flight.scope.cancelled_caught:
+            elif canceled or flight.scope.cancelled_caught:
                 self._finish(flight, RunState.CANCELED, run.reason or "canceled")
             else:
                 self._finish(flight, RunState.SUCCEEDED, None)
