@@ -111,7 +111,9 @@ async def measure_stop(directory: Path, rounds: int) -> list[float]:
     return times
 
 
-async def measure_receipt(directory: Path, events: int, rounds: int) -> tuple[list[float], int]:
+async def measure_receipt(
+    directory: Path, events: int, rounds: int
+) -> tuple[list[float], list[float], int]:
     import trio
 
     from frameos import events as ev
@@ -146,6 +148,7 @@ async def measure_receipt(directory: Path, events: int, rounds: int) -> tuple[li
 
     service = RunService(Busy(), bus, reload=reload)  # type: ignore[arg-type]
     times: list[float] = []
+    cpus: list[float] = []  # the process's CPU time: what the call costs on an idle machine
     count = 0
     try:
         async with trio.open_nursery() as outer:
@@ -157,15 +160,16 @@ async def measure_receipt(directory: Path, events: int, rounds: int) -> tuple[li
                 first = await service.receipt(run.run_id)  # waits until all is written
                 count = first.event_count
                 for _ in range(rounds):
-                    begin = time.perf_counter()
+                    begin, cpu = time.perf_counter(), time.process_time()
                     receipt = await service.receipt(run.run_id)
                     times.append((time.perf_counter() - begin) * 1000)
+                    cpus.append((time.process_time() - cpu) * 1000)
                     assert receipt == first
                 work.cancel_scope.cancel()
             await bus.aclose()
     finally:
         log.close()
-    return times, count
+    return times, cpus, count
 
 
 def main() -> None:
@@ -190,7 +194,9 @@ def main() -> None:
         max=round(max(stops), 2),
     )
     with tempfile.TemporaryDirectory() as directory:
-        receipts, count = trio.run(measure_receipt, Path(directory), args.events, max(args.runs, 5))
+        receipts, cpus, count = trio.run(
+            measure_receipt, Path(directory), args.events, max(args.runs, 11)
+        )
     result(
         BENCH,
         "receipt_ms",
@@ -199,6 +205,7 @@ def main() -> None:
         bar=f"<= {RECEIPT_BAR_MS:g} ms",
         ok=lambda v: v <= RECEIPT_BAR_MS,
         run_events=count,
+        cpu_ms=round(sorted(cpus)[len(cpus) // 2], 2),
     )
 
 
