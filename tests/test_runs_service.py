@@ -260,3 +260,26 @@ async def test_submit_before_the_service_runs_is_refused(tmp_path: Path) -> None
             service.submit(START_ALPHA)
     finally:
         log.close()
+
+
+async def test_past_max_runs_the_oldest_ended_runs_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.runs import service
+
+    monkeypatch.setattr(service, "MAX_RUNS", 3)
+    async with running_service(tmp_path) as h:
+        h.pool.gates[("start", "beta")] = gate = trio.Event()
+        held, _ = h.service.submit(RunRequest(op=Op.START, target="beta"), "held")  # in flight
+        ids = []
+        for i in range(4):
+            run, _ = h.service.submit(START_ALPHA, f"k{i}")
+            await h.ended(run.run_id)
+            ids.append(run.run_id)
+        kept = [r.run_id for r in h.service.list(limit=10)]
+        assert kept == [ids[3], ids[2], held.run_id]  # the one in flight is never forgotten
+        with pytest.raises(UnknownRun):
+            h.service.get(ids[0])
+        _, created = h.service.submit(START_ALPHA, "k0")  # its key is free again
+        assert created
+        gate.set()

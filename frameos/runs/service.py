@@ -51,6 +51,9 @@ from frameos.workers import OperationCanceled
 
 # How long `events`/`receipt` wait for the log writer to have a finished run's last event.
 WRITE_WAIT_S = 5.0
+# Runs kept in memory; past this the oldest ended ones are forgotten (their events stay in the
+# log, but GET /v1/runs/{id} and their Idempotency-Key no longer find them).
+MAX_RUNS = 10_000
 STOPPING = "frameos is stopping"
 INTERRUPTED = "interrupted"
 # Where the reload run sits in the in-flight table (VM runs sit under their VM's name).
@@ -176,9 +179,7 @@ class RunService:
             idempotency_key=idempotency_key,
             first_seq=accepted.seq,
         )
-        self.runs[run.run_id] = run
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = run.run_id
+        self._remember(run)
         flight = _Flight(run, vm if vm is not None else _RELOAD)
         if beaten is not None:
             self._cancel(beaten, f"stopped by run {run.run_id}")
@@ -186,6 +187,25 @@ class RunService:
         self._flights[run.run_id] = flight
         nursery.start_soon(self._execute, flight, beaten)
         return run, True
+
+    def _remember(self, run: Run) -> None:
+        """Keep the run (and its key); forget the oldest ended runs past MAX_RUNS."""
+        self.runs[run.run_id] = run
+        if run.idempotency_key is not None:
+            self._by_key[run.idempotency_key] = run.run_id
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self.runs) <= MAX_RUNS:
+            return
+        ended = [r for r in self.runs.values() if r.finished][: len(self.runs) - MAX_RUNS]
+        for old in ended:
+            del self.runs[old.run_id]
+            if (
+                old.idempotency_key is not None
+                and self._by_key.get(old.idempotency_key) == old.run_id
+            ):
+                del self._by_key[old.idempotency_key]
 
     def _in_the_way(self, request: RunRequest) -> _Flight | None:
         """The run a stop beats (to cancel), or None; raises Conflict for any other overlap."""
@@ -212,11 +232,12 @@ class RunService:
             Conflict: "conflict",
             IdempotencyMismatch: "idempotency_mismatch",
         }.get(type(error), "rejected")
-        self.bus.publish_nowait(
-            ev.CommandRejected(
-                op=request.op.value, target=request.vm, reason=reason, detail=str(error)
+        with suppress(trio.ClosedResourceError):  # stopping: the refusal still stands
+            self.bus.publish_nowait(
+                ev.CommandRejected(
+                    op=request.op.value, target=request.vm, reason=reason, detail=str(error)
+                )
             )
-        )
         raise error
 
     def get(self, run_id: str) -> Run:
@@ -376,7 +397,7 @@ class RunService:
                         )
                     except ValueError:
                         continue  # an op this version does not know
-                    self.runs[run_id] = run
+                    self.runs[run_id] = run  # trimmed once all are read
                     if key is not None:
                         self._by_key[key] = run_id
                 case ev.CommandCompleted(run_id=run_id):
@@ -391,6 +412,7 @@ class RunService:
                     ev.CommandFailed(run_id=run.run_id, error=INTERRUPTED)
                 )
                 _ended(run, RunState.FAILED, INTERRUPTED, envelope.seq, _logged_time(envelope))
+        self._trim()
 
 
 def _logged_time(envelope: Envelope) -> float:
