@@ -283,3 +283,16 @@ async def test_past_max_runs_the_oldest_ended_runs_are_forgotten(
         _, created = h.service.submit(START_ALPHA, "k0")  # its key is free again
         assert created
         gate.set()
+
+
+@pytest.mark.parametrize("op", [Op.CLEAN, Op.RELOAD])
+async def test_a_clean_or_a_reload_cannot_be_canceled(tmp_path: Path, op: Op) -> None:
+    async with running_service(tmp_path) as h:
+        h.pool.gates[("clean", "alpha")] = gate = h.reload_gate = trio.Event()
+        run, _ = h.service.submit(RunRequest(op=op, target="alpha" if op is Op.CLEAN else None))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(IllegalTransition, match=f"cannot be canceled: a {op.value} runs"):
+            h.service.cancel(run.run_id)
+        assert run.state is RunState.RUNNING
+        gate.set()
+        assert (await h.ended(run.run_id)).state is RunState.SUCCEEDED

@@ -34,6 +34,7 @@ from frameos.envelope import Envelope, decode
 from frameos.errors import FrameosError, StaleCursorError
 from frameos.eventlog import EventLog
 from frameos.runs.model import (
+    CANCELABLE,
     STOP_WINS_OVER,
     Conflict,
     IdempotencyMismatch,
@@ -255,11 +256,19 @@ class RunService:
 
     def cancel(self, run_id: str) -> Run:
         """Cancel a run in flight: running → canceling → canceled once its op lets go (the
-        pool's next rung). Raises UnknownRun, IllegalTransition when it has ended."""
+        pool's next rung). Raises UnknownRun; IllegalTransition when it has ended, or is a
+        clean or a reload (those run to their end)."""
         run = self.get(run_id)
         flight = self._flights.get(run_id)
         if flight is None or run.finished:
             raise IllegalTransition(run, RunState.CANCELED)
+        if run.op not in CANCELABLE:
+            raise IllegalTransition(
+                run,
+                RunState.CANCELED,
+                f"run {run.run_id} ({run.op.value}) cannot be canceled: a {run.op.value} runs to "
+                "its end (bounded); wait for it",
+            )
         if run.state is not RunState.CANCELING:
             self._cancel(flight, "canceled by the operator")
         return run
