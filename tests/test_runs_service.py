@@ -209,9 +209,13 @@ async def test_list_is_newest_first_and_pages_with_before(tmp_path: Path) -> Non
             h.service.list(limit=3, before="nope")
 
 
+@pytest.mark.parametrize("scan_page", [5000, 2])  # 2: the command.* lines over many pages
 async def test_runs_are_rebuilt_after_a_restart_and_an_unfinished_one_was_interrupted(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_page: int
 ) -> None:
+    from frameos.runs import service
+
+    monkeypatch.setattr(service, "SCAN_PAGE", scan_page)
     async with running_service(tmp_path) as h:
         done, _ = h.service.submit(START_ALPHA, "k-done")
         await h.ended(done.run_id)

@@ -47,7 +47,7 @@ from frameos.runs.model import (
     UnknownRun,
     UnknownVm,
 )
-from frameos.runs.receipt import PAGE, Receipt, make_receipt, run_events
+from frameos.runs.receipt import Receipt, make_receipt, run_events
 from frameos.workers import OperationCanceled
 
 # How long `events`/`receipt` wait for the log writer to have a finished run's last event.
@@ -435,6 +435,8 @@ def _ended(run: Run | None, state: RunState, reason: str | None, seq: int, at: f
         run.state, run.reason, run.last_seq, run.updated_at = state, reason, seq, at
 
 
+# The rebuild's page: bigger than a client's (one worker-thread call reads the whole log).
+SCAN_PAGE = 5000
 # Lines of the command.* family, found without decoding the others.
 _COMMAND = b'"event":"%s.' % ev.CommandAccepted.NAME.split(".")[0].encode()
 
@@ -446,11 +448,13 @@ def _command_events(log: EventLog) -> list[tuple[int, float, ev.Event]]:
     cursor = (log.oldest_seq() or 1) - 1
     while True:
         try:
-            page = log.read_after(cursor, PAGE)
+            page = log.read_after(cursor, SCAN_PAGE)
         except StaleCursorError as exc:
             cursor = exc.oldest - 1
             continue
-        for line in page.lines:
+        # most pages have no command.* line: one search over the page, not one per line
+        lines = page.lines if _COMMAND in b"".join(page.lines) else []
+        for line in lines:
             if _COMMAND not in line:
                 continue
             try:
