@@ -63,3 +63,65 @@ async def test_a_run_in_flight_when_frameos_was_killed_ends_interrupted(tmp_path
         fos.send(signal.SIGTERM)
         assert await fos.wait_exit() == 0
         assert ev.CommandFailed.NAME not in fos.names()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def sleeper(name: str, **overrides: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "command": [sys.executable, "-c", "import time; time.sleep(600)"],
+        "cooperative": {"method": "none"},
+        "timeouts": {"cooperative_ms": 0, "sigterm_ms": 3000, "sigkill_ms": 2000},
+        **overrides,
+    }
+
+
+async def test_sighup_reloads_by_diff_vm_by_vm(tmp_path: Path) -> None:
+    before = [sleeper("same"), sleeper("gone"), sleeper("env"), sleeper("policy")]
+    config = write_config(tmp_path, vms=before)
+    async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
+        pids = {}
+        for vm in ("same", "gone", "env", "policy"):
+            launched = await fos.wait_for(ev.VmLaunched, lambda e, vm=vm: e["fields"]["vm"] == vm)
+            pids[vm] = launched["fields"]["pid"]
+        after = [
+            sleeper("same"),
+            sleeper("env", env={"MODE": "new"}),
+            sleeper("policy", restart={"policy": "temporary"}),
+            sleeper("new"),
+        ]
+        data = orjson.loads(config.read_bytes())
+        config.write_bytes(orjson.dumps({**data, "vms": after}))
+        index = len(fos.events)
+        fos.send(signal.SIGHUP)
+        reload = await fos.wait_for(ev.RuntimeReload, start=index)
+        assert reload["fields"]["error"] is None
+        assert reload["fields"]["vms"] == {
+            "added": ["new"],
+            "removed": ["gone"],
+            "restarted": ["env"],
+            "updated": ["policy"],
+            "unchanged": ["same"],
+        }
+        assert {"vms[1].env.MODE", "vms[2].restart.policy"} <= set(reload["fields"]["changed"])
+        assert "run_id" not in reload["fields"]  # a SIGHUP is no run
+        relaunched = await fos.wait_for(
+            ev.VmLaunched, lambda e: e["fields"]["vm"] == "env", start=index
+        )
+        added = await fos.wait_for(ev.VmLaunched, lambda e: e["fields"]["vm"] == "new", start=index)
+        assert alive(pids["same"]) and alive(pids["policy"])  # untouched: the same pids
+        assert not alive(pids["gone"]) and not alive(pids["env"])
+        assert alive(relaunched["fields"]["pid"]) and alive(added["fields"]["pid"])
+        launched_again = [
+            e["fields"]["vm"] for e in fos.events[index:] if e["event"] == ev.VmLaunched.NAME
+        ]
+        assert sorted(launched_again) == ["env", "new"]
+        fos.send(signal.SIGTERM)
+        assert await fos.wait_exit() == 0
