@@ -140,7 +140,9 @@ class RunService:
             self.bus.unsubscribe(subscription)
 
     async def _watch_writes(self, subscription: Subscription) -> None:
+        """Wake the readers waiting for the log writer (`_events`) after each written batch."""
         async for _ in subscription:
+            subscription.take_ready()  # batches queued meanwhile: one wake-up is enough
             self._written.set()
 
     # --- requests ------------------------------------------------------------------------------
