@@ -102,8 +102,8 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def emitted_by(command: str) -> tuple[type[Event], ...]:
-    """The events `command` can emit. Declared events nothing emits yet (command.*, worker.*,
-    cleanup.progress: the control API's) are listed under no command until one emits them."""
+    """The events `command` can emit. Declared events nothing emits yet (worker.*: the control
+    API's) are listed under no command until one emits them."""
     from frameos import events as ev
 
     match command:
@@ -133,6 +133,12 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.BootstrapStep,
                 ev.BootstrapCompleted,
                 ev.BootstrapFailed,
+                ev.CleanupProgress,
+                ev.CommandAccepted,
+                ev.CommandRejected,
+                ev.CommandCompleted,
+                ev.CommandFailed,
+                ev.CommandCanceled,
                 ev.Summary,
             )
         case "check":
