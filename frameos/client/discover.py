@@ -167,7 +167,7 @@ def read_token(path: Path, what: str, *, required: bool) -> str | None:
         raise ClientError(
             f"{what} {path} cannot be read: {exc.strerror}{hint}"
             if required
-            else f"not readable: {exc.strerror}"
+            else f"not readable: {(exc.strerror or str(exc)).lower()}"
         ) from None
     token = data.decode("utf-8", "replace").strip()
     if not token or len(data) > MAX_TOKEN_BYTES:

@@ -8,11 +8,11 @@ retains is said on stderr and reading resumes at the oldest event retained.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-import orjson
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
@@ -23,6 +23,7 @@ from frameos.errors import StaleCursorError
 from frameos.eventlog import EventLog
 
 Handler = Callable[[Envelope], bool]
+_DECODER = json.JSONDecoder()
 PAGE = 1000
 LOG_POLL_S = 0.25  # how often `events --follow` looks at the log file for new lines
 WS_CONNECT_S = 10.0
@@ -73,13 +74,28 @@ async def read_http(api: Api, after: int, handle: Handler) -> tuple[int, bool]:
         if response.status_code != 200:
             raise await api.refusal(response, "GET", "/v1/events")
         body = api.parse(response, "GET", "/v1/events")
-        for item in body["events"]:
-            envelope = decode(orjson.dumps(item))
+        for raw in raw_events(response.text, len(body["events"])):
+            envelope = decode(raw.encode())
             cursor = envelope.seq
             if handle(envelope):
                 return cursor, True
         if body["replay_complete"] or not body["events"]:
             return cursor, False
+
+
+def raw_events(text: str, count: int) -> list[str]:
+    """The `events` array's items as the server wrote them (the envelope bytes, not a
+    re-serialization: SPEC §3.1 wants the same bytes on every transport)."""
+    start = text.index('"events"')
+    index = text.index("[", start) + 1
+    items: list[str] = []
+    for _ in range(count):
+        while text[index] in " \t\r\n,":
+            index += 1
+        _, end = _DECODER.raw_decode(text, index)
+        items.append(text[index:end])
+        index = end
+    return items
 
 
 async def head(api: Api) -> int:
