@@ -61,6 +61,7 @@ class FakeFrameos:
     ws_silent: bool = False  # accept websockets, send them nothing (the client must poll)
     ws_drop_after: int | None = None  # close each websocket after this many frames
     ws_connections: int = 0
+    ws_reject: int | None = None  # refuse websockets with this status
     hold_runs: bool = False  # runs stay running until `finish_held`
     release_per_connection: bool = False  # each new websocket publishes one held event
     held: list[tuple[str, list[ev.Event]]] = field(default_factory=list)
@@ -152,8 +153,10 @@ class FakeFrameos:
             return Response(body, content_type="application/json")
 
         @app.websocket("/ws/events")
-        async def ws() -> None:
+        async def ws() -> Response | None:
             self.ws_connections += 1
+            if self.ws_reject is not None:
+                return err(self.ws_reject, "too_many_clients", "over websocket.max_clients")
             if self.release_per_connection and self.held:
                 _, events = self.held[0]
                 self.publish(events.pop(0))

@@ -146,6 +146,16 @@ def test_a_run_that_ends_while_the_stream_says_nothing_is_found_by_asking_for_it
     assert ("GET", f"/v1/runs/{next(iter(fake.runs))}") in {(m, p) for m, p, _ in fake.requests}
 
 
+def test_a_refused_websocket_falls_back_to_polling(
+    capsys: pytest.CaptureFixture[str], fake: FakeFrameos, token: Path
+) -> None:
+    fake.ws_reject = 503
+    status, out, err = run_main(capsys, "stop", "alpha", *client(fake, token), "--json")
+    assert status == 0
+    assert err == "frameos: /ws/events refused (HTTP 503): polling /v1/events instead\n"
+    assert out.encode() == b"".join(e.line for e in fake.envelopes[-3:])
+
+
 # --- refusals: one line, what and what to do ------------------------------------------------
 
 

@@ -26,6 +26,7 @@ Handler = Callable[[Envelope], bool]
 _DECODER = json.JSONDecoder()
 PAGE = 1000
 LOG_POLL_S = 0.25  # how often `events --follow` looks at the log file for new lines
+POLL_S = 0.25  # how often /v1/events is asked when the websocket is refused
 WS_CONNECT_S = 10.0
 WS_CLOSE_S = 2.0
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 2.0
@@ -151,7 +152,10 @@ async def follow_ws(
                 warn(f"events after {cursor} are no longer retained; from {oldest + 1} on")
                 cursor = oldest
                 continue
-            raise await api.refusal(response, "GET", "/ws/events") from None
+            if exc.status_code in (401, 403):
+                raise await api.refusal(response, "GET", "/ws/events") from None
+            warn(f"/ws/events refused (HTTP {exc.status_code}): polling /v1/events instead")
+            return await poll_http(api, cursor, handle, idle_s=idle_s, on_idle=on_idle)
         except (ConnectionClosed, HandshakeError, OSError) as exc:
             now = trio.current_time()
             gone_since = now if gone_since is None else gone_since
@@ -161,6 +165,32 @@ async def follow_ws(
                 return cursor
         await trio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_S)
+
+
+async def poll_http(
+    api: Api,
+    since: int,
+    handle: Handler,
+    *,
+    idle_s: float | None = None,
+    on_idle: Callable[[], Awaitable[bool]] | None = None,
+) -> int:
+    """follow_ws without the websocket: `/v1/events` pages every POLL_S."""
+    cursor, quiet = since, 0.0
+    while True:
+        before = cursor
+        cursor, stop = await read_http(api, cursor, handle)
+        if stop:
+            return cursor
+        if cursor != before:
+            quiet = 0.0
+            continue
+        quiet += POLL_S
+        if on_idle is not None and idle_s is not None and quiet >= idle_s:
+            quiet = 0.0
+            if await on_idle():
+                return cursor
+        await trio.sleep(POLL_S)
 
 
 async def _quietly(on_idle: Callable[[], Awaitable[bool]]) -> bool:
