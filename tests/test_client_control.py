@@ -63,6 +63,20 @@ def test_each_op_creates_a_run_and_follows_it_to_success(
     assert "before the run" not in out
 
 
+def test_the_head_is_found_when_the_log_no_longer_starts_at_1(
+    capsys: pytest.CaptureFixture[str], fake: FakeFrameos, token: Path
+) -> None:
+    def rotate_away() -> None:
+        for i in range(10):
+            fake.publish(ev.Message(text=f"old {i}"))
+        del fake.envelopes[:5]  # GET /v1/events?after=0 is now 410 stale_cursor
+
+    fake.call(rotate_away)
+    status, out, _ = run_main(capsys, "stop", "alpha", *client(fake, token), "--json")
+    assert status == 0
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [11, 12, 13]
+
+
 def test_reload_targets_no_vm(
     capsys: pytest.CaptureFixture[str], fake: FakeFrameos, token: Path
 ) -> None:

@@ -100,9 +100,14 @@ def raw_events(text: str, count: int) -> list[str]:
 
 
 async def head(api: Api) -> int:
-    """The newest seq in the instance's log (a cursor past it reads nothing and says the head)."""
-    body = await api.get("/v1/events", after="9" * 18, limit=1)
-    return int(body["head_cursor"])
+    """The newest seq in the instance's log: `head_cursor` of a one-event page (or of the 410
+    that says the log no longer starts at 1)."""
+    response = await api.send("GET", "/v1/events", params={"after": 0, "limit": 1})
+    if response.status_code == 410:
+        return int(api.parse(response, "GET", "/v1/events")["details"]["head_cursor"])
+    if response.status_code != 200:
+        raise await api.refusal(response, "GET", "/v1/events")
+    return int(api.parse(response, "GET", "/v1/events")["head_cursor"])
 
 
 async def follow_ws(
