@@ -319,10 +319,6 @@ class VmPool:
             changed=planned.changed,
         )
 
-    async def on_reload(self, new: FrameConfig, changed: list[str]) -> None:
-        """The supervisor's reload hook: apply the new config by diff."""
-        await self.apply(new)
-
     def snapshot(self, name: str) -> VmSnapshot:
         """The VM's state for `GET /v1/vms/{name}`; KeyError when unknown."""
         worker = self.worker(name)
