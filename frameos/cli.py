@@ -6,6 +6,7 @@ input: every FrameosError becomes one clear message and an exit code.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -58,6 +59,8 @@ def build_parser() -> _TopParser:
 def _add_flag(parser: argparse.ArgumentParser, flag: Flag) -> None:
     if flag.switch:
         parser.add_argument(flag.name, action="store_true", help=flag.help)
+    elif flag.positional and flag.required:
+        parser.add_argument(flag.name, help=flag.help, metavar=flag.metavar)
     elif flag.positional:
         parser.add_argument(
             flag.name, nargs="?", default=flag.default, help=flag.help, metavar=flag.metavar
@@ -213,3 +216,118 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from frameos.parity import main as parity_main
 
     return parity_main(args)
+
+
+# --- client commands (SPEC §10): they talk to a running instance ----------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """The instance named by --url/--token-file/--config (frameos.client.Target)."""
+    from frameos.client import discover
+
+    return discover(config=args.config, url=args.url, token_file=args.token_file)
+
+
+def _trio_run(fn: Any, *args: Any) -> int:
+    """trio.run(fn, *args), with a FrameosError raised inside a nursery reported as itself."""
+    import trio
+
+    try:
+        status: int = trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+    return status
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception a group (of groups) holds, or None when it holds several."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
+
+
+def _control(args: argparse.Namespace, op: str, vm: str | None) -> int:
+    from frameos.client.control import control
+    from frameos.client.output import Printer
+
+    return _trio_run(control, _client(args), op, vm, Printer(json=args.json))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _control(args, "start", args.vm)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _control(args, "stop", args.vm)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    return _control(args, "restart", args.vm)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    return _control(args, "bootstrap", args.vm)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    return _control(args, "clean", args.vm)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return _control(args, "reload", None)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from frameos.client.logs import logs
+    from frameos.errors import UsageError
+
+    if args.lines < 0:
+        raise UsageError(f"--lines must be 0 or more, found {args.lines}")
+    return _trio_run(
+        functools.partial(logs, lines=args.lines, follow=args.follow), _client(args), args.vm
+    )
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from frameos.client import history
+    from frameos.client.output import Printer
+    from frameos.errors import UsageError
+
+    if args.since < 0:
+        raise UsageError(f"--since must be a seq (0 or more), found {args.since}")
+    handle = history.matcher(args.vm, Printer(json=args.json))
+    if args.url is not None:
+        if args.event_log:
+            raise UsageError(
+                "--event-log and --url exclude each other: pick the file or the instance"
+            )
+        return _trio_run(
+            functools.partial(history.from_instance, follow=args.follow),
+            _client(args),
+            args.since,
+            handle,
+        )
+    path, keep = _event_log(args)
+    if not args.follow:
+        history.require_log(path)
+    return _trio_run(
+        functools.partial(history.from_file, follow=args.follow), path, keep, args.since, handle
+    )
+
+
+def _event_log(args: argparse.Namespace) -> tuple[Path, int]:
+    """The log file `run` writes with this config (or --event-log), and its rotation count."""
+    from frameos.client.discover import load_client_config
+    from frameos.config import EventLogConfig, event_log_path
+
+    if args.event_log:
+        keep = EventLogConfig().keep
+        return Path(args.event_log).absolute(), keep
+    config, _ = load_client_config(args.config, os.environ)
+    return event_log_path(config, None), config.event_log.keep

@@ -21,6 +21,7 @@ class Flag:
     default: str | float | None = None
     kind: type = str
     positional: bool = False
+    required: bool = False  # a positional that must be given
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,32 @@ OUTPUT = Flag(
     choices=("auto", "json", "human"),
     default="auto",
 )
+
+# The client commands (SPEC §10): how they find the instance, and what they print.
+URL = Flag(
+    "--url",
+    "a running instance, e.g. http://127.0.0.1:8787 (else frame_host:frame_port of the config)",
+    "URL",
+)
+TOKEN_FILE = Flag(
+    "--token-file",
+    "file holding the API token (else auth.token_file, the systemd credential frameos-token, "
+    "or state_dir/api-token)",
+    "PATH",
+)
+JSON = Flag(
+    "--json", "print the events as JSON lines (the envelopes) instead of human lines", switch=True
+)
+CLIENT = (CONFIG, URL, TOKEN_FILE, JSON)
+VM = Flag("vm", "the VM's name (as in the config's vms)", "VM", positional=True, required=True)
+CONTROL = {
+    "start": "start a VM (also one that gave up, or was stopped by an operator)",
+    "stop": "stop a VM through its shutdown ladder; it stays stopped until `frameos start`",
+    "restart": "restart a VM through its shutdown ladder",
+    "bootstrap": "run a VM's bootstrap pipeline again",
+    "clean": "remove a stopped VM's overlay and bootstrap stamps",
+}
+CONTROL_TAIL = "; follows the run to its end: exit 0 succeeded, 1 failed, 2 unreachable/refused"
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -98,14 +125,72 @@ COMMANDS: tuple[Command, ...] = (
             OUTPUT,
         ),
     ),
+    *(Command(op, help + CONTROL_TAIL, (VM, *CLIENT)) for op, help in CONTROL.items()),
+    Command(
+        "reload",
+        "re-read the config and apply it VM by VM (SPEC §5.1), as SIGHUP does" + CONTROL_TAIL,
+        CLIENT,
+    ),
+    Command(
+        "logs",
+        "print a VM's output (stdout and stderr of its process)",
+        (
+            VM,
+            Flag("--follow", "keep printing output as it is written (until Ctrl-C)", switch=True),
+            Flag("--lines", "how many of the last lines to print first", "N", default=50, kind=int),
+            CONFIG,
+            URL,
+            TOKEN_FILE,
+        ),
+    ),
+    Command(
+        "events",
+        "print events from the event log file, or from a running instance with --url",
+        (
+            Flag(
+                "--since",
+                "only events after this seq (default 0: every event retained)",
+                "SEQ",
+                default=0,
+                kind=int,
+            ),
+            Flag("--follow", "keep printing new events as they come (until Ctrl-C)", switch=True),
+            Flag("--vm", "only the events of this VM", "NAME"),
+            EVENT_LOG,
+            *CLIENT,
+        ),
+    ),
 )
 
 
 def emitted_by(command: str) -> tuple[type[Event], ...]:
-    """The events `command` can emit. Declared events nothing emits yet (command.*, worker.*,
-    cleanup.progress: the control API's) are listed under no command until one emits them."""
+    """The events `command` can emit. The client commands list the events of a run they print
+    (emitted by the instance, on their behalf). Declared events nothing emits yet (worker.*:
+    the external workers') are listed under no command until one emits them."""
     from frameos import events as ev
 
+    commands = (ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled)
+    start = (
+        ev.VmOverlayPrepared,
+        ev.VmLaunched,
+        ev.BootstrapStarted,
+        ev.BootstrapStep,
+        ev.BootstrapCompleted,
+        ev.BootstrapFailed,
+        ev.Message,
+    )
+    stop = (
+        ev.VmShutdownRequested,
+        ev.VmCooperativeAttempted,
+        ev.VmCooperativeSucceeded,
+        ev.VmCooperativeTimedOut,
+        ev.VmShutdownEscalated,
+        ev.VmShutdownComplete,
+        ev.VmExited,
+        ev.VmLayerDiscarded,
+        ev.Message,
+    )
+    bootstrap = start[2:]
     match command:
         case "run":
             return (
@@ -133,8 +218,23 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.BootstrapStep,
                 ev.BootstrapCompleted,
                 ev.BootstrapFailed,
+                ev.CleanupProgress,
+                *commands,
+                ev.CommandRejected,
                 ev.Summary,
             )
+        case "start":
+            return (*commands, *start)
+        case "stop":
+            return (*commands, *stop)
+        case "restart":
+            return (*commands, *stop[:-1], *start)
+        case "bootstrap":
+            return (*commands, *bootstrap)
+        case "clean":
+            return (*commands, ev.CleanupProgress, ev.VmLayerDiscarded, ev.Message)
+        case "reload":
+            return (*commands, ev.RuntimeReload, *stop[:-1], *start)
         case "check":
             return (ev.RuntimeCheckOk, ev.RuntimeCheckFailed, ev.BootstrapPlanned, ev.Message)
         case "parity":

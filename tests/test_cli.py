@@ -34,6 +34,11 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
         (("parity", "--probe-timeout", "soon"), "usage: frameos parity "),
         (("contract", "extra"), "usage: frameos contract"),
         (("bogus",), "usage: frameos [-h]"),
+        (("stop",), "usage: frameos stop "),
+        (("start", "a", "b"), "usage: frameos start "),
+        (("reload", "web"), "usage: frameos reload "),
+        (("logs", "web", "--lines", "many"), "usage: frameos logs "),
+        (("events", "--since", "x"), "usage: frameos events "),
         ((), "usage: frameos [-h]"),
     ],
 )
@@ -107,3 +112,40 @@ def test_a_good_check_reads_as_a_sentence(
     status, out, err = run_main(capsys, "check", "--config", str(path), "--output", "human")
     assert status == 0, err
     assert f"config {path} is valid (1 VM, 0 apps, 0 scenes)" in out
+
+
+CLIENT_COMMANDS = ("start", "stop", "restart", "bootstrap", "clean", "reload", "logs", "events")
+
+
+def test_contract_lists_the_client_commands_and_their_flags() -> None:
+    result = subprocess.run(
+        frameos_argv("contract"), capture_output=True, text=True, timeout=30, check=True
+    )
+    commands = json.loads(result.stdout)["commands"]
+    for name in CLIENT_COMMANDS:
+        flags = {f["name"] for f in commands[name]["flags"]}
+        assert {"--config", "--url", "--token-file"} <= flags, name
+    assert "vm" in {f["name"] for f in commands["stop"]["flags"]}
+    assert ev.CommandCompleted.NAME in commands["stop"]["events"]
+    assert ev.RuntimeReload.NAME in commands["reload"]["events"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("logs", "web", "--lines", "-1"), "frameos: --lines must be 0 or more, found -1\n"),
+        (("events", "--since", "-5"), "frameos: --since must be a seq (0 or more), found -5\n"),
+        (
+            ("events", "--url", "http://127.0.0.1:1", "--event-log", "x"),
+            "frameos: --event-log and --url exclude each other: pick the file or the instance\n",
+        ),
+        (
+            ("stop", "web", "--url", "127.0.0.1:8787"),
+            "frameos: --url must start with http:// or https://, found '127.0.0.1:8787'\n",
+        ),
+    ],
+)
+def test_client_flags_that_do_not_fit_are_a_usage_error(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    assert run_main(capsys, *args) == (2, "", message)
