@@ -6,6 +6,7 @@ come before the cursor), keeping the events that carry its `run_id`. The run's l
 how it ended: command.completed → exit 0, command.failed or command.canceled → exit 1. While no
 event arrives for IDLE_S the run is asked for by id (`GET /v1/runs/{id}`), so a run that ended
 while the websocket was away is found and its remaining events read from `/v1/events`.
+Ctrl-C ends the client, not the run (it says so).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from frameos import events as ev
 from frameos.client.api import Api
 from frameos.client.discover import Target
+from frameos.client.output import warn
 from frameos.client.stream import follow_ws, head, read_http
 from frameos.envelope import Envelope
 
@@ -68,7 +70,14 @@ async def control(target: Target, op: str, vm: str | None, show: Callable[[Envel
                 follower.status = FINISHED[state]
             return True
 
-        await follow_ws(api, since, follower, idle_s=IDLE_S, on_idle=check_run)
+        try:
+            await follow_ws(api, since, follower, idle_s=IDLE_S, on_idle=check_run)
+        except KeyboardInterrupt:
+            warn(
+                f"run {follower.run_id} goes on in frameos; follow it with `frameos events "
+                "--follow`, or stop the VM to end it"
+            )
+            raise
         assert follower.status is not None
         return follower.status
 
