@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from frameos import events as ev
-from frameos.client.api import Api
+from frameos.client.api import Api, ClientError
 from frameos.client.discover import Target
 from frameos.client.output import warn
 from frameos.client.stream import follow_ws, head, read_http
@@ -57,15 +57,16 @@ async def control(target: Target, op: str, vm: str | None, show: Callable[[Envel
             headers={"Idempotency-Key": str(uuid.uuid4())},
             vm=vm,
         )
-        follower = RunFollower(str(run["run_id"]), show)
-        start = since
+        if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+            raise ClientError(f"{target.url} answered POST /v1/runs without a run_id: not frameos?")
+        follower = RunFollower(run["run_id"], show)
 
         async def check_run() -> bool:
             _, current = await api.call("GET", f"/v1/runs/{follower.run_id}")
             state = _state(current)
             if state not in FINISHED:
                 return False
-            await read_http(api, max(start, follower.shown), follower)
+            await read_http(api, max(since, follower.shown), follower)
             if follower.status is None:
                 follower.status = FINISHED[state]
             return True

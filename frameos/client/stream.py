@@ -143,7 +143,10 @@ async def follow_ws(
                             return cursor
                         continue
                     data = message.encode() if isinstance(message, str) else message
-                    envelope = decode(data)
+                    try:
+                        envelope = decode(data)
+                    except ValueError:
+                        continue  # not an envelope (a consumer ignores what it does not know)
                     if envelope.seq <= cursor:
                         continue  # never twice, whatever a reconnect replays
                     cursor = envelope.seq
