@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,6 @@ BAR = 50_000
 async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> None:
     import trio
 
-    # the sink ends when the bus closes it; `close()` stays for older checkouts (--compare)
     from frameos.bus import Bus
     from frameos.config import validate_config
     from frameos.eventlog import EventLog
@@ -63,6 +63,7 @@ async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> No
     sink = JsonSink(bus, sys.stdout.buffer)
     checkpoint = trio.lowlevel.checkpoint
     published = 0
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
         await nursery.start(sink.run)
@@ -76,7 +77,8 @@ async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> No
         t_published = time.perf_counter()
         await bus.aclose()
         t_logged = time.perf_counter()
-        sink.close()
+        if hasattr(sink, "close"):  # older checkouts (--compare) end their sink this way
+            sink.close()
     t_printed = time.perf_counter()
     log.close()
     out.write_text(json.dumps({
@@ -84,6 +86,7 @@ async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> No
         "publish_s": t_published - t0, "logged_s": t_logged - t0,
         "sink_dropped": sink.dropped, "bytes_logged": bus.bytes_logged,
         "frameos_file": sys.modules["frameos"].__file__,
+        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0,
     }))
 
 
@@ -247,6 +250,7 @@ def main() -> int:
                 rounds[label].append(figures)
                 assert str(figures["frameos_file"]).startswith(str(root)), figures
                 note(f"round {index + 1}{label}: {figures['rate']:,.0f} events/s, "
+                     f"{figures['cpu_s'] / figures['published'] * 1e6:.2f} µs CPU/event, "
                      f"{figures['published']:,} events, verify "
                      f"{'ok' if figures['verify']['ok'] else figures['verify']['problems']}")
         for label, root in roots.items():
@@ -257,6 +261,12 @@ def main() -> int:
             emit(bench=BENCH, metric="events_per_s_vs_compare", value=rnd(this / other),
                  this=rnd(this), compare=rnd(other), compare_root=str(args.compare),
                  bar="no regression", met=this >= 0.95 * other)
+            # CPU per event: steadier than events/s on a shared machine
+            this_cpu = median([r["cpu_s"] / r["published"] * 1e6 for r in rounds[""]])
+            other_cpu = median([r["cpu_s"] / r["published"] * 1e6 for r in rounds["_compare"]])
+            emit(bench=BENCH, metric="cpu_us_per_event_vs_compare",
+                 value=rnd(this_cpu / other_cpu), this_us=rnd(this_cpu), compare_us=rnd(other_cpu),
+                 bar="no regression", met=this_cpu <= 1.05 * other_cpu)
     if args.reads:
         cursor_reads(args.reads, args.dir)
     return 0

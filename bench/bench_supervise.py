@@ -153,15 +153,24 @@ class Supervisor:
     def all_running(self) -> bool:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str] | None:
+        return None
+
     def start(self) -> subprocess.Popen[bytes]:
         out = open(self.workdir / f"{self.name}.out", "wb")  # noqa: SIM115  # the child owns it
         self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True)
+                                     cwd=self.workdir, start_new_session=True, env=self.env())
         out.close()
         return self.proc
 
 
 class Frameos(Supervisor):
+    def env(self) -> dict[str, str]:
+        # `python -m frameos` from the temp dir: the checkout's frameos when it is not installed
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
     def argv(self) -> list[str]:
         vms = [{"name": f"child-{i:02d}", "command": self.child,
                 "cooperative": {"method": "none"},

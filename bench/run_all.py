@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("pipeline", "ws", "http", "startup", "idle", "supervise", "depth", "recovery")
+ORDER = (
+    "pipeline", "ws", "http", "startup", "idle", "supervise", "depth", "recovery", "control",
+)
 
 
 def main() -> int:

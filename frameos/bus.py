@@ -33,7 +33,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, overload
+from typing import Literal
 
 import trio
 
@@ -50,15 +50,6 @@ BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 
 Batch = Sequence[Envelope]
-
-
-class Subscriber(Protocol):
-    """The old observer shape (`deliver` each written batch, never blocking).
-
-    Deprecated: kept only until the websocket hub and the systemd notifier use `Subscription`.
-    """
-
-    def deliver(self, batch: Sequence[Envelope]) -> None: ...
 
 
 class Wakeup:
@@ -146,7 +137,6 @@ class Bus:
         self.ring: deque[Envelope] = deque(maxlen=ring_size)
         self._subscriptions: list[Subscription] = []
         self._dropped_by_gone = 0
-        self.subscribers: list[Subscriber] = []  # deprecated `deliver` observers
         self.published = 0
         self.written_seq = last_seq
         self._faults: dict[str, str] = {}
@@ -178,37 +168,34 @@ class Bus:
     async def publish(self, event: Event, severity: Severity | None = None) -> Envelope:
         """Publish; waits only while the unwritten events are above the high-water mark.
 
-        Cancellation while waiting leaves the event unpublished.
+        Raises trio.ClosedResourceError once the bus is closed. Cancellation while waiting
+        leaves the event unpublished.
         """
         while self._unwritten_bytes > self.high_water_bytes and not self._closed:
             await self._room.wait()
-        return self.publish_nowait(event, severity)
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        return self._enqueue(event, severity)
 
     def _enqueue(self, event: Event, severity: Severity | None) -> Envelope:
-        self._seq += 1
-        envelope = encode(event, self._seq, self._clock(), severity)
-        self._pending.append(envelope)
+        self._seq = seq = self._seq + 1
+        envelope = encode(event, seq, self._clock(), severity)
+        pending = self._pending
+        pending.append(envelope)
         self._unwritten_bytes += len(envelope.line)
         self.published += 1
-        self._wake.set()
+        if len(pending) == 1:  # the writer re-checks `_pending` before it waits again
+            self._wake.set()
         return envelope
 
     # --- subscribers ---------------------------------------------------------------------------
 
-    @overload
-    def subscribe(self, name: str, depth: int) -> Subscription: ...
-    @overload
-    def subscribe(self, name: Subscriber) -> None: ...
-    def subscribe(self, name: str | Subscriber, depth: int = 0) -> Subscription | None:
+    def subscribe(self, name: str, depth: int) -> Subscription:
         """A new subscription: a channel of `depth` batches, fed every batch once it is logged.
 
         Subscribing after the bus closed gives a closed subscription (its `async for` ends at
-        once). (Passing an object with `deliver` is the deprecated form, kept until its last
-        callers move.)
+        once).
         """
-        if not isinstance(name, str):
-            self.subscribers.append(name)
-            return None
         subscription = Subscription(name, depth)
         if self._done.is_set():
             subscription._close()
@@ -226,8 +213,6 @@ class Bus:
                 self._subscriptions.remove(subscription)
                 self._dropped_by_gone += subscription.dropped
             subscription._close()
-        elif subscription in self.subscribers:
-            self.subscribers.remove(subscription)
 
     @property
     def dropped(self) -> int:
@@ -365,8 +350,6 @@ class Bus:
         for subscription in tuple(self._subscriptions):
             if not subscription._offer(batch):
                 self.unsubscribe(subscription)
-        for subscriber in tuple(self.subscribers):
-            subscriber.deliver(batch)
 
     def _check_rotation(self) -> None:
         """A failed rotation does not stop writing: report it, and its end."""

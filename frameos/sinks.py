@@ -100,12 +100,6 @@ class Sink:
                 Message(text=f"{self.name} fell behind and dropped {lost} events"), "warn"
             )
 
-    def close(self) -> None:
-        """Deprecated, does nothing: the sink ends when the bus closes its channel."""
-
-
-QueueSink = Sink  # deprecated name, kept until the supervisor uses `Sink`
-
 
 class JsonSink(Sink):
     """The envelope bytes, exactly as logged, one per line."""

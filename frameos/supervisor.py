@@ -4,7 +4,7 @@ shutdown order").
     outer nursery ── signal task ── bus writer ── output sinks ── systemd notifier
       └── stop scope (deadline = shutdown_timeout_s once stopping; a second signal cancels it)
             └── server nursery ── HTTP front door (and its websocket hub)
-                  └── work nursery ── VM pool
+                  └── work nursery ── VM pool ── run service (runs in flight)
                         └── running nursery ── heartbeat ── metrics ── reloader
 
 Start-up: runtime:start, the VMs, the server, runtime:ready. The first SIGTERM or SIGINT begins
@@ -20,8 +20,10 @@ ladders; either way runtime:stop and summary close the log (exit 1).
 Signals are blocked from the first line of `python -m frameos` (and of `cli.main`) until
 `signal_inbox` has its handlers in, so a SIGHUP during start-up waits instead of killing. Every
 delivery is counted, so a second SIGINT is never merged into the first. SIGHUP asks the
-reloader, which re-reads the config in its own task, one reload at a time, each bounded by
-`RELOAD_TIMEOUT_S`; the signal task never waits on a reload, and a stop cancels one in flight.
+reloader, which re-reads the config in its own task; the signal task never waits on a reload,
+and a stop cancels one in flight. SIGHUP and a `reload` run (frameos/runs) take the same path,
+`reload`, one at a time: the file read bounded by `RELOAD_TIMEOUT_S`, then `pool.apply` (each
+VM by diff, SPEC §5.1; its ladders bounded by their rungs), then runtime:reload with `vms`.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from frameos.config import FrameConfig, diff, event_log_path, load_config
 from frameos.emit import Output
 from frameos.errors import ConfigError, FrameosError
 from frameos.eventlog import EventLog
+from frameos.runs.control import ControlPlane
+from frameos.runs.service import RunService
 from frameos.sinks import HumanSink, JsonSink, Sink
 from frameos.state import Phase, RuntimeState
 from frameos.systemd import SystemdNotifier
@@ -198,9 +202,11 @@ class Supervisor:
         self.reload_requests, self.reload_inbox = trio.open_memory_channel[None](1)
         # Called before a reload starts and after it applied (systemd notifier, workers).
         self.before_reload: list[Callable[[], Awaitable[None]]] = []
-        self.reload_hooks: list[Callable[[FrameConfig, list[str]], Awaitable[None]]] = [
-            self.pool.on_reload
-        ]
+        self.reload_hooks: list[Callable[[FrameConfig, list[str]], Awaitable[None]]] = []
+        self.reload_lock = trio.Lock()  # SIGHUP and reload runs: one reload at a time
+        self.runs = RunService(self.pool, bus, reload=self.reload)
+        # what the /v1 API acts on (interface R4)
+        self.control = ControlPlane(runs=self.runs, pool=self.pool, bus=bus, state=self.state)
 
     def _exhausted(self, reason: str) -> None:
         self.shutdown.request(reason, exit_status=EXIT_EXHAUSTED)
@@ -308,6 +314,7 @@ class Supervisor:
             listeners = await bind(config.frame_host, config.frame_port)
             async with trio.open_nursery() as work:
                 await work.start(self.pool.run)  # every VM launched (or failed to)
+                await work.start(self.runs.run)  # the runs of earlier instances rebuilt
                 # ~0.3 s of imports: in a worker thread, so the loop meanwhile writes out
                 # vm.launched and bootstrap events instead of holding them until the server is up
                 await trio.to_thread.run_sync(_import_http_stack)
@@ -415,55 +422,75 @@ class Supervisor:
     # --- reload --------------------------------------------------------------------------------
 
     async def _reloader(self) -> None:
-        """Apply reload requests one at a time, each bounded by RELOAD_TIMEOUT_S. Cancelled
-        (with a reload in flight) when the stop begins; then later SIGHUPs are ignored."""
+        """Apply SIGHUP's reload requests one at a time. Cancelled (with a reload in flight)
+        when the stop begins; then later SIGHUPs are ignored."""
         with self.reload_inbox:
             async for _ in self.reload_inbox:
-                try:
-                    with trio.fail_after(RELOAD_TIMEOUT_S):
-                        await self.reload()
-                except trio.TooSlowError:
-                    await self.bus.publish(
-                        ev.RuntimeReload(
-                            changed=[],
-                            error=f"reading {self.options.config_path} took longer than "
-                            f"{RELOAD_TIMEOUT_S:g} s; the running config stays",
-                        ),
-                        "error",
-                    )
+                await self.reload()
 
-    async def reload(self) -> None:
-        """Re-read the config; apply what can change live, report the rest; keep it on error.
+    async def reload(self, run_id: str | None = None) -> str | None:
+        """Re-read the config and apply it by diff (SPEC §5.1); on error keep the running one.
 
-        On cancellation (a stop, the reload deadline) the config is left as it was; the file
-        read, if stuck, is abandoned in its worker thread.
+        The one reload path: SIGHUP (`run_id` None) and `reload` runs (runtime:reload and the
+        VM events carry their `run_id`). Returns the error text when nothing changed because
+        of it, else None. On cancellation (a stop) during the file read the config is left as
+        it was; the read, if stuck, is abandoned in its worker thread.
         """
+        async with self.reload_lock:
+            return await self._reload(run_id)
+
+    async def _reload(self, run_id: str | None) -> str | None:
         for before in self.before_reload:
             await before()
         path = self.options.config_path
-        if path is None:
-            await self.bus.publish(ev.RuntimeReload(changed=[], error=None))
-            return
-        try:
-            new = await trio.to_thread.run_sync(
-                load_config, path, dict(os.environ), abandon_on_cancel=True
-            )
-        except (ConfigError, OSError, ValueError, RecursionError, MemoryError) as exc:
+        if path is None:  # the demo: nothing to re-read, every VM unchanged
+            unchanged = ev.ReloadVms(unchanged=list(self.pool.names))
             await self.bus.publish(
-                ev.RuntimeReload(changed=[], error=f"{exc}; the running config stays"), "error"
+                ev.RuntimeReload(changed=[], error=None, vms=unchanged, run_id=run_id)
             )
-            return
+            return None
+        new: FrameConfig | None = None
+        error = f"reading {path} took longer than {RELOAD_TIMEOUT_S:g} s; the running config stays"
+        with trio.move_on_after(RELOAD_TIMEOUT_S):
+            try:
+                new = await trio.to_thread.run_sync(
+                    load_config, path, dict(os.environ), abandon_on_cancel=True
+                )
+            except (ConfigError, OSError, ValueError, RecursionError, MemoryError) as exc:
+                error = f"{exc}; the running config stays"
+        if new is None:
+            await self.bus.publish(
+                ev.RuntimeReload(changed=[], error=error, run_id=run_id), "error"
+            )
+            return error
         old = self.state.config
-        changed = diff(old, new)
-        self.state.config = new.model_copy(update={k: getattr(old, k) for k in RESTART_KEYS})
+        later = [c for c in diff(old, new) if c.split(".")[0] in RESTART_KEYS]
+        # what cannot change live keeps its running value (state_dir, the port, the log, ...)
+        applied = new.model_copy(update={k: getattr(old, k) for k in RESTART_KEYS})
+        done = await self.pool.apply(applied, run_id=run_id)
+        self.state.config = applied
+        changed = sorted({*done.changed, *later})
         for hook in self.reload_hooks:
-            await hook(new, changed)
-        await self.bus.publish(ev.RuntimeReload(changed=changed, error=None))
-        later = [c for c in changed if c.split(".")[0] in RESTART_KEYS]
+            await hook(applied, changed)
+        vms = ev.ReloadVms(
+            added=done.added,
+            removed=done.removed,
+            restarted=done.restarted,
+            updated=done.updated,
+            unchanged=done.unchanged,
+        )
+        await self.bus.publish(
+            ev.RuntimeReload(changed=changed, error=None, vms=vms, run_id=run_id)
+        )
         if later:
             await self.bus.publish(
-                ev.Message(text=f"changed {', '.join(later)}: takes effect after a restart"), "warn"
+                ev.Message(
+                    text=f"changed {', '.join(later)}: takes effect after a restart",
+                    run_id=run_id,
+                ),
+                "warn",
             )
+        return None
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

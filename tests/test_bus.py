@@ -7,7 +7,6 @@ import errno
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -259,31 +258,6 @@ async def test_fsync_batch_groups_commits_and_syncs_at_close(
         await bus.aclose()
     assert 1 <= CountingLog.syncs <= 100 // 5  # grouped: at most one pass per 20 ms (+ close)
     assert log.path.read_bytes().count(b"\n") == 100
-    log.close()
-
-
-class Deliverer:
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    def deliver(self, batch: Sequence[Envelope]) -> None:
-        self.seen.extend(e.seq for e in batch)
-
-
-async def test_deprecated_deliver_subscribers_still_work(tmp_path: Path) -> None:
-    """Kept until the websocket hub and the systemd notifier move to `subscribe(name, depth)`."""
-    log = open_log(tmp_path)
-    bus = Bus(log)
-    deliverer = Deliverer()
-    bus.subscribe(deliverer)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(bus.run)
-        await bus.publish(Message(text="x"))
-        await trio.testing.wait_all_tasks_blocked()
-        bus.unsubscribe(deliverer)
-        await bus.publish(Message(text="y"))
-        await bus.aclose()
-    assert deliverer.seen == [1]
     log.close()
 
 

@@ -360,3 +360,60 @@ async def test_demo_shows_the_whole_lifecycle(tmp_path: Path, reaper: list[int])
     assert stubborn[0]["reason"] == "timeout_expired"
     assert fields(fos, "vm.shutdown_complete", "demo-stubborn")[0]["outcome"] == "forced"
     assert [f["status"] for f in fields(fos, "bootstrap.step")] == ["success", "success"]
+
+
+async def test_sighup_reloads_by_diff(tmp_path: Path, reaper: list[int]) -> None:
+    """SPEC §5.1 end to end: the real `frameos run`, a new config, SIGHUP; pids in /proc."""
+
+    def polite(name: str, **kw: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "command": POLITE_SH,
+            "timeouts": QUICK,
+            "cooperative": {"method": "signal"},
+            **kw,
+        }
+
+    path = write_config(
+        tmp_path, vms=[polite("same"), polite("env", env={"V": "1"}), polite("gone")]
+    )
+    async with running_frameos(tmp_path, *run_args(path)) as fos:
+        await fos.wait_for("runtime:ready")
+        before = launched_pids(fos, reaper)
+        assert set(before) == {"same", "env", "gone"}
+        write_config(
+            tmp_path,
+            vms=[
+                polite("added"),
+                polite("same", restart={"policy": "transient"}),
+                polite("env", env={"V": "2"}),
+            ],
+        )
+        mark = len(fos.events)
+        fos.send(signal.SIGHUP)
+        reload = await fos.wait_for("runtime:reload", start=mark)
+        assert reload["fields"]["error"] is None
+        relaunched = {
+            f["vm"]: f["pid"] for f in fields(fos, "vm.launched") if f["vm"] in ("added", "env")
+        }
+        reaper.extend(relaunched.values())
+        assert relaunched["env"] != before["env"] and procfs.is_alive(relaunched["env"])
+        assert procfs.is_alive(relaunched["added"])
+        assert procfs.is_alive(before["same"])  # updated: the same process
+        assert b"V=2" in Path(f"/proc/{relaunched['env']}/environ").read_bytes().split(b"\0")
+        await gone(before["env"], before["gone"])
+        assert [f["reason"] for f in fields(fos, "vm.shutdown_requested", "gone")] == [
+            "removed from the config by a reload"
+        ]
+        assert len(fields(fos, "vm.launched", "same")) == 1
+        if any(reload["fields"].get("vms", {}).values()):  # once the supervisor reports the diff
+            assert reload["fields"]["vms"] == {
+                "added": ["added"],
+                "removed": ["gone"],
+                "restarted": ["env"],
+                "updated": ["same"],
+                "unchanged": [],
+            }
+        fos.send(signal.SIGTERM)
+        assert await fos.wait_exit(timeout=15) == 0
+    await gone(*before.values(), *relaunched.values())

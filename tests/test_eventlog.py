@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,36 @@ def test_open_errors_name_the_cause_and_the_fix(
         EventLogError, match=r"cannot open \(No space left on device; the disk is full"
     ):
         EventLog(tmp_path / "e.jsonl").open()
+
+
+def test_a_reader_racing_the_writer_and_its_rotations_sees_no_gap(tmp_path: Path) -> None:
+    """A reader following next_cursor in another thread while the writer appends and rotates:
+    every page continues exactly where the last one ended (or the cursor went stale)."""
+    log = EventLog(tmp_path / "e.jsonl", max_bytes=4000, keep=3)
+    log.open()
+    problems: list[str] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        cursor = 0
+        while not done.is_set() or cursor < 3000:
+            try:
+                page = log.read_after(cursor, 50)
+            except StaleCursorError as stale:
+                cursor = stale.oldest - 1  # rotated away meanwhile: resume at the oldest
+                continue
+            seqs = [decode(line).seq for line in page.lines]
+            if seqs != list(range(cursor + 1, cursor + 1 + len(seqs))):
+                problems.append(f"after {cursor}: {seqs[:3]}…")
+                return
+            cursor = page.next_cursor
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    for start in range(1, 3001, 5):
+        log.append(lines(start, 5))
+    done.set()
+    reader.join(30)
+    assert not reader.is_alive()
+    assert problems == []
+    log.close()

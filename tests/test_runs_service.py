@@ -209,9 +209,13 @@ async def test_list_is_newest_first_and_pages_with_before(tmp_path: Path) -> Non
             h.service.list(limit=3, before="nope")
 
 
+@pytest.mark.parametrize("scan_page", [5000, 2])  # 2: the command.* lines over many pages
 async def test_runs_are_rebuilt_after_a_restart_and_an_unfinished_one_was_interrupted(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_page: int
 ) -> None:
+    from frameos.runs import service
+
+    monkeypatch.setattr(service, "SCAN_PAGE", scan_page)
     async with running_service(tmp_path) as h:
         done, _ = h.service.submit(START_ALPHA, "k-done")
         await h.ended(done.run_id)
@@ -260,3 +264,39 @@ async def test_submit_before_the_service_runs_is_refused(tmp_path: Path) -> None
             service.submit(START_ALPHA)
     finally:
         log.close()
+
+
+async def test_past_max_runs_the_oldest_ended_runs_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.runs import service
+
+    monkeypatch.setattr(service, "MAX_RUNS", 3)
+    async with running_service(tmp_path) as h:
+        h.pool.gates[("start", "beta")] = gate = trio.Event()
+        held, _ = h.service.submit(RunRequest(op=Op.START, target="beta"), "held")  # in flight
+        ids = []
+        for i in range(4):
+            run, _ = h.service.submit(START_ALPHA, f"k{i}")
+            await h.ended(run.run_id)
+            ids.append(run.run_id)
+        kept = [r.run_id for r in h.service.list(limit=10)]
+        assert kept == [ids[3], ids[2], held.run_id]  # the one in flight is never forgotten
+        with pytest.raises(UnknownRun):
+            h.service.get(ids[0])
+        _, created = h.service.submit(START_ALPHA, "k0")  # its key is free again
+        assert created
+        gate.set()
+
+
+@pytest.mark.parametrize("op", [Op.CLEAN, Op.RELOAD])
+async def test_a_clean_or_a_reload_cannot_be_canceled(tmp_path: Path, op: Op) -> None:
+    async with running_service(tmp_path) as h:
+        h.pool.gates[("clean", "alpha")] = gate = h.reload_gate = trio.Event()
+        run, _ = h.service.submit(RunRequest(op=op, target="alpha" if op is Op.CLEAN else None))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(IllegalTransition, match=f"cannot be canceled: a {op.value} runs"):
+            h.service.cancel(run.run_id)
+        assert run.state is RunState.RUNNING
+        gate.set()
+        assert (await h.ended(run.run_id)).state is RunState.SUCCEEDED

@@ -247,7 +247,11 @@ async def test_a_reload_is_applied_and_a_bad_one_refused(
         config.write_text(json.dumps({**data, "metrics_interval": 30, "frame_port": 1}))
         signal.raise_signal(signal.SIGHUP)
         applied = await run.recorder.wait_for(ev.RuntimeReload)
-        assert applied == {"changed": ["frame_port", "metrics_interval"], "error": None}
+        assert applied == {
+            "changed": ["frame_port", "metrics_interval"],
+            "error": None,
+            "vms": {"added": [], "removed": [], "restarted": [], "updated": [], "unchanged": []},
+        }
         assert run.supervisor.state.config.metrics_interval == 30
         assert run.supervisor.state.config.frame_port == 0  # a restart key: later
         config.write_text('{"metrics_interval": "soon"}')
@@ -370,7 +374,13 @@ async def test_the_demo_reloads_nothing(clock: trio.testing.MockClock, tmp_path:
     async with trio.open_nursery() as nursery:
         run = await start(nursery, config, config=loaded, demo=True)
         signal.raise_signal(signal.SIGHUP)
-        assert await run.recorder.wait_for(ev.RuntimeReload) == {"changed": [], "error": None}
+        reload = await run.recorder.wait_for(ev.RuntimeReload)
+        names = [vm.name for vm in loaded.vms]
+        assert reload == {
+            "changed": [],
+            "error": None,
+            "vms": {"added": [], "removed": [], "restarted": [], "updated": [], "unchanged": names},
+        }
         signal.raise_signal(signal.SIGTERM)
         assert await run.exit_status() == 0
 
@@ -402,3 +412,91 @@ async def test_a_fault_of_the_server_still_stops_every_vm_through_its_ladder(
     assert run.recorder.of(ev.VmShutdownComplete)[0]["vm"] == "a"
     assert names[-2:] == [ev.RuntimeStop.NAME, ev.Summary.NAME]
     assert run.recorder.of(ev.Summary)[0]["exit_status"] == 1
+
+
+# --- runs (issue 11): the run service in the work nursery, reload runs on the SIGHUP path ---
+
+
+async def test_a_stop_run_stops_the_vm_and_every_event_carries_its_run_id(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    from frameos.runs import Op, RunRequest, RunState
+
+    config = write_config(tmp_path, vms=[fake_vm("alpha"), fake_vm("beta")])
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config)
+        runs = run.supervisor.control.runs
+        assert run.supervisor.control.pool is run.supervisor.pool
+        stop, created = runs.submit(RunRequest(op=Op.STOP, target="alpha"), "key")
+        assert created
+        with trio.fail_after(30):
+            ended = await runs.wait(stop.run_id)
+        assert ended.state is RunState.SUCCEEDED, ended.reason
+        assert run.supervisor.pool.worker("alpha").operator_stopped
+        lines = await runs.events(stop.run_id)
+        signal.raise_signal(signal.SIGTERM)
+        assert await run.exit_status() == 0
+    names = [json.loads(line)["event"] for line in lines]
+    assert names[0] == ev.CommandAccepted.NAME and names[-1] == ev.CommandCompleted.NAME
+    assert ev.VmShutdownRequested.NAME in names and ev.VmExited.NAME in names
+    # the run's events are exactly the ones carrying its run_id, none about beta
+    tagged = [e for e in run.recorder.envelopes if e.fields().get("run_id") == stop.run_id]
+    assert [e.line for e in tagged] == lines
+    assert all(e.fields().get("vm", "alpha") == "alpha" for e in tagged)
+
+
+async def test_a_reload_run_takes_the_sighup_path_and_reports_vms(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    from frameos.runs import Op, RunRequest, RunState
+
+    config = write_config(tmp_path, vms=[fake_vm("alpha"), fake_vm("beta")])
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config)
+        data = json.loads(config.read_text())
+        data["vms"] = [fake_vm("alpha", restart={"policy": "temporary"}), fake_vm("gamma")]
+        config.write_text(json.dumps(data))
+        runs = run.supervisor.control.runs
+        reload, _ = runs.submit(RunRequest(op=Op.RELOAD, target="*"))
+        with trio.fail_after(30):
+            ended = await runs.wait(reload.run_id)
+        assert ended.state is RunState.SUCCEEDED, ended.reason
+        applied = await run.recorder.wait_for(ev.RuntimeReload)
+        assert applied["run_id"] == reload.run_id
+        assert applied["vms"] == {
+            "added": ["gamma"],
+            "removed": ["beta"],
+            "restarted": [],
+            "updated": ["alpha"],
+            "unchanged": [],
+        }
+        assert run.supervisor.pool.names == ["alpha", "gamma"]
+        # a bad file: the run fails with the reload's error, nothing changes
+        config.write_text('{"vms": 3}')
+        bad, _ = runs.submit(RunRequest(op=Op.RELOAD))
+        with trio.fail_after(30):
+            failed = await runs.wait(bad.run_id)
+        assert failed.state is RunState.FAILED
+        assert failed.reason is not None and "the running config stays" in failed.reason
+        assert run.supervisor.pool.names == ["alpha", "gamma"]
+        signal.raise_signal(signal.SIGTERM)
+        assert await run.exit_status() == 0
+
+
+async def test_a_run_in_flight_at_the_stop_ends_canceled_before_runtime_stop(
+    clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    from frameos.runs import Op, RunRequest, RunState
+
+    # the VM ignores SIGTERM: its stop run is still climbing the ladder when frameos stops
+    config = write_config(tmp_path, vms=[fake_vm("alpha")])
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config, exits_on={})
+        runs = run.supervisor.control.runs
+        stop, _ = runs.submit(RunRequest(op=Op.STOP, target="alpha"))
+        await run.recorder.wait_for(ev.VmShutdownEscalated)
+        signal.raise_signal(signal.SIGTERM)
+        await run.exit_status()
+    assert stop.state is RunState.CANCELED and stop.reason == "frameos is stopping"
+    names = run.recorder.names()
+    assert names.index(ev.CommandCanceled.NAME) < names.index(ev.RuntimeStop.NAME)

@@ -356,3 +356,25 @@ async def test_a_reload_does_not_change_a_running_vms_ladder(
     (requested,) = of(pub, ev.VmShutdownRequested, "a")
     assert requested.deadline_ms == 3000
     assert [e.timeout_ms for e in of(pub, ev.VmShutdownEscalated, "a")] == [1000, 1000]
+
+
+async def test_a_ladder_begun_after_force_goes_straight_to_sigkill(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """A second stop signal can arrive before the ladders begin (the work nursery is cancelled
+    a moment after the first): it must not be lost."""
+    pub = RecordingPublisher()
+    config = frame(tmp_path, [vm("a", timeouts={**QUICK, "sigterm_ms": 30000})])
+    async with trio.open_nursery() as outer:
+        spawner = FakeSpawner(outer)  # honours nothing but SIGKILL
+        pool = VmPool(config, pub, spawner=spawner, base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            pool.force()  # before any ladder
+            start = trio.current_time()
+            work.cancel_scope.cancel()
+    assert trio.current_time() - start < 1
+    assert spawner.children[0].signals[0] == int(signal.SIGKILL)
+    assert [e.signal for e in of(pub, ev.VmShutdownEscalated, "a")] == ["SIGKILL"]
+    (complete,) = of(pub, ev.VmShutdownComplete, "a")
+    assert complete.outcome == "forced"

@@ -51,6 +51,9 @@ class Op(StrEnum):
 
 # What a stop cancels when it arrives while one of these is in flight on its VM.
 STOP_WINS_OVER = frozenset({Op.START, Op.RESTART, Op.BOOTSTRAP})
+# What `cancel` may interrupt: a clean (a few file removals) and a reload (a config applied VM
+# by VM: half of it would be left) run to their end.
+CANCELABLE = frozenset({Op.START, Op.STOP, Op.RESTART, Op.BOOTSTRAP})
 
 
 class RunRequest(BaseModel):
@@ -163,6 +166,8 @@ class IdempotencyMismatch(RunError):
 class IllegalTransition(RunError):
     """409 `illegal_transition`: e.g. canceling a run that has ended."""
 
-    def __init__(self, run: Run, to: RunState) -> None:
+    def __init__(self, run: Run, to: RunState, why: str | None = None) -> None:
         self.run, self.to = run, to
-        super().__init__(f"run {run.run_id} is {run.state.value}; it cannot become {to.value}")
+        super().__init__(
+            why or f"run {run.run_id} is {run.state.value}; it cannot become {to.value}"
+        )

@@ -11,7 +11,7 @@ before and after a restart of frameos.
 from __future__ import annotations
 
 import hashlib
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,8 +47,15 @@ class Receipt(BaseModel):
 def run_lines(log: EventLog, run_id: str, first_seq: int, last_seq: int) -> list[bytes]:
     """The envelope lines of a run, seq `first_seq`..`last_seq`, from the log (synchronous:
     call it in a worker thread). Raises StaleCursorError when the log no longer has them."""
+    return [line for line, _ in run_events(log, run_id, first_seq, last_seq)]
+
+
+def run_events(
+    log: EventLog, run_id: str, first_seq: int, last_seq: int
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """(line, parsed envelope) of each event of the run, as `run_lines`."""
     needle = b'"run_id":' + orjson.dumps(run_id)
-    found: list[bytes] = []
+    found: list[tuple[bytes, dict[str, Any]]] = []
     cursor = first_seq - 1
     while cursor < last_seq:
         page = log.read_after(cursor, PAGE)
@@ -60,7 +67,7 @@ def run_lines(log: EventLog, run_id: str, first_seq: int, last_seq: int) -> list
                 return found
             fields = data.get("fields")
             if isinstance(fields, dict) and fields.get("run_id") == run_id:
-                found.append(line)
+                found.append((line, data))
         if not page.lines:
             break  # the log ends before last_seq (not written yet)
         cursor = page.next_cursor
@@ -69,14 +76,19 @@ def run_lines(log: EventLog, run_id: str, first_seq: int, last_seq: int) -> list
 
 def canonical_lines(lines: list[bytes]) -> list[bytes]:
     """Each envelope parsed and re-serialized with sorted keys, newline-terminated."""
-    return [orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS) + b"\n" for line in lines]
+    return [canonical(orjson.loads(line)) for line in lines]
 
 
-def make_receipt(run: Run, lines: list[bytes]) -> Receipt:
-    """The receipt of `run` over its event lines."""
+def canonical(envelope: dict[str, Any]) -> bytes:
+    """One parsed envelope as its canonical line."""
+    return orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+
+
+def make_receipt(run: Run, events: list[dict[str, Any]]) -> Receipt:
+    """The receipt of `run` over its parsed events (`run_events`)."""
     digest = hashlib.sha256()
-    for line in canonical_lines(lines):
-        digest.update(line)
+    for envelope in events:
+        digest.update(canonical(envelope))
     return Receipt(
         run_id=run.run_id,
         op=run.op,
@@ -84,6 +96,6 @@ def make_receipt(run: Run, lines: list[bytes]) -> Receipt:
         state=run.state,
         first_seq=run.first_seq,
         last_seq=run.last_seq,
-        event_count=len(lines),
+        event_count=len(events),
         digest=f"sha256:{digest.hexdigest()}",
     )

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -34,6 +34,7 @@ from frameos.envelope import Envelope, decode
 from frameos.errors import FrameosError, StaleCursorError
 from frameos.eventlog import EventLog
 from frameos.runs.model import (
+    CANCELABLE,
     STOP_WINS_OVER,
     Conflict,
     IdempotencyMismatch,
@@ -46,10 +47,14 @@ from frameos.runs.model import (
     UnknownRun,
     UnknownVm,
 )
-from frameos.runs.receipt import PAGE, Receipt, make_receipt, run_lines
+from frameos.runs.receipt import Receipt, make_receipt, run_events
+from frameos.workers import OperationCanceled
 
 # How long `events`/`receipt` wait for the log writer to have a finished run's last event.
 WRITE_WAIT_S = 5.0
+# Runs kept in memory; past this the oldest ended ones are forgotten (their events stay in the
+# log, but GET /v1/runs/{id} and their Idempotency-Key no longer find them).
+MAX_RUNS = 10_000
 STOPPING = "frameos is stopping"
 INTERRUPTED = "interrupted"
 # Where the reload run sits in the in-flight table (VM runs sit under their VM's name).
@@ -135,7 +140,9 @@ class RunService:
             self.bus.unsubscribe(subscription)
 
     async def _watch_writes(self, subscription: Subscription) -> None:
+        """Wake the readers waiting for the log writer (`_events`) after each written batch."""
         async for _ in subscription:
+            subscription.take_ready()  # batches queued meanwhile: one wake-up is enough
             self._written.set()
 
     # --- requests ------------------------------------------------------------------------------
@@ -175,9 +182,7 @@ class RunService:
             idempotency_key=idempotency_key,
             first_seq=accepted.seq,
         )
-        self.runs[run.run_id] = run
-        if idempotency_key is not None:
-            self._by_key[idempotency_key] = run.run_id
+        self._remember(run)
         flight = _Flight(run, vm if vm is not None else _RELOAD)
         if beaten is not None:
             self._cancel(beaten, f"stopped by run {run.run_id}")
@@ -185,6 +190,25 @@ class RunService:
         self._flights[run.run_id] = flight
         nursery.start_soon(self._execute, flight, beaten)
         return run, True
+
+    def _remember(self, run: Run) -> None:
+        """Keep the run (and its key); forget the oldest ended runs past MAX_RUNS."""
+        self.runs[run.run_id] = run
+        if run.idempotency_key is not None:
+            self._by_key[run.idempotency_key] = run.run_id
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self.runs) <= MAX_RUNS:
+            return
+        ended = [r for r in self.runs.values() if r.finished][: len(self.runs) - MAX_RUNS]
+        for old in ended:
+            del self.runs[old.run_id]
+            if (
+                old.idempotency_key is not None
+                and self._by_key.get(old.idempotency_key) == old.run_id
+            ):
+                del self._by_key[old.idempotency_key]
 
     def _in_the_way(self, request: RunRequest) -> _Flight | None:
         """The run a stop beats (to cancel), or None; raises Conflict for any other overlap."""
@@ -211,11 +235,12 @@ class RunService:
             Conflict: "conflict",
             IdempotencyMismatch: "idempotency_mismatch",
         }.get(type(error), "rejected")
-        self.bus.publish_nowait(
-            ev.CommandRejected(
-                op=request.op.value, target=request.vm, reason=reason, detail=str(error)
+        with suppress(trio.ClosedResourceError):  # stopping: the refusal still stands
+            self.bus.publish_nowait(
+                ev.CommandRejected(
+                    op=request.op.value, target=request.vm, reason=reason, detail=str(error)
+                )
             )
-        )
         raise error
 
     def get(self, run_id: str) -> Run:
@@ -233,11 +258,19 @@ class RunService:
 
     def cancel(self, run_id: str) -> Run:
         """Cancel a run in flight: running → canceling → canceled once its op lets go (the
-        pool's next rung). Raises UnknownRun, IllegalTransition when it has ended."""
+        pool's next rung). Raises UnknownRun; IllegalTransition when it has ended, or is a
+        clean or a reload (those run to their end)."""
         run = self.get(run_id)
         flight = self._flights.get(run_id)
         if flight is None or run.finished:
             raise IllegalTransition(run, RunState.CANCELED)
+        if run.op not in CANCELABLE:
+            raise IllegalTransition(
+                run,
+                RunState.CANCELED,
+                f"run {run.run_id} ({run.op.value}) cannot be canceled: a {run.op.value} runs to "
+                "its end (bounded); wait for it",
+            )
         if run.state is not RunState.CANCELING:
             self._cancel(flight, "canceled by the operator")
         return run
@@ -260,22 +293,21 @@ class RunService:
 
     async def events(self, run_id: str) -> builtins.list[bytes]:
         """The run's envelope lines, from the log (oldest first)."""
-        run = self.get(run_id)
-        return await self._lines(run)
+        return [line for line, _ in await self._events(self.get(run_id))]
 
     async def receipt(self, run_id: str) -> Receipt:
         """The run's receipt; the same log gives the same receipt (`Receipt.canonical`)."""
         run = self.get(run_id)
-        return make_receipt(run, await self._lines(run))
+        return make_receipt(run, [data for _, data in await self._events(run)])
 
-    async def _lines(self, run: Run) -> builtins.list[bytes]:
+    async def _events(self, run: Run) -> builtins.list[tuple[bytes, dict[str, Any]]]:
         assert run.first_seq is not None, "a run is accepted before anyone sees it"
         last = run.last_seq if run.last_seq is not None else self.bus.last_seq
         with trio.move_on_after(WRITE_WAIT_S):
             while self.bus.written_seq < last and not self.bus.closed:
                 await self._written.wait()
         last = min(last, self.bus.written_seq)
-        return await trio.to_thread.run_sync(run_lines, self.log, run.run_id, run.first_seq, last)
+        return await trio.to_thread.run_sync(run_events, self.log, run.run_id, run.first_seq, last)
 
     # --- execution -----------------------------------------------------------------------------
 
@@ -287,16 +319,21 @@ class RunService:
             run.advance(RunState.RUNNING, self._clock())
             flight.started = trio.current_time()
             error: str | None = None
+            canceled = False
             with flight.scope:
                 try:
                     if beaten is not None:
                         await beaten.done.wait()  # the beaten op unwinds (its VM left stopped)
                     error = await self._op(run)
+                except OperationCanceled as exc:  # the pool says a stop won over it
+                    canceled = True
+                    if run.state is RunState.RUNNING:
+                        run.advance(RunState.CANCELING, self._clock(), str(exc))
                 except Exception as exc:  # a failed op ends its run, never the supervisor
                     error = _describe(exc)
             if error is not None:
                 self._finish(flight, RunState.FAILED, error)
-            elif flight.scope.cancelled_caught:
+            elif canceled or flight.scope.cancelled_caught:
                 self._finish(flight, RunState.CANCELED, run.reason or "canceled")
             else:
                 self._finish(flight, RunState.SUCCEEDED, None)
@@ -371,7 +408,7 @@ class RunService:
                         )
                     except ValueError:
                         continue  # an op this version does not know
-                    self.runs[run_id] = run
+                    self.runs[run_id] = run  # trimmed once all are read
                     if key is not None:
                         self._by_key[key] = run_id
                 case ev.CommandCompleted(run_id=run_id):
@@ -386,6 +423,7 @@ class RunService:
                     ev.CommandFailed(run_id=run.run_id, error=INTERRUPTED)
                 )
                 _ended(run, RunState.FAILED, INTERRUPTED, envelope.seq, _logged_time(envelope))
+        self._trim()
 
 
 def _logged_time(envelope: Envelope) -> float:
@@ -399,6 +437,8 @@ def _ended(run: Run | None, state: RunState, reason: str | None, seq: int, at: f
         run.state, run.reason, run.last_seq, run.updated_at = state, reason, seq, at
 
 
+# The rebuild's page: bigger than a client's (one worker-thread call reads the whole log).
+SCAN_PAGE = 5000
 # Lines of the command.* family, found without decoding the others.
 _COMMAND = b'"event":"%s.' % ev.CommandAccepted.NAME.split(".")[0].encode()
 
@@ -410,11 +450,13 @@ def _command_events(log: EventLog) -> list[tuple[int, float, ev.Event]]:
     cursor = (log.oldest_seq() or 1) - 1
     while True:
         try:
-            page = log.read_after(cursor, PAGE)
+            page = log.read_after(cursor, SCAN_PAGE)
         except StaleCursorError as exc:
             cursor = exc.oldest - 1
             continue
-        for line in page.lines:
+        # most pages have no command.* line: one search over the page, not one per line
+        lines = page.lines if _COMMAND in b"".join(page.lines) else []
+        for line in lines:
             if _COMMAND not in line:
                 continue
             try:

@@ -14,7 +14,8 @@ shielded escalation task walks the rungs (asks, waits, SIGTERM, waits, SIGKILL, 
 with its own deadline, and is cancelled the moment the exit is seen. Its events are published
 without waiting (`publish_nowait`: a handful per stop), so a slow log never delays a signal.
 Cancellation of the ladder itself (a forced stop) ends the escalation and goes straight to
-`kill_group` (shielded, bounded by sigkill_ms): no process of the group is left alive.
+`kill_group` (shielded, bounded by sigkill_ms): no process of the group is left alive. A ladder
+begun after the stop was forced (`forced=True`) skips to the SIGKILL rung.
 The same ladder stops our own VMs, orphans of a killed instance (with the timeouts recorded in
 their pidfile) and VMs after a reload (with the timeouts they were launched with).
 """
@@ -83,9 +84,10 @@ class Ladder:
         request: Request,
         timeouts: TimeoutsConfig,
         publisher: Publisher,
+        forced: bool = False,
     ) -> None:
         self.vm, self.child, self.method, self.request = vm, child, method, request
-        self.timeouts, self.publisher = timeouts, publisher
+        self.timeouts, self.publisher, self.forced = timeouts, publisher, forced
         self.started = 0.0
         self.rung = Rung.REQUESTED
         self._escalation = trio.CancelScope(shield=True)
@@ -125,13 +127,18 @@ class Ladder:
             self.publisher.publish_nowait(event, severity)
 
     async def _escalate(self, wait: trio.CancelScope) -> None:
-        """The killer beside the wait: each rung in turn until the parent sees the exit."""
+        """The killer beside the wait: each rung in turn until the parent sees the exit
+        (`forced`: straight to SIGKILL)."""
+        rungs = [
+            (signal.SIGTERM, self.timeouts.sigterm_ms),
+            (signal.SIGKILL, self.timeouts.sigkill_ms),
+        ]
         with self._escalation:
-            await self._cooperative()
-            for sig, limit_ms in (
-                (signal.SIGTERM, self.timeouts.sigterm_ms),
-                (signal.SIGKILL, self.timeouts.sigkill_ms),
-            ):
+            if self.forced:
+                del rungs[0]
+            else:
+                await self._cooperative()
+            for sig, limit_ms in rungs:
                 self.rung = Rung(sig.name)
                 self.child.signal_group(sig)
                 self._say(

@@ -84,6 +84,7 @@ class VmPool:
         self._nursery: trio.Nursery | None = None
         self._closed = trio.Event()
         self._ops: dict[str, trio.CancelScope] = {}  # start/restart/bootstrap in flight
+        self._applying = trio.Lock()
 
     def _worker_for(self, vm: VmConfig) -> VmWorker:
         return VmWorker(
@@ -195,7 +196,7 @@ class VmPool:
             await trio.sleep(LOG_CHECK_S)
             paths = [w.paths.log for w in self.workers if w.child is not None]
             if paths:
-                await trio.to_thread.run_sync(_rotate_all, paths)
+                await trio.to_thread.run_sync(_rotate_all, paths, LOG_MAX_BYTES)
 
     # --- operations (R2) ---------------------------------------------------------------------
 
@@ -277,36 +278,36 @@ class VmPool:
         changes applied to the worker without touching its process, added VMs launched (their
         bootstrap follows in their own task). Returns once every launch is settled. A VM with
         no process to restart (stopped by an operator) just takes its new settings (`updated`).
-        Launch failures are reported as events, not raised."""
-        planned = classify(self.config, new_config)
-        wanted = {vm.name: vm for vm in new_config.vms}
-        restarted, updated = [], list(planned.updated)
-        for name in planned.restarted:
-            worker = self._workers[name]
-            if worker.operator_stopped or worker.state in NO_PROCESS or self._closed.is_set():
-                updated.append(name)
-            else:
-                restarted.append(name)
-        for name in planned.updated + [n for n in planned.restarted if n not in restarted]:
-            worker = self._workers[name]
-            with self._tagged(worker, run_id):
-                worker.reconfigure(wanted[name])
-        async with trio.open_nursery() as nursery:
-            for name in planned.removed:
-                nursery.start_soon(self._remove_vm, self._workers[name], run_id)
-            for name in restarted:
-                nursery.start_soon(self._replace_vm, self._workers[name], wanted[name], run_id)
-        added = {name: self._worker_for(wanted[name]) for name in planned.added}
-        for name in planned.removed:
-            del self._workers[name]
-        self._workers = {
-            vm.name: added.get(vm.name) or self._workers[vm.name] for vm in new_config.vms
-        }
-        self.config = new_config
-        if self._nursery is not None and not self._closed.is_set():
+        Launch failures are reported as events, not raised. One apply at a time.
+
+        The pool takes the new config (names, settings) before it awaits anything; a
+        cancellation midway leaves the ladders under way to finish in the VMs' own tasks, and a
+        VM it stopped but did not relaunch stays stopped as by an operator (start it)."""
+        async with self._applying:
+            planned = classify(self.config, new_config)
+            wanted = {vm.name: vm for vm in new_config.vms}
+            restarted, updated = [], list(planned.updated)
+            for name in planned.restarted:
+                worker = self._workers[name]
+                if worker.operator_stopped or worker.state in NO_PROCESS or self._closed.is_set():
+                    updated.append(name)
+                else:
+                    restarted.append(name)
+            for name in planned.updated + planned.restarted:
+                self._workers[name].reconfigure(wanted[name])
+            removed = [self._workers[name] for name in planned.removed]
+            added = [self._worker_for(wanted[name]) for name in planned.added]
+            by_name = {**self._workers, **{w.name: w for w in added}}
+            self._workers = {vm.name: by_name[vm.name] for vm in new_config.vms}
+            self.config = new_config
             async with trio.open_nursery() as nursery:
-                for worker in added.values():
-                    nursery.start_soon(self._launch_added, worker, run_id)
+                for worker in removed:
+                    nursery.start_soon(self._remove_vm, worker, run_id)
+                for name in restarted:
+                    nursery.start_soon(self._replace_vm, self._workers[name], run_id)
+                if self._nursery is not None and not self._closed.is_set():
+                    for worker in added:
+                        nursery.start_soon(self._launch_added, worker, run_id)
         order = {name: i for i, name in enumerate(self._workers)}
         return ReloadDiff(
             added=planned.added,
@@ -395,10 +396,10 @@ class VmPool:
                 raise OperationFailed(f"vm {worker.name}: bootstrap failed: {why}")
         except OperationFailed:
             raise
-        except BaseException:
+        except BaseException as exc:
             worker.operator_stopped = True
             with trio.CancelScope(shield=True):
-                await worker.stop("the start was canceled")
+                await worker.stop(_canceled_because(exc))
             raise
 
     async def _launch(self, worker: VmWorker) -> LaunchRecord:
@@ -445,15 +446,20 @@ class VmPool:
             await worker.stop(REMOVED_REASON)
             await discard_overlay(worker.name, worker.paths.overlay, "shutdown", worker.publisher)
 
-    async def _replace_vm(self, worker: VmWorker, vm: VmConfig, run_id: str | None) -> None:
+    async def _replace_vm(self, worker: VmWorker, run_id: str | None) -> None:
+        """The ladder (with the launch's settings), then a launch with the new config."""
         with self._tagged(worker, run_id):
             if (scope := self._ops.get(worker.name)) is not None:
                 scope.cancel()
-            if worker.state not in PARKED:
-                await worker.stop(CHANGED_REASON)
-            worker.reconfigure(vm)
-            with contextlib.suppress(OperationFailed):  # reported by its events
-                await self._launch(worker)
+            try:
+                if worker.state not in PARKED:
+                    await worker.stop(CHANGED_REASON)
+                with contextlib.suppress(OperationFailed):  # reported by its events
+                    await self._launch(worker)
+            except BaseException:
+                if worker.state in (VmState.STOPPING, VmState.STOPPED):
+                    worker.operator_stopped = True  # the reload was canceled: it stays down
+                raise
 
     async def _launch_added(self, worker: VmWorker, run_id: str | None) -> None:
         with self._tagged(worker, run_id), contextlib.suppress(OperationFailed):
@@ -461,6 +467,16 @@ class VmPool:
 
     def collector(self) -> Collector:
         return PoolCollector(self)
+
+
+def _canceled_because(exc: BaseException) -> str:
+    """The stop reason of a canceled start: the cancellation's reason when it has one (the
+    runs service says which run won), else a plain one."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, trio.Cancelled) and exc.reason:
+        return f"the start was canceled: {exc.reason}"
+    return "the start was canceled"
 
 
 def _raise_if_canceled(scope: trio.CancelScope, name: str, op: str) -> None:
@@ -478,10 +494,10 @@ def _remove(path: Path) -> int | None:
     return size
 
 
-def _rotate_all(paths: list[Path]) -> None:
+def _rotate_all(paths: list[Path], limit: int) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
-            rotate_if_large(path)
+            rotate_if_large(path, limit)
 
 
 class PoolCollector(Collector):

@@ -109,6 +109,7 @@ class VmWorker:
         self.boot_error: str | None = None
         self._relaunch = False
         self._in_session = False  # a `run` is under way
+        self._forced = False  # `force`: ladders of this session are cut short
         self._changed = trio.Event()
         self._boot_scopes: set[trio.CancelScope] = set()
 
@@ -206,6 +207,10 @@ class VmWorker:
             self.paths.make_dirs()
             await clean_up_after(self.name, self.paths.pidfile, self.paths.overlay, self.publisher)
             await self._supervise(task_status)
+        except BaseException as exc:
+            if not self._stop_reason:  # ended by a cancellation: say whose, when it says
+                self._stop_reason = _cancel_reason(exc)
+            raise
         finally:
             self._in_session = False
             self._finish_stop()
@@ -321,6 +326,7 @@ class VmWorker:
         record = LaunchRecord(self.attempt)
         self.launches.append(record)
         self.launched_vm = vm = self.vm
+        self.paths = VmPaths.of(vm, self.state_dir)  # a reload may have changed them
         made_overlay = False
         try:
             argv = substitute(vm.command, self.paths)
@@ -452,7 +458,9 @@ class VmWorker:
                 self._ladder_scope = None
 
     def force(self) -> None:
-        """Cut a running ladder short: its group is SIGKILLed at once (bounded)."""
+        """Cut a running ladder short: its group is SIGKILLed at once (bounded); a ladder that
+        begins later in this session goes straight to its SIGKILL rung."""
+        self._forced = True
         if self._ladder_scope is not None:
             self._ladder_scope.cancel()
 
@@ -525,6 +533,7 @@ class VmWorker:
             request=request,
             timeouts=vm.timeouts,
             publisher=self.publisher,
+            forced=self._forced,
         )
 
     def _stop_command(self) -> list[str] | None:
@@ -601,6 +610,7 @@ class VmWorker:
             self._stop_requested = trio.Event()
             self._done = trio.Event()
             self._stop_reason, self._laddered, self._relaunch = "", False, False
+            self._forced = False
             self.tracker.reset()
         self.operator_stopped = False
 
@@ -611,7 +621,7 @@ class VmWorker:
         assert vm.name == self.name
         self.vm = vm
         self.tracker.config = vm.restart
-        if self.child is None:
+        if self.child is None and self.state is not VmState.STARTING:  # else: at its launch
             self.paths = VmPaths.of(vm, self.state_dir)
 
     def not_ready_reasons(self) -> list[str]:
