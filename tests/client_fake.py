@@ -183,8 +183,8 @@ class FakeFrameos:
                 return refused
             body = orjson.loads(await request.get_data())
             op, target = body["op"], body.get("target")
-            if target is not None and target not in self.vms:
-                return err(404, "unknown_vm", f"no VM {target!r}", vm=target)
+            if target is not None and target not in self.vms:  # names the known ones
+                return err(404, "unknown_vm", f"no VM {target!r}", vm=target, known=list(self.vms))
             if target in self.busy:
                 return err(409, "conflict", "a run is in the way", run=self.busy[target])
             run_id = uuid.uuid4().hex[:12]

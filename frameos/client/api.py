@@ -162,7 +162,8 @@ class Api:
                 "instance's own token)"
             )
         if status == 404 and code == "unknown_vm":
-            names = await self.vm_names()
+            known = details.get("known") if isinstance(details, dict) else None
+            names = [str(n) for n in known] if isinstance(known, list) else await self.vm_names()
             known = ", ".join(names) if names else "none"
             return ClientError(f"unknown VM {vm!r}: {target.url} has these VMs: {known}")
         if status == 404 and code in ("not_found", "unknown_route"):
