@@ -97,6 +97,53 @@ async def test_stop_then_start_then_restart_a_vm(tmp_path: Path) -> None:
         assert procfs.is_alive(beta)
 
 
+async def test_bootstrap_runs_the_pipeline_again_and_prints_its_steps(tmp_path: Path) -> None:
+    marker = tmp_path / "bootstrapped"
+    step = {"name": "mark", "command": ["sh", "-c", f"echo x >> {marker}"]}
+    path = write_config(tmp_path, vms=[vm("alpha", bootstrap={"steps": [step]})])
+    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
+        await fos.wait_for(ev.BootstrapCompleted)
+        result = await client(fos, path, "bootstrap", "alpha", "--json")
+        assert result.returncode == 0, result.stderr
+        names = [e["event"] for e in lines(result)]
+        assert names[0] == ev.CommandAccepted.NAME
+        assert ev.BootstrapStep.NAME in names
+        assert names[-1] == ev.CommandCompleted.NAME
+        assert marker.read_text() == "x\nx\n"  # at launch, and again
+
+
+async def test_a_stop_cancels_a_start_in_flight_which_exits_1(tmp_path: Path) -> None:
+    slow = tmp_path / "slow"  # once it exists, the bootstrap step takes a minute
+    step = {"name": "wait", "command": ["sh", "-c", f"[ -e {slow} ] && sleep 60; true"]}
+    path = write_config(
+        tmp_path, vms=[vm("alpha", bootstrap={"trigger": "always", "steps": [step]})]
+    )
+    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
+        await fos.wait_for(ev.BootstrapCompleted)
+        assert (await client(fos, path, "stop", "alpha")).returncode == 0
+        slow.touch()
+        mark = len(fos.events)
+        argv = frameos_argv("start", "alpha", "--json", "--config", str(path), "--url", fos.url)
+        starter = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+        try:
+            await fos.wait_for(ev.BootstrapStarted, start=mark)  # the start is in its bootstrap
+            stopped = await client(fos, path, "stop", "alpha")
+            assert stopped.returncode == 0, stopped.stderr
+            with trio.fail_after(20):
+                assert starter.stdout is not None
+                out = b""
+                while chunk := await starter.stdout.receive_some():
+                    out += chunk
+                assert await starter.wait() == 1
+            ending = json.loads(out.splitlines()[-1])
+            assert ending["event"] == ev.CommandCanceled.NAME
+        finally:
+            starter.kill()
+            with trio.move_on_after(5, shield=True):
+                await starter.wait()
+        assert not procfs.is_alive(pid_of(fos, "alpha"))
+
+
 async def test_clean_of_a_running_vm_fails_with_exit_1(tmp_path: Path) -> None:
     path = config(tmp_path, "alpha")
     async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
