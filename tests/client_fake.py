@@ -62,6 +62,8 @@ class FakeFrameos:
     ws_drop_after: int | None = None  # close each websocket after this many frames
     ws_connections: int = 0
     ws_reject: int | None = None  # refuse websockets with this status
+    ws_admitted: threading.Event = field(default_factory=threading.Event)
+    ws_since_ahead: bool = False  # refuse a since ahead of the head (400), as /ws/events does
     hold_runs: bool = False  # runs stay running until `finish_held`
     release_per_connection: bool = False  # each new websocket publishes one held event
     held: list[tuple[str, list[ev.Event]]] = field(default_factory=list)
@@ -163,6 +165,9 @@ class FakeFrameos:
                 if not events:
                     self.held.pop(0)
             cursor = int(websocket.args.get("since", self.head))
+            if self.ws_since_ahead and cursor > self.head:
+                return err(400, "invalid_cursor", f"since={cursor} is ahead of {self.head}")
+            self.ws_admitted.set()
             await websocket.accept()
             sent = 0
             while True:

@@ -216,3 +216,32 @@ def test_reading_the_file_loads_no_http_client(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+async def test_url_follow_from_a_since_past_the_head_starts_at_the_head(
+    fake: FakeFrameos, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = discover(config=None, url=fake.url, token_file=None, env={})
+    seen: list[Envelope] = []
+    got = trio.Event()
+    since = fake.head + 2
+
+    def show(envelope: Envelope) -> None:
+        seen.append(envelope)
+        got.set()
+
+    fake.ws_since_ahead = True  # refuse a since ahead of the head, as /ws/events does
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: history.from_instance(
+                    target, since, history.matcher(None, show), follow=True
+                )
+            )
+            assert await trio.to_thread.run_sync(fake.ws_admitted.wait, 10)
+            for i in range(3):
+                await trio.to_thread.run_sync(fake.call, fake.publish, ev.Message(text=f"{i}"))
+            await got.wait()
+            nursery.cancel_scope.cancel()
+    assert [e.seq for e in seen] == [since + 1]
+    assert capsys.readouterr().err == ""  # over the websocket, not the polling fallback

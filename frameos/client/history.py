@@ -68,10 +68,13 @@ async def read_log(log: EventLog, after: int, handle: Handler, *, follow: bool) 
 
 async def from_instance(target: Target, since: int, handle: Handler, *, follow: bool) -> int:
     from frameos.client.api import Api  # the HTTP client, only when asked for an instance
-    from frameos.client.stream import follow_ws, read_http
+    from frameos.client.stream import follow_ws, head, read_http
 
     async with Api(target) as api:
         cursor, _ = await read_http(api, since, handle)
         if follow:
-            await follow_ws(api, cursor, handle)
+            # a --since past the head: the websocket refuses a cursor ahead of the log, so start
+            # at the head and skip what is not after --since
+            start = min(cursor, await head(api))
+            await follow_ws(api, start, lambda e: e.seq > since and handle(e))
     return 0
