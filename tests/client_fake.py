@@ -61,6 +61,7 @@ class FakeFrameos:
     ws_silent: bool = False  # accept websockets, send them nothing (the client must poll)
     ws_drop_after: int | None = None  # close each websocket after this many frames
     ws_connections: int = 0
+    not_accepting: bool = False  # POST /v1/runs answers 503, as while frameos stops
     ws_reject: int | None = None  # refuse websockets with this status
     ws_admitted: threading.Event = field(default_factory=threading.Event)
     ws_since_ahead: bool = False  # refuse a since ahead of the head (400), as /ws/events does
@@ -190,6 +191,8 @@ class FakeFrameos:
             op, target = body["op"], body.get("target")
             if target is not None and target not in self.vms:  # names the known ones
                 return err(404, "unknown_vm", f"no VM {target!r}", vm=target, known=list(self.vms))
+            if self.not_accepting:
+                return err(503, "not_accepting", "frameos is stopping: no new runs")
             if target in self.busy:
                 return err(409, "conflict", "a run is in the way", run=self.busy[target])
             run_id = uuid.uuid4().hex[:12]

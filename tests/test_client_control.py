@@ -250,6 +250,18 @@ def test_a_conflict_names_the_run_in_the_way_and_exits_1(
     assert "run r-1 (bootstrap alpha, running) is in the way" in err
 
 
+def test_an_instance_that_is_stopping_is_exit_2(
+    capsys: pytest.CaptureFixture[str], fake: FakeFrameos, token: Path
+) -> None:
+    fake.not_accepting = True
+    status, out, err = run_main(capsys, "start", "alpha", *client(fake, token))
+    assert (status, out) == (2, "")
+    assert err == (
+        f"frameos: {fake.url} could not take POST /v1/runs (HTTP 503 not_accepting): frameos is "
+        "stopping: no new runs\n"
+    )
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A port held bound but not listening: a connect is refused, and no one else takes it."""
