@@ -47,6 +47,19 @@ def test_the_config_comes_from_frameos_config_as_for_run(tmp_path: Path) -> None
     assert target.config_path == path
 
 
+def test_the_config_is_frame_json_in_the_current_directory_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config(tmp_path, frame_port=9191)
+    monkeypatch.chdir(tmp_path)
+    assert discover(config=None, url=None, token_file=None, env={}).url == "http://127.0.0.1:9191"
+    other = tmp_path / "other"
+    other.mkdir()
+    config(other, frame_port=9292)
+    env = {"FRAMEOS_CONFIG": str(other / "frame.json")}
+    assert discover(config=None, url=None, token_file=None, env=env).url.endswith(":9292")
+
+
 def test_the_generated_token_in_the_state_dir_is_used_when_nothing_else_is_set(
     tmp_path: Path,
 ) -> None:
