@@ -101,6 +101,18 @@ def test_url_overrides_the_config_and_needs_no_config(
         discover(config=None, url="10.1.2.3:80", token_file=None, env={})
 
 
+def test_with_url_a_broken_frame_json_here_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config(tmp_path, frame_port="eighty")
+    monkeypatch.chdir(tmp_path)
+    target = discover(config=None, url="http://127.0.0.1:8123", token_file=None, env={})
+    assert target.token is None
+    assert target.looked[-1] == "./frame.json (not valid: `frameos check` says why)"
+    with pytest.raises(ClientError, match="cannot read the instance's config"):
+        discover(config="frame.json", url="http://127.0.0.1:8123", token_file=None, env={})
+
+
 def test_when_no_token_is_found_every_place_looked_at_is_remembered(tmp_path: Path) -> None:
     target = discover(config=str(config(tmp_path)), url=None, token_file=None, env={})
     assert target.token is None
