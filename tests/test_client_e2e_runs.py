@@ -66,7 +66,7 @@ def pid_of(fos: Frameos, name: str, start: int = 0) -> int:
     return int(launched[-1]["fields"]["pid"])
 
 
-async def test_stop_then_start_then_restart_a_vm(tmp_path: Path) -> None:
+async def test_stop_start_restart_clean_and_the_refusals(tmp_path: Path) -> None:
     path = config(tmp_path, "alpha", "beta")
     async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
         await fos.wait_for(ev.VmLaunched, lambda e: e["fields"]["vm"] == "beta")
@@ -95,6 +95,23 @@ async def test_stop_then_start_then_restart_a_vm(tmp_path: Path) -> None:
         third = pid_of(fos, "alpha")
         assert third != second and procfs.is_alive(third) and not procfs.is_alive(second)
         assert procfs.is_alive(beta)
+
+        busy = await client(fos, path, "clean", "alpha", "--json")  # only a stopped VM
+        assert busy.returncode == 1, busy.stderr
+        assert lines(busy)[-1]["event"] == ev.CommandFailed.NAME
+        assert procfs.is_alive(third)
+
+        unknown = await client(fos, path, "start", "omega")
+        assert unknown.returncode == 2
+        assert unknown.stderr.decode() == (
+            f"frameos: unknown VM 'omega': {fos.url} has these VMs: alpha, beta\n"
+        )
+        wrong = tmp_path / "wrong-token"
+        wrong.write_text("not-the-token")
+        refused = await client(fos, path, "stop", "alpha", "--token-file", str(wrong))
+        assert refused.returncode == 2
+        assert f"refused the token from {wrong} (401 invalid_token)" in refused.stderr.decode()
+        assert procfs.is_alive(third)
 
 
 async def test_bootstrap_runs_the_pipeline_again_and_prints_its_steps(tmp_path: Path) -> None:
@@ -144,16 +161,6 @@ async def test_a_stop_cancels_a_start_in_flight_which_exits_1(tmp_path: Path) ->
         assert not procfs.is_alive(pid_of(fos, "alpha"))
 
 
-async def test_clean_of_a_running_vm_fails_with_exit_1(tmp_path: Path) -> None:
-    path = config(tmp_path, "alpha")
-    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
-        await fos.wait_for(ev.VmLaunched)
-        result = await client(fos, path, "clean", "alpha", "--json")
-        assert result.returncode == 1, result.stderr
-        assert lines(result)[-1]["event"] == ev.CommandFailed.NAME
-        assert procfs.is_alive(pid_of(fos, "alpha"))
-
-
 async def test_reload_applies_the_edited_config(tmp_path: Path) -> None:
     path = config(tmp_path, "alpha")
     async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
@@ -169,22 +176,6 @@ async def test_reload_applies_the_edited_config(tmp_path: Path) -> None:
         assert reload["fields"]["vms"]["unchanged"] == ["alpha"]
         assert procfs.is_alive(pid_of(fos, "gamma"))
         assert pid_of(fos, "alpha") == alpha
-
-
-async def test_refusals_exit_2_with_one_line(tmp_path: Path) -> None:
-    path = config(tmp_path, "alpha", "beta")
-    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
-        unknown = await client(fos, path, "start", "omega")
-        assert unknown.returncode == 2
-        assert unknown.stderr.decode() == (
-            f"frameos: unknown VM 'omega': {fos.url} has these VMs: alpha, beta\n"
-        )
-        wrong = tmp_path / "wrong-token"
-        wrong.write_text("not-the-token")
-        refused = await client(fos, path, "stop", "alpha", "--token-file", str(wrong))
-        assert refused.returncode == 2
-        assert f"refused the token from {wrong} (401 invalid_token)" in refused.stderr.decode()
-        assert procfs.is_alive(pid_of(fos, "alpha"))
 
 
 async def test_logs_prints_the_vms_output_and_follows_it(tmp_path: Path) -> None:
