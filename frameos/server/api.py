@@ -391,7 +391,7 @@ ROUTES: tuple[Route, ...] = (
         {201: Run, 200: Run},
         body=RunRequest,
         headers=(IDEMPOTENCY_KEY,),
-        errors=(409, 413, 503),
+        errors=(404, 409, 503),
         tags=(RUN,),
     ),
     Route(
@@ -403,6 +403,7 @@ ROUTES: tuple[Route, ...] = (
         Scope.READ,
         {200: RunList},
         query=RunsQuery,
+        errors=(404,),
         tags=(RUN,),
     ),
     Route(
