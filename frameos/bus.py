@@ -37,7 +37,7 @@ from typing import Literal
 
 import trio
 
-from frameos.envelope import Envelope, encode
+from frameos.envelope import Envelope, encode, encode_ext
 from frameos.eventlog import EventLog, explain
 from frameos.events import Event, Message, Severity
 
@@ -177,9 +177,21 @@ class Bus:
             raise trio.ClosedResourceError("the bus is closed")
         return self._enqueue(event, severity)
 
+    def publish_ext(self, name: str, severity: Severity, fields_json: bytes) -> Envelope:
+        """Publish an external producer's `ext.NAME` event (`encode_ext`) without waiting, like
+        `publish_nowait`. Raises ValueError for a name that is not `ext.*`, and
+        trio.ClosedResourceError once the bus is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the bus is closed")
+        envelope = encode_ext(name, severity, fields_json, self._seq + 1, self._clock())
+        self._seq = envelope.seq
+        return self._append(envelope)
+
     def _enqueue(self, event: Event, severity: Severity | None) -> Envelope:
         self._seq = seq = self._seq + 1
-        envelope = encode(event, seq, self._clock(), severity)
+        return self._append(encode(event, seq, self._clock(), severity))
+
+    def _append(self, envelope: Envelope) -> Envelope:
         pending = self._pending
         pending.append(envelope)
         self._unwritten_bytes += len(envelope.line)

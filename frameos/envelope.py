@@ -8,9 +8,11 @@ one read back from the log decodes its model on demand (`model()`).
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
-from frameos.events import ENVELOPE_VERSION, REGISTRY, Event, Severity
+from frameos.events import ENVELOPE_VERSION, REGISTRY, SEVERITIES, Event, Severity
 
 _HEAD = b'{"v":%d,"seq":%d,"timestamp":%.6f,"event":"%s","severity":"%s","fields":'
 
@@ -66,6 +68,27 @@ def encode(event: Event, seq: int, timestamp: float, severity: Severity | None =
     sev = severity or event.SEVERITY
     head = _HEAD % (ENVELOPE_VERSION, seq, timestamp, event.NAME.encode(), sev.encode())
     return Envelope(seq, event.NAME, sev, timestamp, head + event.to_json() + b"}\n", event)
+
+
+# `ext.NAME` (SPEC §7.3): what an external producer may call its events; nothing to escape.
+EXT_NAME = r"^ext\.[a-z0-9][a-z0-9_.:-]{0,99}$"
+_EXT_NAME = re.compile(EXT_NAME)
+
+
+def encode_ext(
+    name: str, severity: Severity, fields_json: bytes, seq: int, timestamp: float
+) -> Envelope:
+    """The envelope of an external producer's `ext.NAME` event (not a model: `event` is None,
+    and `model()` raises). `fields_json` is one compact JSON object, as orjson writes it (the
+    API validated it). Raises ValueError for any other name, severity or fields."""
+    if not _EXT_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an ext.NAME event name ({EXT_NAME})")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, found {severity!r}")
+    if not fields_json.startswith(b"{") or not fields_json.endswith(b"}") or b"\n" in fields_json:
+        raise ValueError("fields must be one JSON object on one line")
+    head = _HEAD % (ENVELOPE_VERSION, seq, timestamp, name.encode(), severity.encode())
+    return Envelope(seq, name, severity, timestamp, head + fields_json + b"}\n")
 
 
 def decode(line: bytes) -> Envelope:

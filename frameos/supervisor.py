@@ -55,6 +55,7 @@ from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
 from frameos.workers.vm import Spawner, default_spawner
 
 if TYPE_CHECKING:
+    from frameos.server.auth import Tokens
     from frameos.server.frontdoor import FrontDoor
     from frameos.server.metrics import Metrics
     from frameos.server.wsfast import WsHub
@@ -197,6 +198,7 @@ class Supervisor:
         self.stop_scope = trio.CancelScope()
         self.hub: WsHub | None = None
         self.metrics: Metrics | None = None
+        self.tokens: Tokens | None = None  # the API tokens, read at start (server/auth.py)
         self.forced = False
         self.fault: BaseException | None = None  # what ended the run, when not a stop request
         # SIGHUP → reloader: one waiting request at most (it reads the newest file anyway)
@@ -306,13 +308,15 @@ class Supervisor:
 
     async def _serve(self) -> None:
         """Server nursery around the work nursery: the work ends first, then the server drains."""
+        from frameos.server.auth import load_tokens
         from frameos.server.listen import bind
 
         config = self.state.config
         server_stop = trio.Event()  # the front door's `stop` (interface G)
         async with trio.open_nursery() as server:
-            # bind first (a taken port fails before any VM starts)
+            # bind first (a taken port fails before any VM starts), and read the API tokens
             listeners = await bind(config.frame_host, config.frame_port)
+            self.tokens = load_tokens(config, os.environ)
             async with trio.open_nursery() as work:
                 await work.start(self.pool.run)  # every VM launched (or failed to)
                 await work.start(self.runs.run)  # the runs of earlier instances rebuilt
@@ -388,7 +392,10 @@ class Supervisor:
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
-        return FrontDoor(create_app(self.state, self.bus, hub, self.metrics), hub)
+        app = create_app(
+            self.state, self.bus, hub, self.metrics, control=self.control, tokens=self.tokens
+        )
+        return FrontDoor(app, hub)
 
     # --- signals -------------------------------------------------------------------------------
 

@@ -105,7 +105,9 @@ class ServiceView:
         out: list[Datagram] = []
         extend = False
         for envelope in batch:
-            event = envelope.model()
+            if envelope.event is None:
+                continue  # an external producer's ext.* event: no model, nothing for systemd
+            event = envelope.event
             extend |= self._vm_event(event, now)
             change = self._runtime_event(event)
             if change is not None:

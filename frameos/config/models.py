@@ -207,15 +207,53 @@ class WebsocketConfig(Model):
     )
 
 
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$"
+Scope = Literal["read", "control", "events:write"]
+
+
+class TokenConfig(Model):
+    """`auth.tokens[]`: a narrower token (SPEC §7.3) with its own name and scopes."""
+
+    name: str = Field(
+        pattern=TOKEN_NAME,
+        description="who holds it: the owner of the external workers it registers",
+    )
+    token_file: FsPath = Field(description="file holding the token (read at start)")
+    scopes: list[Scope] = Field(
+        min_length=1,
+        max_length=3,
+        description="what it may do: `read` (GETs), `control` (runs, workers), "
+        "`events:write` (POST /v1/events)",
+    )
+
+
 class AuthConfig(Model):
-    """`auth`: the bearer token for the control API."""
+    """`auth`: the bearer tokens of the control API."""
 
     token_file: FsPath | None = Field(
         default=None,
-        description="file holding the control API bearer token; unset: the systemd credential "
-        "`frameos-token` (`LoadCredential=`). A non-loopback `frame_host` needs one of the two, "
-        "and the file must exist",
+        description="file holding the control API bearer token (every scope); unset: the "
+        "systemd credential `frameos-token` (`LoadCredential=`), else `state_dir/api-token`, "
+        "generated (mode 0600) at first start. A non-loopback `frame_host` needs one of the "
+        "first two, and the file must exist",
     )
+    tokens: list[TokenConfig] = Field(
+        default_factory=list,
+        max_length=100,
+        description="more tokens, each with a name and narrower scopes",
+    )
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AuthConfig:
+        seen: set[str] = set()
+        for index, token in enumerate(self.tokens):
+            if token.name in seen:
+                raise PathError(
+                    f"auth.tokens[{index}].name",
+                    f"duplicate token name {token.name!r}; names must be unique",
+                )
+            seen.add(token.name)
+        return self
 
 
 class CooperativeConfig(Model):
@@ -360,6 +398,7 @@ HOST = r"^[0-9A-Za-z:.%_-]+$"
 PATTERN_HINTS = {
     VM_NAME: "lowercase letters, digits, '.', '_' or '-' (starting with a letter or digit)",
     HOST: "an IP address or a host name (letters, digits, '.', '-', ':')",
+    TOKEN_NAME: "letters, digits, '.', '_', '@' or '-' (starting with a letter or digit)",
 }
 
 

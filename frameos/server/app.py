@@ -7,6 +7,7 @@ without a traceback on the wire.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -18,15 +19,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from frameos.bus import Bus
-from frameos.errors import StaleCursorError
+from frameos.config import is_loopback
 from frameos.events import Message
+from frameos.runs.control import ControlPlane
+from frameos.server.api import Api, mount
+from frameos.server.auth import ALL_SCOPES, INSTANCE, Token, Tokens, ws_authorizer
 from frameos.server.metrics import Metrics
-from frameos.server.replay import CursorError, parse_cursor, read_page, stale_body
 from frameos.server.wsfast import WS_PATH_TEXT, WsHub
 from frameos.state import Phase, RuntimeState
 
 MAX_BODY_BYTES = 64 * 1024
-POLL_DEFAULT, POLL_MAX = 100, 1000
 RECENT_NAMES = 256
 
 
@@ -39,9 +41,28 @@ def error(status: int, code: str, message: str, **details: Any) -> Response:
     return json_response({"error": code, "message": message, "details": details}, status)
 
 
-def create_app(state: RuntimeState, bus: Bus, hub: WsHub, metrics: Metrics) -> QuartTrio:
-    """Build the app around the live state; routes read it, never copy it."""
+def create_app(
+    state: RuntimeState,
+    bus: Bus,
+    hub: WsHub,
+    metrics: Metrics,
+    *,
+    control: ControlPlane | None = None,
+    tokens: Tokens | None = None,
+) -> QuartTrio:
+    """Build the app around the live state; routes read it, never copy it.
+
+    The /v1 routes (api.py) act on `control` and check `tokens`; without tokens the app makes
+    an instance token no one knows (only the reads a loopback bind leaves open answer).
+    """
     app = QuartTrio("frameos")
+    if tokens is None:
+        tokens = Tokens(
+            (Token(INSTANCE, secrets.token_urlsafe(32).encode(), ALL_SCOPES, "memory"),),
+            loopback=is_loopback(state.config.frame_host),
+        )
+    hub.authorize = ws_authorizer(tokens)
+    mount(app, Api(bus, control, tokens))
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
@@ -73,17 +94,22 @@ def create_app(state: RuntimeState, bus: Bus, hub: WsHub, metrics: Metrics) -> Q
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/events")
-    async def poll_events() -> Response:
-        return await poll(bus, request.args.get("after"), request.args.get("limit"))
-
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name or "error"
         if exc.code == 404:
-            message = f"no route for {request.path}; see /healthz, /readyz, /metrics, /v1/events"
-        return error(exc.code or 500, code, message, path=request.path, method=request.method)
+            message = (
+                f"no route for {request.path}; see /healthz, /readyz, /metrics, /v1/openapi.json"
+            )
+        elif exc.code == 413:
+            code = "body_too_large"
+            message = f"the request body is over {MAX_BODY_BYTES} bytes; send a smaller one"
+        response = error(exc.code or 500, code, message, path=request.path, method=request.method)
+        if exc.code == 405:  # say which methods the path has
+            allowed = getattr(exc, "valid_methods", None) or []
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -132,35 +158,3 @@ def _status(state: RuntimeState, bus: Bus) -> str:
     if state.phase in (Phase.STOPPING, Phase.STOPPED):
         return "stopping"
     return "degraded" if bus.fault is not None else "ok"
-
-
-async def poll(bus: Bus, after_raw: str | None, limit_raw: str | None) -> Response:
-    """GET /v1/events: events after a cursor, with replay metadata; stale cursors get 410."""
-    try:
-        after = parse_cursor(after_raw, "after", 0)
-        limit = parse_cursor(limit_raw, "limit", POLL_DEFAULT)
-    except CursorError as exc:
-        return error(400, "invalid_parameter", str(exc), parameter=exc.name)
-    if not 1 <= limit <= POLL_MAX:
-        return error(
-            400,
-            "invalid_parameter",
-            f"limit must be 1..{POLL_MAX}, found {limit}",
-            parameter="limit",
-        )
-    try:
-        page = await read_page(bus.log, after, limit)
-    except StaleCursorError as exc:
-        return json_response(stale_body(exc), 410)
-    oldest_cursor = (page.oldest - 1) if page.oldest is not None else page.head
-    body = (
-        b'{"events":[' + b",".join(line[:-1] for line in page.lines) + b'],"next_cursor":%d,'
-        b'"head_cursor":%d,"oldest_available_cursor":%d,"replay_complete":%s}'
-        % (
-            page.next_cursor,
-            page.head,
-            oldest_cursor,
-            b"true" if page.complete else b"false",
-        )
-    )
-    return json_response(body)

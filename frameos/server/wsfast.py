@@ -25,7 +25,8 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -261,6 +262,10 @@ class WsHub:
         self.frames_sent = 0
         self.hub_dropped = 0
         self.closing = False
+        # the token check of each handshake (auth.ws_authorizer): None or (status, error body)
+        self.authorize: Callable[[Sequence[tuple[bytes, bytes]]], tuple[int, Any] | None] | None = (
+            None
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver every bus batch to the live clients until the subscription ends."""
@@ -353,6 +358,10 @@ class WsHub:
         if handshake is None:
             return
         request, raw = handshake
+        refusal = self.authorize(request.extra_headers) if self.authorize is not None else None
+        if refusal is not None:
+            await _reject_http(stream, *refusal)
+            return
         if self.closing:
             await _reject_http(stream, 503, error_body("shutting_down", "the server is stopping"))
             return
@@ -479,6 +488,8 @@ async def _reject_http(stream: trio.SocketStream, status: int, body: dict[str, o
     payload = orjson.dumps(body)
     reason = {
         400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
         410: "Gone",
         431: "Request Header Fields Too Large",
         503: "Service Unavailable",
