@@ -12,7 +12,9 @@ is written down (its pidfile) before anything can lose it, or killed at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
@@ -181,24 +183,80 @@ class Tracking:
         return path
 
 
+# The gate a recorded process waits at: a shell reads one line from its stdin (a pipe only
+# frameos holds the write end of) and only then execs the program, with stdin on /dev/null.
+# frameos writes the line once the pidfile is on disk; if frameos dies first, the shell reads
+# EOF and exits without running the program. Same pid, same start time, same group after exec.
+GATE_SHELL = "/bin/sh"
+GATE_SCRIPT = 'IFS= read -r go || exit 125; exec "$@" </dev/null'
+GATE_EXIT = 125  # the gate's status when frameos was gone before the pidfile was written
+
+
 async def spawn(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path | None, output: int | None = None
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    output: int | None = None,
+    record: Callable[[OwnChild], Awaitable[object]] | None = None,
 ) -> OwnChild:
     """Start `argv` in a new session (its own process group) with stdin on /dev/null.
 
-    `output` is a file descriptor for stdout and stderr (None: /dev/null). Raises one of
-    SPAWN_ERRORS when the program cannot be started.
+    `output` is a file descriptor for stdout and stderr (None: /dev/null). With `record` (the
+    pidfile write), the program is held at a gate until `record(child)` returned: no moment
+    exists at which the program runs and nothing on disk names it (record_or_kill: a failed
+    or cancelled record kills the group, which never ran the program). Raises one of
+    SPAWN_ERRORS when the program cannot be started (checked before the gate: a missing or
+    non-executable program fails the launch, as without it), LaunchError when `record` fails.
     """
-    process = await trio.lowlevel.open_process(
+    if record is None:
+        return OwnChild(await _open(argv, env, cwd, output, subprocess.DEVNULL))
+    _check_program(argv, env, cwd)
+    gate_read, gate_write = os.pipe()  # both close-on-exec: no other child inherits them
+    try:
+        try:
+            gated = [GATE_SHELL, "-c", GATE_SCRIPT, "frameos-gate", *argv]
+            child = OwnChild(await _open(gated, env, cwd, output, gate_read))
+        finally:
+            os.close(gate_read)
+        await record_or_kill(child, partial(record, child))
+        with contextlib.suppress(BrokenPipeError):  # killed meanwhile: its exit says so
+            os.write(gate_write, b"go\n")
+    finally:
+        os.close(gate_write)
+    return child
+
+
+async def _open(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None, output: int | None, stdin: int
+) -> trio.Process:
+    return await trio.lowlevel.open_process(
         argv,
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=output if output is not None else subprocess.DEVNULL,
         stderr=output if output is not None else subprocess.DEVNULL,
     )
-    return OwnChild(process)
+
+
+def _check_program(argv: list[str], env: Mapping[str, str], cwd: Path | None) -> None:
+    """Raise what exec would (FileNotFoundError, PermissionError, ValueError) for a program the
+    gate's shell could not run, so a bad command stays a failed launch."""
+    if not argv or not argv[0]:
+        raise ValueError("empty command")
+    program = argv[0]
+    if "\0" in program:
+        raise ValueError("embedded null byte")
+    if os.sep in program:
+        path = os.path.join(cwd if cwd is not None else os.getcwd(), program)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        if not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 async def terminate_group(child: Child, grace_s: float) -> None:
@@ -228,15 +286,16 @@ async def run_captured(
     """
     read_end, write_end = os.pipe()
     recorded: list[Path] = []
+    record: Callable[[OwnChild], Awaitable[object]] | None = None
+    if tracking is not None:
+        track = tracking
+
+        async def record_in_thread(child: OwnChild) -> None:
+            recorded.append(await trio.to_thread.run_sync(track.write, child))
+
+        record = record_in_thread
     try:
-        child = await spawn(argv, env=env, cwd=cwd, output=write_end)
-        if tracking is not None:
-            track = tracking
-
-            def write() -> None:
-                recorded.append(track.write(child))
-
-            await record_or_kill(child, partial(trio.to_thread.run_sync, write))
+        child = await spawn(argv, env=env, cwd=cwd, output=write_end, record=record)
     except BaseException:
         os.close(read_end)
         raise
