@@ -242,8 +242,10 @@ async def _open(
 
 
 def _check_program(argv: list[str], env: Mapping[str, str], cwd: Path | None) -> None:
-    """Raise what exec would (FileNotFoundError, PermissionError, ValueError) for a program the
-    gate's shell could not run, so a bad command stays a failed launch."""
+    """Raise what exec would (FileNotFoundError, PermissionError, OSError ENOEXEC, ValueError)
+    for a program the gate's shell could not run, so a bad command stays a failed launch: the
+    shell would only exit 126/127 later. A file that is neither ELF nor `#!` is refused as the
+    kernel refuses it (the shell would run it as a script). One stat and one small read."""
     if not argv or not argv[0]:
         raise ValueError("empty command")
     program = argv[0]
@@ -251,12 +253,26 @@ def _check_program(argv: list[str], env: Mapping[str, str], cwd: Path | None) ->
         raise ValueError("embedded null byte")
     if os.sep in program:
         path = os.path.join(cwd if cwd is not None else os.getcwd(), program)
-        if not os.path.isfile(path):
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-        if not os.access(path, os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
+        path = found
+    if not os.path.isfile(path):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except PermissionError:  # execute-only: exec needs no read permission; let the kernel judge
+        return
+    if head.startswith(b"#!"):
+        interpreter = head[2:].split(b"\n", 1)[0].split(maxsplit=1)[:1]
+        if not interpreter or not os.access(interpreter[0], os.X_OK):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    elif not (head[:4] == b"\x7fELF" and head[4] in (1, 2) and head[5] in (1, 2) and head[6] == 1):
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), program)
 
 
 async def terminate_group(child: Child, grace_s: float) -> None:
