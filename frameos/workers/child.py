@@ -129,10 +129,17 @@ class OrphanChild:
         self.record.signal_group(signal.SIGKILL)
 
 
-async def kill_group(child: Child, bound_s: float) -> bool:
+async def kill_group(child: Child, bound_s: float, *, sigterm_s: float = 0.0) -> bool:
     """SIGKILL the group and wait for its leader, at most `bound_s`, shielded: for `finally:`
-    and for the end of every stop. Then SIGKILL what is left of the group. True when the
-    leader has exited. The one bounded kill of the package."""
+    and for the end of every stop. With `sigterm_s`, SIGTERM first and give the leader that
+    long (a helper's cleanup; the stop ladder walks its own rungs, with events). Then SIGKILL
+    what is left of the group. True when the leader has exited. The one bounded kill of the
+    package."""
+    if sigterm_s > 0:
+        with trio.move_on_after(sigterm_s, shield=True):
+            if not child.exited:
+                child.signal_group(signal.SIGTERM)
+                await child.wait()
     with trio.move_on_after(bound_s, shield=True):
         if not child.exited:
             child.signal_group(signal.SIGKILL)
@@ -275,16 +282,6 @@ def _check_program(argv: list[str], env: Mapping[str, str], cwd: Path | None) ->
         raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), program)
 
 
-async def terminate_group(child: Child, grace_s: float) -> None:
-    """SIGTERM the group, then `kill_group` after `grace_s`; shielded and bounded, for
-    `finally:`. Returns once the leader has exited or the bound (grace + grace) passed."""
-    with trio.move_on_after(grace_s, shield=True):
-        if not child.exited:
-            child.signal_group(signal.SIGTERM)
-            await child.wait()
-    await kill_group(child, grace_s)
-
-
 async def run_captured(
     argv: list[str],
     on_output: Callable[[bytes], None],
@@ -297,8 +294,10 @@ async def run_captured(
     """Run `argv` in its own group, feeding its stdout+stderr chunks to `on_output`.
 
     Returns the exit status (negative: killed by that signal). Raises one of SPAWN_ERRORS when
-    it cannot start, LaunchError when its pidfile (`tracking`) cannot be written. Cancellation
-    (a caller's deadline) terminates the whole group, bounded by `grace_s`.
+    it cannot start, LaunchError when its pidfile (`tracking`) cannot be written or when its
+    leader outlived SIGKILL (stuck in the kernel: its pidfile is kept, so the next start stops
+    it). Cancellation (a caller's deadline) terminates the whole group (SIGTERM, then SIGKILL,
+    each bounded by `grace_s`).
     """
     read_end, write_end = os.pipe()
     recorded: list[Path] = []
@@ -323,15 +322,20 @@ async def run_captured(
             try:
                 await child.wait()
             finally:
-                await terminate_group(child, grace_s)
+                await kill_group(child, grace_s, sigterm_s=grace_s)
             # Drain, then force: the output ends at EOF unless something outside the group
             # kept the pipe open.
             nursery.cancel_scope.deadline = trio.current_time() + grace_s
     finally:
-        for path in recorded:
-            pidfile.remove(path)
+        if child.exited:  # else the record stays for the next start to stop it
+            for path in recorded:
+                pidfile.remove(path)
     code = child.returncode
-    assert code is not None, "terminate_group returned before the process exited"
+    if code is None:
+        raise LaunchError(
+            f"pid {child.pid} is still there {grace_s * 2:g} s after SIGTERM and SIGKILL "
+            f"(stuck in the kernel?); its pidfile is kept for the next start"
+        )
     return code
 
 
