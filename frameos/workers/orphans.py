@@ -76,12 +76,7 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
 
     Returns the record (None when there was no readable pidfile).
     """
-    try:
-        record = pidfile.read(path)
-    except ValueError as exc:
-        await publisher.publish(ev.Message(text=f"{vm}: {exc}; removed it"), "warn")
-        pidfile.remove(path)
-        return None
+    record = await _read(path, publisher, vm)
     if record is None:
         return None
     if await live_members(record):
@@ -95,8 +90,35 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
         ladder = _ladder(vm, record, publisher, procs_dir(path.parent.parent))
         await ladder.run(ORPHAN_REASON)
         await _leftovers_gone(record, ladder.timeouts.sigkill_ms / 1000, publisher)
-    pidfile.remove(path)
+    await _forget(path, publisher, vm)
     return record
+
+
+async def _read(
+    path: Path, publisher: Publisher, vm: str | None = None
+) -> pidfile.PidRecord | None:
+    """The record at `path`, or None: absent, or not a record. Never an exception: a bad file
+    is reported (a warn `message` naming it and the fix) and removed when it can be."""
+    try:
+        return pidfile.read(path)
+    except ValueError as exc:
+        prefix = f"{vm}: " if vm else ""
+        text = f"{prefix}{exc}; removing it: check by hand that no process it named still runs"
+        await publisher.publish(ev.Message(text=text), "warn")
+        await _forget(path, publisher, vm)
+    return None
+
+
+async def _forget(path: Path, publisher: Publisher, vm: str | None = None) -> bool:
+    """Remove the pidfile; a warn `message` when it cannot be (False)."""
+    try:
+        pidfile.remove(path)
+    except OSError as exc:  # a directory named *.pid, a read-only state_dir, ...
+        prefix = f"{vm}: " if vm else ""
+        text = f"{prefix}cannot remove {path} ({exc.strerror or exc}); remove it by hand"
+        await publisher.publish(ev.Message(text=text), "warn")
+        return False
+    return True
 
 
 async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: Publisher) -> None:
@@ -169,7 +191,11 @@ async def clean_up_after(
 async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
     """Kill the bootstrap steps and stop commands a killed instance left running (bounded,
     all at once), and forget their pidfiles. Call before anything is launched."""
-    paths = pidfile.records(procs_dir(state_dir))
+    try:
+        paths = pidfile.records(procs_dir(state_dir))
+    except ValueError as exc:
+        await publisher.publish(ev.Message(text=str(exc)), "warn")
+        return
     if paths:
         async with trio.open_nursery() as nursery:
             for path in paths:
@@ -177,11 +203,7 @@ async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
 
 
 async def _stop_helper(path: Path, publisher: Publisher) -> None:
-    try:
-        record = pidfile.read(path)
-    except ValueError as exc:
-        await publisher.publish(ev.Message(text=f"{exc}; removed it"), "warn")
-        record = None
+    record = await _read(path, publisher)
     if record is not None and await live_members(record):
         await publisher.publish(
             ev.Message(
@@ -192,4 +214,5 @@ async def _stop_helper(path: Path, publisher: Publisher) -> None:
         )
         await kill_group(OrphanChild(record), HELPER_KILL_S)
         await _leftovers_gone(record, HELPER_KILL_S, publisher)
-    pidfile.remove(path)
+    if record is not None:
+        await _forget(path, publisher, record.vm)

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from frameos import events as ev
 from frameos.config import FrameConfig, VmConfig
 from frameos.state import RuntimeState, WorkerCounts
-from frameos.workers import OperationCanceled, OperationFailed, VmBusy
+from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile
 from frameos.workers.launch import LOG_MAX_BYTES, rotate_if_large
 from frameos.workers.orphans import clean_up_after, discard_overlay, stop_helpers
 from frameos.workers.publisher import Publisher
@@ -178,17 +178,15 @@ class VmPool:
     async def _stop_unknown_orphans(self) -> None:
         """Pidfiles of VMs no longer configured: their processes still go through the ladder."""
         known = set(self._workers)
-        directory = self.state_dir / "vms"
         try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
+            paths = pidfile.records(self.state_dir / "vms")
+        except ValueError as exc:  # not a directory, not readable: said, and skipped
+            await self.publisher.publish(ev.Message(text=str(exc)), "warn")
             return
         async with trio.open_nursery() as nursery:
-            for name in names:
-                if name.endswith(".pid") and name[:-4] not in known:
-                    nursery.start_soon(
-                        clean_up_after, name[:-4], directory / name, None, self.publisher
-                    )
+            for path in paths:
+                if path.stem not in known:
+                    nursery.start_soon(clean_up_after, path.stem, path, None, self.publisher)
 
     async def _rotate_logs(self) -> None:
         """Keep each running VM's output file under LOG_MAX_BYTES (copy to .1, truncate)."""
