@@ -1,7 +1,8 @@
 """Orphans (SPEC §5): what a killed instance left running, found by pidfile and stopped before
 anything is launched anew. VMs go through the same ladder, with the settings recorded at their
-launch; bootstrap steps and stop commands (`state_dir/procs/`) get a bounded kill of their
-group. A stale overlay is discarded as `orphan`; a stale QMP socket file is removed.
+launch; bootstrap steps and stop commands (`state_dir/procs/`) go through it forced (its
+SIGKILL rung, 1 s, with its events under the VM's name). A stale overlay is discarded as
+`orphan`; a stale QMP socket file is removed.
 
 Cheap at scale: whether an orphan still runs is one read of its leader's /proc entry and one
 kill(0) probe of its group. Only a group that answers the probe after its leader is gone (its
@@ -26,7 +27,6 @@ from frameos.workers.child import (
     ORPHAN_POLL_S,
     OrphanChild,
     Tracking,
-    kill_group,
 )
 from frameos.workers.cooperative import request_for
 from frameos.workers.ladder import METHODS, Ladder, Method
@@ -34,7 +34,8 @@ from frameos.workers.paths import procs_dir
 from frameos.workers.publisher import Publisher
 
 ORPHAN_REASON = "orphan of a previous frameos instance"
-HELPER_KILL_S = 1.0  # the bound on killing a leftover bootstrap step or stop command
+# A leftover bootstrap step or stop command: the ladder's SIGKILL rung, bounded by 1 s.
+HELPER_TIMEOUTS = TimeoutsConfig(sigkill_ms=1_000)
 
 
 class ProcScan:
@@ -189,8 +190,8 @@ async def clean_up_after(
 
 
 async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
-    """Kill the bootstrap steps and stop commands a killed instance left running (bounded,
-    all at once), and forget their pidfiles. Call before anything is launched."""
+    """Stop the bootstrap steps and stop commands a killed instance left running (a forced
+    ladder each, all at once), and forget their pidfiles. Call before anything is launched."""
     try:
         paths = pidfile.records(procs_dir(state_dir))
     except ValueError as exc:
@@ -208,11 +209,21 @@ async def _stop_helper(path: Path, publisher: Publisher) -> None:
         await publisher.publish(
             ev.Message(
                 text=f"{record.vm}: {record.kind} pid {record.pid} was left running by a previous "
-                f"frameos (pid {record.owner_pid}); killing its process group"
+                f"frameos (pid {record.owner_pid}); killing its process group (forced ladder)"
             ),
             "warn",
         )
-        await kill_group(OrphanChild(record), HELPER_KILL_S)
-        await _leftovers_gone(record, HELPER_KILL_S, publisher)
+        child = OrphanChild(record)
+        ladder = Ladder(
+            record.vm,
+            child,
+            method="none",
+            request=request_for("none", child),
+            timeouts=HELPER_TIMEOUTS,
+            publisher=publisher,
+            forced=True,  # a helper has no way to be asked, and nothing to save
+        )
+        await ladder.run(f"{record.kind} pid {record.pid} of a previous frameos instance")
+        await _leftovers_gone(record, HELPER_TIMEOUTS.sigkill_ms / 1000, publisher)
     if record is not None:
         await _forget(path, publisher, record.vm)
