@@ -359,3 +359,10 @@ async def test_a_state_dir_entry_that_is_not_a_directory_is_reported(tmp_path: P
     texts = [getattr(e, "text", "") for e in pub.of("message")]
     for name in ("vms", "procs"):
         assert any(f"cannot list the pidfiles in {tmp_path / name}" in t for t in texts), texts
+
+
+def test_a_pidfile_with_an_unknown_method_is_still_stoppable(tmp_path: Path) -> None:
+    path = tmp_path / "a.pid"
+    path.write_text(json.dumps({**GOOD, "method": "telepathy"}))
+    record = pidfile.read(path)
+    assert record is not None and record.method == "none"

@@ -29,7 +29,7 @@ from frameos.workers.child import (
     Tracking,
 )
 from frameos.workers.cooperative import request_for
-from frameos.workers.ladder import METHODS, Ladder, Method
+from frameos.workers.ladder import Ladder
 from frameos.workers.paths import procs_dir
 from frameos.workers.publisher import Publisher
 
@@ -143,16 +143,17 @@ def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher, procs: Pat
         timeouts = TimeoutsConfig.model_validate(record.timeouts)
     except pydantic.ValidationError:
         timeouts = TimeoutsConfig()
-    method: Method = next((m for m in METHODS if m == record.method), "none")
     request = request_for(
-        method,
+        record.method,
         child,
         sig=record.signal,
         command=record.command,
         qmp_socket=Path(record.qmp_socket) if record.qmp_socket else None,
         tracking=Tracking(procs, vm, "command"),
     )
-    return Ladder(vm, child, method=method, request=request, timeouts=timeouts, publisher=publisher)
+    return Ladder(
+        vm, child, method=record.method, request=request, timeouts=timeouts, publisher=publisher
+    )
 
 
 async def discard_overlay(

@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
+from frameos.config import CooperativeMethod
 from frameos.workers import procfs
 
 
@@ -28,7 +30,7 @@ class PidRecord:
     pid: int
     start_time: int
     pgid: int
-    method: str = "none"
+    method: CooperativeMethod = "none"
     signal: str = "SIGINT"
     command: list[str] | None = None
     qmp_socket: str | None = None
@@ -85,6 +87,8 @@ def read(path: Path) -> PidRecord | None:
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
         record = PidRecord(**data)
         _check(record)
+        if record.method not in get_args(CooperativeMethod):  # still stoppable: ask nothing
+            record = replace(record, method="none")
     except (ValueError, TypeError, RecursionError) as exc:
         raise ValueError(f"pidfile {path} is not a frameos pidfile ({exc})") from None
     return record
@@ -104,6 +108,7 @@ def _check(record: PidRecord) -> None:
     for name in ("vm", "method", "signal", "kind"):
         if not isinstance(getattr(record, name), str):
             raise TypeError(f"{name} must be a string, not {getattr(record, name)!r}")
+
     for name in _OPTIONAL_STR:
         if getattr(record, name) is not None and not isinstance(getattr(record, name), str):
             raise TypeError(f"{name} must be a string or null, not {getattr(record, name)!r}")
