@@ -152,7 +152,7 @@ async def test_bad_since_gets_400_naming_it(tmp_path: Path, since: str) -> None:
             )
         )[0]
         if since:  # an empty after= means the default
-            assert status == 400 and json.loads(body)["details"] == {"parameter": "after"}
+            assert status == 400 and "after" in json.loads(body)["message"]
         no_errors(server)
 
 
@@ -286,7 +286,7 @@ async def test_bodies_are_framed_by_content_length(tmp_path: Path) -> None:
         body = b"G" * 70_000  # over the app's 64 KiB, to a GET-only route; then the next request
         data = await talk(
             server.port,
-            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
+            b"POST /readyz HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
             b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
             % len(body)
             + body
