@@ -19,9 +19,6 @@ from frameos.workers import procfs
 from tests.conftest import Frameos, frameos_argv, running_frameos, write_config
 
 pytestmark = pytest.mark.e2e
-# The /v1 routes (helper "api", frameos/server/api.py) land separately; until then there is
-# nothing to run these against (tests/test_client_control.py covers the client meanwhile).
-pytest.importorskip("frameos.server.api", reason="the /v1 control API is not in this tree yet")
 # prints a line a tenth of a second (for `logs`), exits at once on SIGTERM
 TALKER = [
     sys.executable,
