@@ -173,7 +173,7 @@ class Api:
         if self._document is None:
             from frameos.server.openapi import document
 
-            self._document = orjson.dumps(document())
+            self._document = orjson.dumps(document(loopback=self.tokens.loopback))
         return Reply(200, self._document)
 
     # runs ---------------------------------------------------------------------------------------
