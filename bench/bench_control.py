@@ -4,8 +4,12 @@
 VM whose process exits at once on SIGTERM (`sleep`, cooperative method none). Each round submits
 a `stop` run and times submit → its `command.completed` written to the log (seen by a bus
 subscription: what a client following /ws/events would get), then starts the VM again (a
-`start` run, not timed). The HTTP hop of POST /v1/runs is not included (measured in-process:
-the /v1 API was not in main when this was written).
+`start` run, not timed). In-process: no HTTP hop.
+
+`post` (when this checkout has the /v1 API): the real `frameos run` with the same VM; each round
+POSTs a `stop` run (keep-alive HTTP, the instance token from state_dir/api-token, a new
+Idempotency-Key) and times the POST → its `command.completed` line on frameos's stdout (the JSON
+sink, after the log), then a `start` run (not timed). Skipped, with a note, without the API.
 
 `receipt`: a run whose op publishes 10,000 events carrying its run_id (10,002 with its
 command.accepted and command.completed), then `RunService.receipt` timed: the cursor reads of
@@ -28,6 +32,7 @@ from _common import note, parse_args, result
 
 BENCH = "b11_control"
 STOP_BAR_MS = 50.0
+ENDS = ("command.completed", "command.failed", "command.canceled")
 RECEIPT_BAR_MS = 100.0
 
 
@@ -108,6 +113,93 @@ async def measure_stop(directory: Path, rounds: int) -> list[float]:
             await bus.aclose()
     finally:
         log.close()
+    return times
+
+
+def measure_http(directory: Path, rounds: int) -> list[float] | None:
+    """POST /v1/runs (stop) → its command.completed on the real `frameos run`'s stdout (the
+    JSON sink: after the log), keep-alive HTTP with the instance token. None when this
+    checkout has no /v1/runs route."""
+    import http.client
+    import json
+    import threading
+    import uuid
+
+    from _common import REPO, FrameosRun, write_config
+
+    state = directory / "state"
+    config = write_config(
+        directory,
+        frame_port=0,
+        state_dir=str(state),
+        vms=[
+            {
+                "name": "quick",
+                "command": ["sleep", "600"],
+                "cooperative": {"method": "none"},
+                "restart": {"policy": "temporary"},
+            }
+        ],
+    )
+    ended: dict[str, tuple[str, float]] = {}
+    changed = threading.Condition()
+
+    def on_line(raw: bytes) -> None:
+        if b'"run_id"' not in raw:
+            return
+        record = json.loads(raw)
+        if record["event"] in ENDS:
+            with changed:
+                ended[record["fields"]["run_id"]] = (record["event"], time.perf_counter())
+                changed.notify_all()
+
+    run = FrameosRun(config, on_line=on_line, cwd=REPO)
+    times: list[float] = []
+    try:
+        run.wait_ready()
+        token_file = state / "api-token"
+        if not token_file.exists():
+            note("no state_dir/api-token (no /v1 API in this checkout): HTTP figure skipped")
+            return None
+        token = token_file.read_text().strip()
+        connection = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+
+        def post(op: str) -> tuple[str, float]:
+            begin = time.perf_counter()
+            body = json.dumps({"op": op, "target": "quick"})
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Idempotency-Key": str(uuid.uuid4()),
+                "Content-Type": "application/json",
+            }
+            connection.request("POST", "/v1/runs", body, headers)
+            response = connection.getresponse()
+            data = response.read()
+            if response.status != 201:
+                raise LookupError(f"POST /v1/runs answered {response.status}: {data[:200]!r}")
+            return json.loads(data)["run_id"], begin
+
+        def wait(run_id: str) -> tuple[str, float]:
+            with changed:
+                if not changed.wait_for(lambda: run_id in ended, timeout=10):
+                    raise SystemExit(f"run {run_id} did not end within 10 s")
+                return ended[run_id]
+
+        for _ in range(rounds):
+            try:
+                stop, begin = post("stop")
+            except LookupError as exc:
+                note(f"no /v1 API in this checkout ({exc}): the HTTP figure is skipped")
+                return None
+            outcome, at = wait(stop)
+            if outcome != "command.completed":
+                raise SystemExit(f"stop run {stop} ended with {outcome}")
+            times.append((at - begin) * 1000)
+            start, _ = post("start")
+            wait(start)
+        connection.close()
+    finally:
+        run.stop()
     return times
 
 
@@ -193,6 +285,20 @@ def main() -> None:
         path="RunService.submit (in-process, no HTTP)",
         max=round(max(stops), 2),
     )
+    with tempfile.TemporaryDirectory() as directory:
+        posts = measure_http(Path(directory), rounds)
+    if posts is not None:
+        note(f"POST /v1/runs → command.completed, {rounds} rounds: {[round(t, 2) for t in posts]}")
+        result(
+            BENCH,
+            "post_run_to_completed_ms",
+            posts,
+            unit="ms",
+            bar=f"<= {STOP_BAR_MS:g} ms",
+            ok=lambda v: v <= STOP_BAR_MS,
+            path="POST /v1/runs on the real frameos run, command.completed on its stdout",
+            max=round(max(posts), 2),
+        )
     with tempfile.TemporaryDirectory() as directory:
         receipts, cpus, count = trio.run(
             measure_receipt, Path(directory), args.events, max(args.runs, 11)

@@ -63,6 +63,10 @@ async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> No
     sink = JsonSink(bus, sys.stdout.buffer)
     checkpoint = trio.lowlevel.checkpoint
     published = 0
+    # as `frameos run` does once started (supervisor.py): import-time objects out of the GC's way
+    import gc
+
+    gc.freeze()
     cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)

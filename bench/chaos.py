@@ -15,8 +15,8 @@ exit status is 1 when any invariant broke, 0 otherwise (skipped scenarios say wh
     conns  frameos under `prlimit --nofile=1024`. First every HTTP connection must end: after
            `Connection: close`, after an HTTP/1.0 request, after the keep-alive timeout. Then
            2,000 connections are held (one request each; this process raises its own fd limit),
-           the log rotating meanwhile: frameos stays up, /healthz answers once they close, the
-           log stays whole, SIGTERM stops it promptly.
+           the log rotating meanwhile: frameos stays up, /healthz answers once they close
+           (30 s), the log stays whole, SIGTERM stops it promptly.
     fifo   frame.json replaced by a FIFO, SIGHUP (the reload blocks on open), then SIGTERM:
            frameos stops within 10 s and leaves nothing behind.
 
@@ -51,6 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import TAG_VAR, FrameosRun, emit, http_get, kill_tagged, note, tagged
 
 LOG_NAME = "events.jsonl"
+# After 2,000 held connections close, frameos drains the ones still in its accept backlog at
+# the fd limit before /healthz gets through (~13 s measured on 2026-11-29); the bound is the
+# invariant ("it answers again"), `seconds` in the result is the figure to watch.
+HEALTH_AFTER_CLOSE_S = 30.0
 CHATTER_LINES = 190  # bootstrap output lines published per launch (the step keeps 200)
 
 
@@ -651,13 +655,18 @@ def conns(session: Session, count: int) -> None:
         for sock in held:
             sock.close()
         held = []
+        closed_at = time.monotonic()
         healthy = wait_for(
-            lambda: run.proc.poll() is not None or health(port) is not None, 15.0, 0.2
+            lambda: run.proc.poll() is not None or health(port) is not None,
+            HEALTH_AFTER_CLOSE_S,
+            0.2,
         )
         session.check(
             "conns",
             "healthz_after_close",
             healthy and run.proc.poll() is None,
+            seconds=round(time.monotonic() - closed_at, 2),
+            bound_s=HEALTH_AFTER_CLOSE_S,
             frameos_fds=_fd_count(run.pid),
         )
         report = verify_log(log_dir, live=True)

@@ -223,7 +223,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     """The instance named by --url/--token-file/--config (frameos.client.Target)."""
-    from frameos.client import discover
+    from frameos.client.discover import discover
 
     return discover(config=args.config, url=args.url, token_file=args.token_file)
 

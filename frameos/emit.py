@@ -6,6 +6,7 @@ event log when one is configured, and written to stdout as JSON or as a human li
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,15 @@ class SyncEmitter:
         self.seq += 1
         envelope = encode(event, self.seq, time.time(), severity)
         if self.log is not None:
-            self.log.append(envelope.line)
+            try:
+                self.log.append(envelope.line)
+            except OSError as exc:  # a full disk: say so once, keep reporting on stdout
+                print(
+                    f"frameos: warning: event log {self.log.path}: {exc.strerror or exc}; "
+                    "events are not appended",
+                    file=sys.stderr,
+                )
+                self._release_log()
         if self.output == "json":
             sys.stdout.buffer.write(envelope.line)
             sys.stdout.buffer.flush()
@@ -70,5 +79,10 @@ class SyncEmitter:
 
     def close(self) -> None:
         if self.log is not None:
-            self.log.close()
-            self.log = None
+            self._release_log()
+
+    def _release_log(self) -> None:
+        log, self.log = self.log, None
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()

@@ -28,6 +28,7 @@ VM by diff, SPEC §5.1; its ladders bounded by their rungs), then runtime:reload
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -325,6 +326,10 @@ class Supervisor:
                 door = self._http_surface()
                 host, port = await server.start(door.run, listeners, server_stop)
                 self.state.server_url = f"http://{_url_host(host)}:{port}"
+                # Start-up is over: move the import-time objects out of the collector's sight, so
+                # a full collection (which bursts of retained event models trigger) walks only
+                # what the run itself allocates (B1: 1.36x the CPU per event without it).
+                gc.freeze()
                 await self._run_until_stopped(work)
             server_stop.set()
             server.cancel_scope.deadline = (

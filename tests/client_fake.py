@@ -61,7 +61,10 @@ class FakeFrameos:
     ws_silent: bool = False  # accept websockets, send them nothing (the client must poll)
     ws_drop_after: int | None = None  # close each websocket after this many frames
     ws_connections: int = 0
+    not_accepting: bool = False  # POST /v1/runs answers 503, as while frameos stops
     ws_reject: int | None = None  # refuse websockets with this status
+    ws_admitted: threading.Event = field(default_factory=threading.Event)
+    ws_since_ahead: bool = False  # refuse a since ahead of the head (400), as /ws/events does
     hold_runs: bool = False  # runs stay running until `finish_held`
     release_per_connection: bool = False  # each new websocket publishes one held event
     held: list[tuple[str, list[ev.Event]]] = field(default_factory=list)
@@ -163,6 +166,9 @@ class FakeFrameos:
                 if not events:
                     self.held.pop(0)
             cursor = int(websocket.args.get("since", self.head))
+            if self.ws_since_ahead and cursor > self.head:
+                return err(400, "invalid_cursor", f"since={cursor} is ahead of {self.head}")
+            self.ws_admitted.set()
             await websocket.accept()
             sent = 0
             while True:
@@ -183,8 +189,10 @@ class FakeFrameos:
                 return refused
             body = orjson.loads(await request.get_data())
             op, target = body["op"], body.get("target")
-            if target is not None and target not in self.vms:
-                return err(404, "unknown_vm", f"no VM {target!r}", vm=target)
+            if target is not None and target not in self.vms:  # names the known ones
+                return err(404, "unknown_vm", f"no VM {target!r}", vm=target, known=list(self.vms))
+            if self.not_accepting:
+                return err(503, "not_accepting", "frameos is stopping: no new runs")
             if target in self.busy:
                 return err(409, "conflict", "a run is in the way", run=self.busy[target])
             run_id = uuid.uuid4().hex[:12]

@@ -6,17 +6,21 @@ refusal is one line on stderr and exit 2 (or 1 for a conflict), never a tracebac
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from frameos import events as ev
 from frameos.cli import main
 from frameos.client import control
 from tests.client_fake import READ_TOKEN, TOKEN, FakeFrameos, cancels, fails, running_fake
+from tests.conftest import frameos_argv
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -170,6 +174,30 @@ def test_a_refused_websocket_falls_back_to_polling(
     assert out.encode() == b"".join(e.line for e in fake.envelopes[-3:])
 
 
+async def test_ctrl_c_leaves_the_run_going_and_says_so(fake: FakeFrameos, token: Path) -> None:
+    fake.hold_runs = True
+    argv = frameos_argv("stop", "alpha", *client(fake, token))
+    with trio.fail_after(20):
+        proc = await trio.lowlevel.open_process(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        accepted = b""
+        while b"accepted" not in accepted:  # the run is created and being followed
+            chunk = await proc.stdout.receive_some()
+            assert chunk, "the client exited"
+            accepted += chunk
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 130
+        err = (await proc.stderr.receive_some()).decode()
+    (run,) = fake.runs.values()
+    assert run["state"] == "running"
+    assert err == (
+        f"frameos: run {run['run_id']} goes on in frameos; follow it with `frameos events "
+        "--follow`, or stop the VM to end it\n"
+    )
+
+
 # --- refusals: one line, what and what to do ------------------------------------------------
 
 
@@ -220,6 +248,18 @@ def test_a_conflict_names_the_run_in_the_way_and_exits_1(
     status, _, err = run_main(capsys, "restart", "alpha", *client(fake, token))
     assert status == 1
     assert "run r-1 (bootstrap alpha, running) is in the way" in err
+
+
+def test_an_instance_that_is_stopping_is_exit_2(
+    capsys: pytest.CaptureFixture[str], fake: FakeFrameos, token: Path
+) -> None:
+    fake.not_accepting = True
+    status, out, err = run_main(capsys, "start", "alpha", *client(fake, token))
+    assert (status, out) == (2, "")
+    assert err == (
+        f"frameos: {fake.url} could not take POST /v1/runs (HTTP 503 not_accepting): frameos is "
+        "stopping: no new runs\n"
+    )
 
 
 @pytest.fixture

@@ -47,6 +47,19 @@ def test_the_config_comes_from_frameos_config_as_for_run(tmp_path: Path) -> None
     assert target.config_path == path
 
 
+def test_the_config_is_frame_json_in_the_current_directory_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config(tmp_path, frame_port=9191)
+    monkeypatch.chdir(tmp_path)
+    assert discover(config=None, url=None, token_file=None, env={}).url == "http://127.0.0.1:9191"
+    other = tmp_path / "other"
+    other.mkdir()
+    config(other, frame_port=9292)
+    env = {"FRAMEOS_CONFIG": str(other / "frame.json")}
+    assert discover(config=None, url=None, token_file=None, env=env).url.endswith(":9292")
+
+
 def test_the_generated_token_in_the_state_dir_is_used_when_nothing_else_is_set(
     tmp_path: Path,
 ) -> None:
@@ -86,6 +99,18 @@ def test_url_overrides_the_config_and_needs_no_config(
     )
     with pytest.raises(UsageError, match="--url must start with http:// or https://"):
         discover(config=None, url="10.1.2.3:80", token_file=None, env={})
+
+
+def test_with_url_a_broken_frame_json_here_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config(tmp_path, frame_port="eighty")
+    monkeypatch.chdir(tmp_path)
+    target = discover(config=None, url="http://127.0.0.1:8123", token_file=None, env={})
+    assert target.token is None
+    assert target.looked[-1] == "./frame.json (not valid: `frameos check` says why)"
+    with pytest.raises(ClientError, match="cannot read the instance's config"):
+        discover(config="frame.json", url="http://127.0.0.1:8123", token_file=None, env={})
 
 
 def test_when_no_token_is_found_every_place_looked_at_is_remembered(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ across rotations), or from a running instance with --url (`/v1/events` pages, th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +201,47 @@ async def test_url_follow_goes_live_over_the_websocket_after_the_pages(
             await last.wait()
             nursery.cancel_scope.cancel()
     assert [e.seq for e in seen] == list(range(head - 2, head + 3))
+
+
+def test_reading_the_file_loads_no_http_client(tmp_path: Path) -> None:
+    write_log(tmp_path / "e.jsonl", sample(2))
+    code = (
+        "import sys; from frameos.cli import main; "
+        f"status = main(['events', '--event-log', {str(tmp_path / 'e.jsonl')!r}, '--json']); "
+        "print(sorted(m for m in ('httpx', 'anyio', 'trio_websocket') if m in sys.modules)); "
+        "sys.exit(status)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+async def test_url_follow_from_a_since_past_the_head_starts_at_the_head(
+    fake: FakeFrameos, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = discover(config=None, url=fake.url, token_file=None, env={})
+    seen: list[Envelope] = []
+    got = trio.Event()
+    since = fake.head + 2
+
+    def show(envelope: Envelope) -> None:
+        seen.append(envelope)
+        got.set()
+
+    fake.ws_since_ahead = True  # refuse a since ahead of the head, as /ws/events does
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: history.from_instance(
+                    target, since, history.matcher(None, show), follow=True
+                )
+            )
+            assert await trio.to_thread.run_sync(fake.ws_admitted.wait, 10)
+            for i in range(3):
+                await trio.to_thread.run_sync(fake.call, fake.publish, ev.Message(text=f"{i}"))
+            await got.wait()
+            nursery.cancel_scope.cancel()
+    assert [e.seq for e in seen] == [since + 1]
+    assert capsys.readouterr().err == ""  # over the websocket, not the polling fallback

@@ -45,6 +45,14 @@ def of(pub: RecordingPublisher, cls: type[E], vm: str) -> list[E]:
     return [e for e, _ in pub.events if isinstance(e, cls) and getattr(e, "vm", None) == vm]
 
 
+async def environ(pid: int) -> list[bytes]:
+    """The process's environment; empty for a moment right after its exec, so read again."""
+    with trio.fail_after(5):
+        while not (data := Path(f"/proc/{pid}/environ").read_bytes()):
+            await trio.sleep(0.005)
+    return data.split(b"\0")
+
+
 def before_and_after(tmp_path: Path) -> tuple[FrameConfig, FrameConfig]:
     old = frame(
         tmp_path,
@@ -244,8 +252,7 @@ async def test_apply_on_real_processes(tmp_path: Path) -> None:
             assert all(pid is not None and procfs.is_alive(pid) for pid in now.values())
             env_pid = now["env"]
             assert env_pid is not None
-            environ = Path(f"/proc/{env_pid}/environ").read_bytes().split(b"\0")
-            assert b"V=2" in environ
+            assert b"V=2" in await environ(env_pid)
             work.cancel_scope.cancel()
     assert not any(procfs.is_alive(pid or 0) for pid in now.values())
     (discarded,) = of(pub, ev.VmLayerDiscarded, "gone")[-1:]

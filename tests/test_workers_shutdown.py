@@ -350,7 +350,8 @@ async def test_a_reload_does_not_change_a_running_vms_ladder(
         pool = VmPool(launched, pub, spawner=FakeSpawner(outer), base_env={})
         async with trio.open_nursery() as work:
             await work.start(pool.run)
-            await pool.on_reload(reloaded, ["vms.0.timeouts.sigterm_ms"])
+            diff = await pool.apply(reloaded)
+            assert (diff.updated, diff.changed) == (["a"], ["vms[0].timeouts.sigterm_ms"])
             await pool.stop("after a reload")
             work.cancel_scope.cancel()
     (requested,) = of(pub, ev.VmShutdownRequested, "a")

@@ -7,10 +7,6 @@
     control.py   start|stop|restart|bootstrap|clean|reload: create a run, follow it to its end
     logs.py      a VM's output file (/v1/vms/{name}/log)
 
-Nothing here is imported by `run`, `check` or `contract`.
+Nothing here is imported by `run`, `check` or `contract`; this file imports nothing, so
+`events` from the log file never loads the HTTP client.
 """
-
-from frameos.client.api import Api, ClientError, RequestFailed
-from frameos.client.discover import Target, discover
-
-__all__ = ["Api", "ClientError", "RequestFailed", "Target", "discover"]

@@ -2,9 +2,9 @@
 
 Every way a request can go wrong becomes one message that says which and what to do:
 cannot connect → ClientError "is frameos running? …"; 401 → where the token was looked for;
-403 → the scope the token lacks; 404 unknown_vm → the VM names the instance knows. Those exit 2
-(the instance cannot be used); any other refusal (409 conflict, 422, 5xx) is RequestFailed
-(exit 1), with the server's own message.
+403 → the scope the token lacks; 404 unknown_vm → the VM names the instance knows; 5xx (503
+not_accepting while it stops). Those exit 2 (the instance cannot be used); any other refusal
+(409 conflict, 422) is RequestFailed (exit 1), with the server's own message.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class Api:
                 "instance's own token)"
             )
         if status == 404 and code == "unknown_vm":
-            names = await self.vm_names()
+            known = details.get("known") if isinstance(details, dict) else None
+            names = [str(n) for n in known] if isinstance(known, list) else await self.vm_names()
             known = ", ".join(names) if names else "none"
             return ClientError(f"unknown VM {vm!r}: {target.url} has these VMs: {known}")
         if status == 404 and code in ("not_found", "unknown_route"):
@@ -178,6 +179,10 @@ class Api:
                     f"{run.get('target')}, {run.get('state')}) is in the way; wait for it to "
                     "end (`frameos events --follow`), or stop the VM (a stop always wins)"
                 )
+        if status >= 500:  # the instance cannot act now (stopping: 503 not_accepting)
+            return ClientError(
+                f"{target.url} could not take {method} {path} (HTTP {status} {code}): {message}"
+            )
         return RequestFailed(f"{method} {path} refused (HTTP {status} {code}): {message}")
 
     async def vm_names(self) -> list[str]:

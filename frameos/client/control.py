@@ -6,6 +6,7 @@ come before the cursor), keeping the events that carry its `run_id`. The run's l
 how it ended: command.completed → exit 0, command.failed or command.canceled → exit 1. While no
 event arrives for IDLE_S the run is asked for by id (`GET /v1/runs/{id}`), so a run that ended
 while the websocket was away is found and its remaining events read from `/v1/events`.
+Ctrl-C ends the client, not the run (it says so).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from frameos import events as ev
-from frameos.client.api import Api
+from frameos.client.api import Api, ClientError
 from frameos.client.discover import Target
+from frameos.client.output import warn
 from frameos.client.stream import follow_ws, head, read_http
 from frameos.envelope import Envelope
 
@@ -55,20 +57,28 @@ async def control(target: Target, op: str, vm: str | None, show: Callable[[Envel
             headers={"Idempotency-Key": str(uuid.uuid4())},
             vm=vm,
         )
-        follower = RunFollower(str(run["run_id"]), show)
-        start = since
+        if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+            raise ClientError(f"{target.url} answered POST /v1/runs without a run_id: not frameos?")
+        follower = RunFollower(run["run_id"], show)
 
         async def check_run() -> bool:
             _, current = await api.call("GET", f"/v1/runs/{follower.run_id}")
             state = _state(current)
             if state not in FINISHED:
                 return False
-            await read_http(api, max(start, follower.shown), follower)
+            await read_http(api, max(since, follower.shown), follower)
             if follower.status is None:
                 follower.status = FINISHED[state]
             return True
 
-        await follow_ws(api, since, follower, idle_s=IDLE_S, on_idle=check_run)
+        try:
+            await follow_ws(api, since, follower, idle_s=IDLE_S, on_idle=check_run)
+        except KeyboardInterrupt:
+            warn(
+                f"run {follower.run_id} goes on in frameos; follow it with `frameos events "
+                "--follow`, or stop the VM to end it"
+            )
+            raise
         assert follower.status is not None
         return follower.status
 

@@ -84,11 +84,19 @@ def discover(
     env = os.environ if env is None else env
     cfg: FrameConfig | None = None
     path: Path | None = None
-    if url is None or config or env.get(CONFIG_ENV) or Path(DEFAULT_CONFIG).exists():
-        # with --url the config is read only for its token, and only when there is one
+    implicit = False  # the config is ./frame.json, which --url does not need
+    if url is None or (token_file is None and (config or env.get(CONFIG_ENV))):
         cfg, path = load_client_config(config, env)
+    elif token_file is None and Path(DEFAULT_CONFIG).exists():
+        implicit = True
+        try:  # with --url, ./frame.json is read for its token only, and only if it can be
+            cfg, path = load_client_config(None, env)
+        except ClientError:
+            cfg, path = None, None
     base = normalize_url(url) if url is not None else config_url(cfg, path)
     token, source, looked = find_token(cfg, token_file, env)
+    if implicit and cfg is None:
+        looked[-1] = f"./{DEFAULT_CONFIG} (not valid: `frameos check` says why)"
     return Target(base, token, source, tuple(looked), cfg, path)
 
 

@@ -1,4 +1,5 @@
-"""Event sources for the client: the log file, `/v1/events` pages, and `/ws/events`.
+"""Event sources for the client from a running instance: `/v1/events` pages and `/ws/events`
+(the log file is read by history.py, without the HTTP client).
 
 Each calls `handle(envelope)` for every event in seq order and stops when it returns True (the
 client found what it waited for). The websocket follower reconnects with `?since=` the last seq
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
 import trio
@@ -19,45 +19,15 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError,
 from frameos.client.api import Api, ClientError, unreachable
 from frameos.client.output import warn
 from frameos.envelope import Envelope, decode
-from frameos.errors import StaleCursorError
-from frameos.eventlog import EventLog
 
 Handler = Callable[[Envelope], bool]
 _DECODER = json.JSONDecoder()
 PAGE = 1000
-LOG_POLL_S = 0.25  # how often `events --follow` looks at the log file for new lines
 POLL_S = 0.25  # how often /v1/events is asked when the websocket is refused
 WS_CONNECT_S = 10.0
 WS_CLOSE_S = 2.0
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 2.0
 RECONNECT_GIVE_UP_S = 15.0  # an instance gone this long is reported unreachable
-
-
-async def read_log(log: EventLog, after: int, handle: Handler, *, follow: bool) -> int:
-    """Events after `after` from the log file (no server needed); with `follow`, then every
-    new one as it is written (polled). Returns the last seq handled."""
-    cursor = after
-    while True:
-        try:
-            page = await trio.to_thread.run_sync(log.read_after, cursor, PAGE)
-        except StaleCursorError as exc:
-            warn(f"events after {exc.requested} are no longer in the log; from {exc.oldest} on")
-            cursor = exc.oldest - 1
-            continue
-        for line in page.lines:
-            envelope = decode(line)
-            cursor = envelope.seq
-            if handle(envelope):
-                return cursor
-        if not page.lines:
-            if not follow:
-                return cursor
-            await trio.sleep(LOG_POLL_S)
-
-
-def open_log(path: Path, keep: int) -> EventLog:
-    """A reader of the log at `path` (no lock: the writer may be running)."""
-    return EventLog(path, keep=keep)
 
 
 async def read_http(api: Api, after: int, handle: Handler) -> tuple[int, bool]:
@@ -143,7 +113,10 @@ async def follow_ws(
                             return cursor
                         continue
                     data = message.encode() if isinstance(message, str) else message
-                    envelope = decode(data)
+                    try:
+                        envelope = decode(data)
+                    except ValueError:
+                        continue  # not an envelope (a consumer ignores what it does not know)
                     if envelope.seq <= cursor:
                         continue  # never twice, whatever a reconnect replays
                     cursor = envelope.seq
