@@ -345,10 +345,13 @@ class Bus:
         if not self._appended:
             # fsync=batch: on the loop, into the page cache (a stalled disk here stops the
             # watchdog pings); fsync=always: in a thread, then the fsync before anyone sees it
+            in_thread = self.fsync == "always"
             await self._until_done(
-                "write", lambda: self.log.append(data), thread=self.fsync == "always"
+                "write", lambda: self.log.append(data, rotate=in_thread), thread=in_thread
             )
             self._appended = True  # no checkpoint since the append returned
+        if self.log.rotation_due:  # it waits on the fd lock (an fsync) and fsyncs: off the loop
+            await trio.to_thread.run_sync(self.log.rotate_if_due)
         if self.fsync == "always":
             await self._until_done("fsync", self.log.sync, thread=True)
         else:

@@ -106,7 +106,7 @@ class EventLog:
         self.keep = keep
         self._fd: int | None = None
         # Held while the fd is synced, swapped or closed: fsync runs in a worker thread while
-        # appends (and so rotation) happen on the event loop.
+        # appends happen on the event loop (the bus rotates in a worker thread too).
         self._fd_lock = threading.Lock()
         self._size = 0  # the last good size: everything up to it is whole lines
         self._torn = False  # a failed write may have left bytes past `_size`
@@ -197,8 +197,10 @@ class EventLog:
                 return decode(last).seq
         return 0
 
-    def append(self, data: bytes) -> None:
-        """Write `data` (whole lines); rotate when the file is full.
+    def append(self, data: bytes, *, rotate: bool = True) -> None:
+        """Write `data` (whole lines); rotate when the file is full (unless `rotate` is False:
+        on the event loop, call `rotate_if_due` in a worker thread instead, as it may wait on
+        the fd lock and fsyncs).
 
         On OSError the file is cut back to its last good size (no torn line) and the error
         propagates: retrying the same `data` is safe. A failed rotation does not raise: the
@@ -222,8 +224,8 @@ class EventLog:
         self._size += len(data)
         self.bytes_written += len(data)
         self._last_line = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :]
-        if self.max_bytes is not None and self._size >= self.max_bytes:
-            self._rotate_when_due()
+        if rotate:
+            self.rotate_if_due()
 
     def sync(self) -> None:
         """fsync the file (per the fsync policy); safe from a worker thread. Raises OSError."""
@@ -231,8 +233,19 @@ class EventLog:
             if self._fd is not None:
                 os.fsync(self._fd)
 
-    def _rotate_when_due(self) -> None:
-        if time.monotonic() < self._rotate_not_before:
+    @property
+    def rotation_due(self) -> bool:
+        """The file reached `max_bytes` and no failed rotation is backing off."""
+        return (
+            self.max_bytes is not None
+            and self._size >= self.max_bytes
+            and time.monotonic() >= self._rotate_not_before
+        )
+
+    def rotate_if_due(self) -> None:
+        """Rotate when `rotation_due`; never raises (`rotation_error` says why it failed).
+        Blocks on the fd lock and fsyncs: from the event loop, call it in a worker thread."""
+        if not self.rotation_due:
             return
         try:
             with self._fd_lock:

@@ -490,3 +490,41 @@ async def test_a_disk_that_never_comes_back_is_said_on_stderr(
     err = capsys.readouterr().err
     assert "events could not be written (event log write failed: No space left" in err
     log.close()
+
+
+async def test_a_rotation_does_not_freeze_the_loop_while_a_slow_fsync_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """M4: with fsync=batch the append rotated on the event loop: it waited there for the fd
+    lock, held by the group commit's fsync (a slow disk), then fsynced three times itself."""
+    import threading
+
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=4096, keep=2)
+    log.open()
+    bus = Bus(log, fsync="batch")
+    in_fsync, release = threading.Event(), threading.Event()
+    timed_out: list[bool] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if not in_fsync.is_set():  # the first one (the group commit's) takes its time
+            in_fsync.set()
+            timed_out.append(not release.wait(10))  # a frozen loop cannot release it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        bus.publish_nowait(Message(text="first"))
+        await trio.to_thread.run_sync(in_fsync.wait)  # the group commit holds the lock now
+        for i in range(100):  # past max_bytes: the writer rotates
+            bus.publish_nowait(Message(text=f"filler {i:03d} " + "x" * 40))
+        await trio.sleep(0.2)  # returns only if the loop runs while the fsync holds the lock
+        release.set()
+        await bus.aclose()
+    assert timed_out == [False]
+    assert log.path.with_name("events.jsonl.1").exists()  # the rotation happened
+    lines = [*log.path.with_name("events.jsonl.1").read_bytes().splitlines()]
+    lines += log.path.read_bytes().splitlines()
+    assert [decode(line).seq for line in lines] == list(range(1, 102))
+    log.close()
