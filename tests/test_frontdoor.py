@@ -286,7 +286,7 @@ async def test_bodies_are_framed_by_content_length(tmp_path: Path) -> None:
         body = b"G" * 70_000  # over the app's 64 KiB, to a GET-only route; then the next request
         data = await talk(
             server.port,
-            b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
+            b"POST /v1/vms HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789"
             b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
             % len(body)
             + body
@@ -417,7 +417,7 @@ async def test_a_stack_that_cannot_serve_fails_the_start(tmp_path: Path) -> None
     [error] = [e for e in _leaves(info.value) if isinstance(e, ServerError)]
     text = str(error)
     assert "HTTP stack cannot serve" in text and "500" in text and "reinstall" in text
-    assert not door.upstream.directory.exists()  # the private socket directory is gone
+    assert door.upstream.address.startswith("\0frameos-")  # abstract: no file left behind
     log.close()
 
 
@@ -445,3 +445,29 @@ async def test_clients_that_reset_mid_response_leave_the_server_serving(tmp_path
         )
         assert answer.startswith(b"HTTP/1.1 200 ")
         no_errors(server)
+
+
+async def test_a_private_socket_that_cannot_bind_is_one_server_error(tmp_path: Path) -> None:
+    from frameos.errors import ServerError
+    from frameos.server.frontdoor import FrontDoor
+    from frameos.server.listen import bind
+    from frameos.server.wsfast import WsHub
+    from tests.test_server import Bus, EventLog, validate_config
+
+    log = EventLog(tmp_path / "events.jsonl")
+    bus = Bus(log, last_seq=log.open().last_seq)
+    hub = WsHub(bus, validate_config({}, "test").websocket)
+    door = FrontDoor(None, hub, graceful_s=1)  # type: ignore[arg-type]  # never reached
+    door.upstream.address = "\0" + "x" * 200  # longer than sun_path: bind fails
+    listeners = await bind("127.0.0.1", 0)
+
+    async def start() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            await nursery.start(door.run, listeners, trio.Event())
+
+    with pytest.raises(BaseExceptionGroup) as info:
+        await start()
+    [error] = [e for e in _leaves(info.value) if isinstance(e, ServerError)]
+    assert "HTTP stack cannot start" in str(error) and "AF_UNIX" in str(error)
+    log.close()
