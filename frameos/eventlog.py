@@ -43,6 +43,9 @@ SNAPSHOT_TRIES = 3  # a rotation racing a reader is retried this often
 MIN_FREE_BYTES = 64 << 10  # below this at open, the disk counts as full
 ROTATE_RETRY_FIRST_S = 0.05
 ROTATE_RETRY_MAX_S = 2.0
+# How long a rotation or `close` waits for an fsync in flight (a slow or hung disk): then the
+# rotation is left to a later append, and `close` closes without its own fsync.
+LOCK_WAIT_S = 1.0
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 _HINTS = {
@@ -245,17 +248,18 @@ class EventLog:
     def rotate_if_due(self) -> None:
         """Rotate when `rotation_due`; never raises (`rotation_error` says why it failed).
         Blocks on the fd lock and fsyncs: from the event loop, call it in a worker thread."""
-        if not self.rotation_due:
-            return
+        if not self.rotation_due or not self._fd_lock.acquire(timeout=LOCK_WAIT_S):
+            return  # not due, or an fsync in flight takes long: a later append tries again
         try:
-            with self._fd_lock:
-                self._rotate_locked()
+            self._rotate_locked()
         except OSError as exc:
             self.rotation_error = exc
             self.rotation_failures += 1
             self._rotate_not_before = time.monotonic() + self._rotate_delay
             self._rotate_delay = min(self._rotate_delay * 2, ROTATE_RETRY_MAX_S)
             return
+        finally:
+            self._fd_lock.release()
         self.rotation_error = None
         self._rotate_delay = ROTATE_RETRY_FIRST_S
 
@@ -292,13 +296,21 @@ class EventLog:
             _fsync_dir(self.path.parent)
 
     def close(self) -> None:
-        """fsync and close; never raises (a failed fsync was already reported by the bus)."""
-        with self._fd_lock:
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+        """fsync and close; never raises (a failed fsync was already reported by the bus).
+
+        An fsync in flight longer than LOCK_WAIT_S (a hung disk, its thread abandoned by the
+        bus) does not hold up the exit: the file is closed without waiting for it."""
+        locked = self._fd_lock.acquire(timeout=LOCK_WAIT_S)
+        try:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                if locked:
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+                os.close(fd)
+        finally:
+            if locked:
+                self._fd_lock.release()
 
     def _require_fd(self) -> int:
         if self._fd is None:
