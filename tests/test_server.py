@@ -46,6 +46,7 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
         max_bytes=config.pop("max_bytes", None),  # type: ignore[arg-type]
         keep=2,
     )
+    listeners = config.pop("listeners", None)
     ring_size: int = config.pop("ring_size", RING_SIZE)  # type: ignore[assignment]
     bus = Bus(log, last_seq=log.open().last_seq, ring_size=ring_size)
     graceful_s = config.pop("graceful_s", 1)
@@ -62,8 +63,7 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        listeners = config.pop("listeners", None) or await bind("127.0.0.1", 0)
-        host, port = await nursery.start(door.run, listeners, stop)
+        host, port = await nursery.start(door.run, listeners or await bind("127.0.0.1", 0), stop)
         state.set_phase(Phase.READY)
         yield Server(
             f"http://{host}:{port}", f"ws://{host}:{port}/ws/events", bus, hub, state, port, stop
