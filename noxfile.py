@@ -54,6 +54,14 @@ def e2e(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def schemathesis(session: nox.Session) -> None:
+    """schemathesis against the real `frameos run` (its /v1/openapi.json, with a token): no
+    server error, every response conforms to the document. ~1 minute; `-- --max-examples N`."""
+    session.install("-e", ".[schemathesis]")
+    session.run("python", ".ci/schemathesis.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "frameos", "tests", "bench", "noxfile.py")

@@ -61,6 +61,7 @@ class FakeFrameos:
     ws_silent: bool = False  # accept websockets, send them nothing (the client must poll)
     ws_drop_after: int | None = None  # close each websocket after this many frames
     ws_connections: int = 0
+    reads_closed: bool = False  # /v1/events and /ws/events want a token (a non-loopback bind)
     not_accepting: bool = False  # POST /v1/runs answers 503, as while frameos stops
     ws_reject: int | None = None  # refuse websockets with this status
     ws_admitted: threading.Event = field(default_factory=threading.Event)
@@ -111,8 +112,8 @@ class FakeFrameos:
         def ok(body: Any, status: int = 200) -> Response:
             return Response(orjson.dumps(body), status=status, content_type="application/json")
 
-        def denied(scope: str) -> Response | None:
-            header = request.headers.get("Authorization", "")
+        def denied(scope: str, header: str | None = None) -> Response | None:
+            header = request.headers.get("Authorization", "") if header is None else header
             if not header:
                 return err(401, "missing_authorization", "send Authorization: Bearer TOKEN")
             token = header.removeprefix("Bearer ")
@@ -130,6 +131,8 @@ class FakeFrameos:
 
         @app.get("/v1/events")
         async def events() -> Response:
+            if self.reads_closed and (refused := denied("read")) is not None:
+                return refused
             after = int(request.args.get("after", 0))
             limit = int(request.args.get("limit", 100))
             oldest = self.envelopes[0].seq if self.envelopes else None
@@ -158,6 +161,10 @@ class FakeFrameos:
         @app.websocket("/ws/events")
         async def ws() -> Response | None:
             self.ws_connections += 1
+            if self.reads_closed:
+                refused = denied("read", websocket.headers.get("Authorization", ""))
+                if refused is not None:
+                    return refused
             if self.ws_reject is not None:
                 return err(self.ws_reject, "too_many_clients", "over websocket.max_clients")
             if self.release_per_connection and self.held:

@@ -19,9 +19,6 @@ from frameos.workers import procfs
 from tests.conftest import Frameos, frameos_argv, running_frameos, write_config
 
 pytestmark = pytest.mark.e2e
-# The /v1 routes (helper "api", frameos/server/api.py) land separately; until then there is
-# nothing to run these against (tests/test_client_control.py covers the client meanwhile).
-pytest.importorskip("frameos.server.api", reason="the /v1 control API is not in this tree yet")
 # prints a line a tenth of a second (for `logs`), exits at once on SIGTERM
 TALKER = [
     sys.executable,
@@ -200,3 +197,34 @@ async def test_logs_prints_the_vms_output_and_follows_it(tmp_path: Path) -> None
             proc.kill()
             with trio.move_on_after(5, shield=True):
                 await proc.wait()
+
+
+async def test_on_a_non_loopback_bind_the_token_of_the_config_opens_it(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("e2e-secret-token\n")
+    path = write_config(
+        tmp_path, frame_host="0.0.0.0", auth={"token_file": str(secret)}, vms=[vm("alpha")]
+    )
+    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
+        await fos.wait_for(ev.VmLaunched)
+        port = fos.url.rsplit(":", 1)[1].rstrip("/")
+        url = f"http://127.0.0.1:{port}"
+        argv = ("--config", str(path), "--url", url)
+        with trio.fail_after(30):
+            stopped = await trio.run_process(
+                frameos_argv("stop", "alpha", *argv), capture_stdout=True, capture_stderr=True
+            )
+            assert stopped.returncode == 0, stopped.stderr
+            assert not procfs.is_alive(pid_of(fos, "alpha"))
+            events = await trio.run_process(
+                frameos_argv("events", "--vm", "alpha", "--json", *argv),
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+            assert events.returncode == 0, events.stderr
+            assert ev.VmShutdownComplete.NAME in [e["event"] for e in lines(events)]
+            anonymous = await trio.run_process(
+                frameos_argv("events", "--url", url), capture_stderr=True, check=False
+            )
+        assert anonymous.returncode == 2
+        assert "wants an API token (401 missing_authorization)" in anonymous.stderr.decode()

@@ -20,7 +20,7 @@ from frameos.client import history
 from frameos.client.discover import discover
 from frameos.envelope import Envelope, encode
 from frameos.eventlog import EventLog
-from tests.client_fake import FakeFrameos, running_fake
+from tests.client_fake import READ_TOKEN, FakeFrameos, running_fake
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -245,3 +245,46 @@ async def test_url_follow_from_a_since_past_the_head_starts_at_the_head(
             nursery.cancel_scope.cancel()
     assert [e.seq for e in seen] == [since + 1]
     assert capsys.readouterr().err == ""  # over the websocket, not the polling fallback
+
+
+async def test_url_follow_sends_the_token_to_both_reads_when_they_are_closed(
+    fake: FakeFrameos, tmp_path: Path
+) -> None:
+    fake.reads_closed = True  # as on a non-loopback bind
+    token = tmp_path / "token"
+    token.write_text(READ_TOKEN)
+    target = discover(config=None, url=fake.url, token_file=str(token), env={})
+    seen: list[Envelope] = []
+    live = trio.Event()
+    head = fake.head
+
+    def show(envelope: Envelope) -> None:
+        seen.append(envelope)
+        if envelope.seq > head:
+            live.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: history.from_instance(
+                    target, head - 1, history.matcher(None, show), follow=True
+                )
+            )
+            assert await trio.to_thread.run_sync(fake.ws_admitted.wait, 10)  # token accepted
+            await trio.to_thread.run_sync(fake.call, fake.publish, ev.Message(text="live"))
+            await live.wait()
+            nursery.cancel_scope.cancel()
+    assert [e.seq for e in seen] == [head, head + 1]
+
+
+def test_a_closed_read_with_a_wrong_token_is_exit_2(
+    capsys: pytest.CaptureFixture[str], fake: FakeFrameos, tmp_path: Path
+) -> None:
+    fake.reads_closed = True
+    token = tmp_path / "token"
+    token.write_text("wrong")
+    status, out, err = run_main(
+        capsys, "events", "--url", fake.url, "--token-file", str(token), "--follow"
+    )
+    assert (status, out) == (2, "")
+    assert f"refused the token from {token} (401 invalid_token)" in err

@@ -10,13 +10,9 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from frameos import events as ev
 from tests.conftest import Frameos, running_frameos, write_config
-
-# the /v1 API (helper "api") lands in main beside this; until then there is nothing to call
-pytest.importorskip("frameos.server.api", reason="the /v1 API is not in this checkout yet")
 
 
 def vm(name: str) -> dict[str, Any]:
@@ -72,5 +68,55 @@ async def test_a_stop_run_and_its_receipt_survive_a_restart(tmp_path: Path) -> N
             assert other.status_code == 409 and other.json()["error"] == "idempotency_mismatch"
             unknown = await http.post("/v1/runs", json={"op": "stop", "target": "nope"})
             assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_vm"
+        fos.send(signal.SIGTERM)
+        assert await fos.wait_exit() == 0
+
+
+async def test_a_conflict_names_the_run_in_the_way_and_a_stop_wins_over_it(
+    tmp_path: Path,
+) -> None:
+    slow = tmp_path / "slow"
+    booting = vm("alpha")
+    booting["bootstrap"] = {
+        "trigger": "always",
+        "steps": [
+            {
+                "name": "maybe-slow",
+                "command": [
+                    sys.executable,
+                    "-c",
+                    "import os, sys, time; os.path.exists(sys.argv[1]) and time.sleep(60)",
+                    str(slow),
+                ],
+            }
+        ],
+    }
+    config = write_config(tmp_path, vms=[booting])
+    async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
+        async with client(fos, tmp_path) as http:
+            stop = (await http.post("/v1/runs", json={"op": "stop", "target": "alpha"})).json()
+            await fos.wait_for(
+                ev.CommandCompleted, lambda e: e["fields"]["run_id"] == stop["run_id"]
+            )
+            slow.touch()  # the next bootstrap hangs: the start stays in flight
+            start = (await http.post("/v1/runs", json={"op": "start", "target": "alpha"})).json()
+            await fos.wait_for(
+                ev.BootstrapStarted, lambda e: e["fields"].get("run_id") == start["run_id"]
+            )
+            busy = await http.post("/v1/runs", json={"op": "restart", "target": "alpha"})
+            assert busy.status_code == 409
+            assert busy.json()["error"] == "conflict"
+            assert busy.json()["details"]["run"]["run_id"] == start["run_id"]
+            wins = await http.post("/v1/runs", json={"op": "stop", "target": "alpha"})
+            assert wins.status_code == 201
+            winner = wins.json()["run_id"]
+            await fos.wait_for(ev.CommandCompleted, lambda e: e["fields"]["run_id"] == winner)
+            canceled = (await http.get(f"/v1/runs/{start['run_id']}")).json()
+            assert canceled["state"] == "canceled"
+            assert canceled["reason"] == f"stopped by run {winner}"
+            done = await http.post(f"/v1/runs/{start['run_id']}/cancel")
+            assert done.status_code == 409 and done.json()["error"] == "illegal_transition"
+            listed = (await http.get("/v1/runs")).json()["runs"]
+            assert [r["run_id"] for r in listed] == [winner, start["run_id"], stop["run_id"]]
         fos.send(signal.SIGTERM)
         assert await fos.wait_exit() == 0

@@ -169,7 +169,10 @@ class EventLogConfig(Model):
         default=5,
         ge=0,
         le=1000,
-        description="rotated files kept (0: none; the fresh file starts with the last event, so seq continues)",
+        description=(
+            "rotated files kept (0: none; the fresh file starts with the last event, so seq "
+            "continues)"
+        ),
     )
 
 

@@ -173,7 +173,7 @@ class Api:
         if self._document is None:
             from frameos.server.openapi import document
 
-            self._document = orjson.dumps(document())
+            self._document = orjson.dumps(document(loopback=self.tokens.loopback))
         return Reply(200, self._document)
 
     # runs ---------------------------------------------------------------------------------------
@@ -608,9 +608,21 @@ def mount(app: QuartTrio, api: Api, routes: tuple[Route, ...] = ROUTES) -> None:
     async def _refused(exc: ApiError) -> Response:
         return exc.response()
 
+    # the external workers' staleness watcher lives in the app's lifespan nursery; it ends at
+    # the start of the shutdown (quart-trio would otherwise wait for it, up to 5 s)
+    watcher = trio.CancelScope()
+
+    async def watch() -> None:
+        with watcher:
+            await api.workers.run()
+
     @app.before_serving
     async def _start_workers() -> None:
-        app.nursery.start_soon(api.workers.run)
+        app.nursery.start_soon(watch)
+
+    @app.after_serving
+    async def _stop_workers() -> None:
+        watcher.cancel()
 
 
 def _view(api: Api, route: Route) -> Callable[..., Awaitable[Response]]:
@@ -623,7 +635,7 @@ def _view(api: Api, route: Route) -> Callable[..., Awaitable[Response]]:
             )
         except AuthError as exc:
             raise ApiError(exc.status, exc.code, exc.message, **exc.details) from None
-        query = _validate(route.query, dict(request.args), "query", "invalid_parameter", 400)
+        query = _query(route.query)
         key = _header(IDEMPOTENCY_KEY, _KEY) if IDEMPOTENCY_KEY in route.headers else None
         if OWNER_HEADER in route.headers:
             _header(OWNER_HEADER, _OWNER)
@@ -693,6 +705,26 @@ def _validate(model: type[BaseModel], data: Any, where: str, code: str, status: 
         raise ApiError(status, code, summary, problems=problems) from None
 
 
+def _query(model: type[BaseModel]) -> Any:
+    """The query string as `model` (an empty value is the default); 400 `invalid_parameter`
+    naming the first parameter that is wrong (details.parameter), as /ws/events does."""
+    data = {k: v for k, v in request.args.items() if v != ""}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        items = exc.errors(include_url=False)
+        name = str(items[0]["loc"][0]) if items[0]["loc"] else ""
+        found = data.get(name, "")
+        shown = found if len(found) <= 40 else found[:37] + "..."
+        message = items[0]["msg"].removeprefix("Value error, ")
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"query parameter {name}={shown!r}: {message}",
+            parameter=name,
+        ) from None
+
+
 def _header(name: str, pattern: re.Pattern[str]) -> str | None:
     value = request.headers.get(name)
     if value is not None and not pattern.fullmatch(value):
@@ -701,7 +733,7 @@ def _header(name: str, pattern: re.Pattern[str]) -> str | None:
             "invalid_parameter",
             f"the {name} header must be 1..{MAX_KEY_CHARS} visible ASCII characters "
             f"({pattern.pattern})",
-            problems=[{"path": f"headers.{name}", "message": f"does not match {pattern.pattern}"}],
+            parameter=name,
         )
     return value
 

@@ -43,15 +43,17 @@ ERROR_TEXT = {
 }
 
 
-def document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `routes`."""
+def document(routes: tuple[Route, ...] = ROUTES, *, loopback: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`; on a `loopback` bind the reads it leaves open say
+    that a token is optional."""
     from frameos import __version__
 
     models = _models(routes)
     refs, defs = models_json_schema([(model, mode) for model, mode in models], ref_template=REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
+        operation = _operation(route, refs, open_read=loopback and route.open_on_loopback)
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
@@ -80,7 +82,7 @@ def _models(routes: tuple[Route, ...]) -> list[tuple[type[BaseModel], Any]]:
     return list(found)
 
 
-def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
+def _operation(route: Route, refs: dict[Any, Any], *, open_read: bool) -> dict[str, Any]:
     statuses = {401, 403, *route.errors}
     if route.path_params:
         statuses.add(404)
@@ -107,7 +109,7 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         "tags": list(route.tags),
         "parameters": _parameters(route),
         "responses": responses,
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {}] if open_read else [{"bearer": []}],
         "x-scope": route.scope.value,
     }
     if route.open_on_loopback:

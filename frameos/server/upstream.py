@@ -1,9 +1,12 @@
 """hypercorn serving the quart-trio app on a private unix socket, through its public API only.
 
-`hypercorn.trio.serve(app, config, shutdown_trigger=...)` listens on `http.sock` in a temporary
-directory only this user can enter (mode 0700); the front door connects there once per HTTP
-connection and splices bytes. Nothing here imports a hypercorn module other than
-`hypercorn.config` and `hypercorn.trio` (tests/test_frontdoor.py checks the source).
+`hypercorn.trio.serve(app, config, shutdown_trigger=...)` listens on a unix socket in the
+Linux abstract namespace (`\0frameos-PID-RANDOM`: no file, so no directory to create, nothing
+to clean up, no dependence on TMPDIR or PrivateTmp), handed to hypercorn as `fd://N`; the front
+door connects there once per HTTP connection and splices bytes. A process of this network
+namespace could connect to it too, and gets what the TCP port gives: the same app, the same
+token checks. Nothing here imports a hypercorn module other than `hypercorn.config` and
+`hypercorn.trio` (tests/test_frontdoor.py checks the source).
 
 Two things are done around the app, in ASGI terms:
 
@@ -19,10 +22,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -101,9 +103,10 @@ async def _answer_rejection(scope: Scope, send: Send) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def hypercorn_config(socket_path: Path, graceful_s: float, keep_alive_s: float) -> HyperConfig:
+def hypercorn_config(fd: int, graceful_s: float, keep_alive_s: float) -> HyperConfig:
+    """hypercorn's config, serving the bound (not yet listening) socket `fd` (it takes it)."""
     config = HyperConfig()
-    config.bind = [f"unix:{socket_path}"]
+    config.bind = [f"fd://{fd}"]
     config.accesslog = None
     config.errorlog = None  # the app reports its own errors as events
     config.graceful_timeout = graceful_s
@@ -120,14 +123,13 @@ class Upstream:
         self.app = front_app(app)
         self.graceful_s = graceful_s
         self.keep_alive_s = keep_alive_s
-        self.directory = Path(tempfile.mkdtemp(prefix="frameos-http-"))
-        self.path = self.directory / "http.sock"
+        self.address = f"\0frameos-{os.getpid()}-{secrets.token_hex(8)}"  # abstract namespace
         self._shutdown = trio.Event()
 
     async def connect(self) -> trio.SocketStream:
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         try:
-            await sock.connect(os.fspath(self.path))
+            await sock.connect(self.address)
         except BaseException:
             sock.close()
             raise
@@ -142,14 +144,25 @@ class Upstream:
 
         A stack that cannot serve fails here, once, with a ServerError saying what to do.
         """
-        config = hypercorn_config(self.path, self.graceful_s, self.keep_alive_s)
+        config = hypercorn_config(self._bound(), self.graceful_s, self.keep_alive_s)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve, config)
+            await self._probe()
+            task_status.started()
+
+    def _bound(self) -> int:
+        """The private socket, bound; its descriptor, for hypercorn to take."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._serve, config)
-                await self._probe()
-                task_status.started()
-        finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            sock.bind(self.address)
+        except OSError as exc:
+            sock.close()
+            raise ServerError(
+                f"the HTTP stack cannot start: binding its private unix socket (abstract "
+                f"namespace) failed: {exc.strerror or exc}; frameos needs AF_UNIX sockets "
+                "(systemd: RestrictAddressFamilies= must allow AF_UNIX)"
+            ) from None
+        return sock.detach()
 
     async def _serve(
         self, config: HyperConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
