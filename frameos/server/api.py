@@ -608,9 +608,21 @@ def mount(app: QuartTrio, api: Api, routes: tuple[Route, ...] = ROUTES) -> None:
     async def _refused(exc: ApiError) -> Response:
         return exc.response()
 
+    # the external workers' staleness watcher lives in the app's lifespan nursery; it ends at
+    # the start of the shutdown (quart-trio would otherwise wait for it, up to 5 s)
+    watcher = trio.CancelScope()
+
+    async def watch() -> None:
+        with watcher:
+            await api.workers.run()
+
     @app.before_serving
     async def _start_workers() -> None:
-        app.nursery.start_soon(api.workers.run)
+        app.nursery.start_soon(watch)
+
+    @app.after_serving
+    async def _stop_workers() -> None:
+        watcher.cancel()
 
 
 def _view(api: Api, route: Route) -> Callable[..., Awaitable[Response]]:

@@ -69,6 +69,11 @@ def create_app(
     @app.before_request
     async def _start_timer() -> None:
         g.started = time.perf_counter()
+        if request.method not in ("GET", "HEAD"):
+            # Read the whole body before any answer (401, 404, 405, ...): an answer sent while
+            # the body is still on its way ends the connection without `Connection: close`, and
+            # a keep-alive client's next request on it fails (tests/test_api_keepalive.py).
+            await request.get_data(cache=True, as_text=False, parse_form_data=False)
 
     @app.after_request
     async def _count(response: Response) -> Response:
