@@ -641,7 +641,7 @@ def _view(api: Api, route: Route) -> Callable[..., Awaitable[Response]]:
             _header(OWNER_HEADER, _OWNER)
         body = None
         if route.body is not None:
-            body = _validate(route.body, await _json_body(), "", "invalid_body", 422)
+            body = _body(route.body, await _json_body())
         call = Call(token, query, body, params, key)
         try:
             reply = await route.handler(api, call)
@@ -663,7 +663,7 @@ def _view(api: Api, route: Route) -> Callable[..., Awaitable[Response]]:
 
 
 async def _json_body() -> Any:
-    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    raw = await request.get_data(cache=True, as_text=False, parse_form_data=False)
     if not raw:
         raise ApiError(
             422,
@@ -682,27 +682,27 @@ async def _json_body() -> Any:
         ) from None
 
 
-def _validate(model: type[BaseModel], data: Any, where: str, code: str, status: int) -> Any:
-    """The model of `data`, or ApiError(status, code) with one problem per JSON path."""
+def _body(model: type[BaseModel], data: Any) -> Any:
+    """The body as `model`, or 422 `invalid_body` with one problem per JSON path."""
     if not isinstance(data, dict):
         raise ApiError(
-            status,
-            code,
+            422,
+            "invalid_body",
             f"expected a JSON object, found {type(data).__name__}",
-            problems=[{"path": where, "message": "expected a JSON object"}],
+            problems=[{"path": "", "message": "expected a JSON object"}],
         )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [
             {
-                "path": json_path(((where,) if where else ()) + tuple(item["loc"])),
+                "path": json_path(tuple(item["loc"])),
                 "message": item["msg"].removeprefix("Value error, "),
             }
             for item in exc.errors(include_url=False)[:20]
         ]
         summary = "; ".join(f"{p['path'] or 'body'}: {p['message']}" for p in problems[:3])
-        raise ApiError(status, code, summary, problems=problems) from None
+        raise ApiError(422, "invalid_body", summary, problems=problems) from None
 
 
 def _query(model: type[BaseModel]) -> Any:
