@@ -10,12 +10,15 @@ log file. Each subscriber owns one bounded memory channel of batches; the bus ha
 out what is pending, then closes every channel: each subscriber's `async for` ends, and that is
 the drain.
 
-fsync policy: `always` writes and fsyncs each batch in one worker-thread call before any observer
-sees it (what a client saw is on disk). `batch` appends on the event loop (a few hundred bytes
-into the page cache) and a group-commit task fsyncs in a worker thread whatever was written
-since its last pass, at most every `FSYNC_GROUP_S`: a process crash loses nothing, a power cut at
-most the last ~20 ms. `never` leaves syncing to the OS. A thread round trip costs ~150 µs of CPU
-on a small VM, so at a few hundred events/s one hop per batch would be most of the bus's cost.
+fsync policy: `always` writes each batch, then fsyncs it, in two worker-thread calls, before any
+observer sees it (what a client saw is on disk; a failed fsync is retried without writing the
+batch again). `batch` appends on the event loop (a few hundred bytes into the page cache) and a
+group-commit task fsyncs in a worker thread whatever was written since its last pass, at most
+every `FSYNC_GROUP_S`: a process crash loses nothing, a power cut at most the last ~20 ms.
+`never` leaves syncing to the OS. A thread round trip costs ~150 µs of CPU on a small VM, so at
+a few hundred events/s one hop per batch would be most of the bus's cost. Rotation (which waits
+for an fsync in flight and fsyncs itself) always runs in a worker thread, and a cancelled fsync
+thread is abandoned, so a hung disk can hold up neither the loop nor the exit.
 
 Faults (ENOSPC, EIO, EMFILE): a failed write, fsync or rotation never raises out of `run`. The
 writer retries the same batch with backoff (`BACKOFF_FIRST_S` doubling to `BACKOFF_MAX_S`; the
@@ -271,12 +274,13 @@ class Bus:
 
     async def _until_done(self, what: str, step: Callable[[], None], *, thread: bool) -> None:
         """Run `step` until it succeeds, backing off while it fails; report the fault's start
-        and end. Cancellation stops retrying."""
+        and end. Cancellation stops retrying, and abandons an fsync in its thread (a hung disk
+        must not stall the exit; a write is never abandoned: it would race its retry)."""
         delay = BACKOFF_FIRST_S
         while True:
             try:
                 if thread:
-                    await trio.to_thread.run_sync(step)
+                    await trio.to_thread.run_sync(step, abandon_on_cancel=what == "fsync")
                 else:
                     step()
             except OSError as exc:
@@ -345,10 +349,13 @@ class Bus:
         if not self._appended:
             # fsync=batch: on the loop, into the page cache (a stalled disk here stops the
             # watchdog pings); fsync=always: in a thread, then the fsync before anyone sees it
+            in_thread = self.fsync == "always"
             await self._until_done(
-                "write", lambda: self.log.append(data), thread=self.fsync == "always"
+                "write", lambda: self.log.append(data, rotate=in_thread), thread=in_thread
             )
             self._appended = True  # no checkpoint since the append returned
+        if self.log.rotation_due:  # it waits on the fd lock (an fsync) and fsyncs: off the loop
+            await trio.to_thread.run_sync(self.log.rotate_if_due)
         if self.fsync == "always":
             await self._until_done("fsync", self.log.sync, thread=True)
         else:

@@ -43,6 +43,9 @@ SNAPSHOT_TRIES = 3  # a rotation racing a reader is retried this often
 MIN_FREE_BYTES = 64 << 10  # below this at open, the disk counts as full
 ROTATE_RETRY_FIRST_S = 0.05
 ROTATE_RETRY_MAX_S = 2.0
+# How long a rotation or `close` waits for an fsync in flight (a slow or hung disk): then the
+# rotation is left to a later append, and `close` closes without its own fsync.
+LOCK_WAIT_S = 1.0
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 _HINTS = {
@@ -106,7 +109,7 @@ class EventLog:
         self.keep = keep
         self._fd: int | None = None
         # Held while the fd is synced, swapped or closed: fsync runs in a worker thread while
-        # appends (and so rotation) happen on the event loop.
+        # appends happen on the event loop (the bus rotates in a worker thread too).
         self._fd_lock = threading.Lock()
         self._size = 0  # the last good size: everything up to it is whole lines
         self._torn = False  # a failed write may have left bytes past `_size`
@@ -197,8 +200,10 @@ class EventLog:
                 return decode(last).seq
         return 0
 
-    def append(self, data: bytes) -> None:
-        """Write `data` (whole lines); rotate when the file is full.
+    def append(self, data: bytes, *, rotate: bool = True) -> None:
+        """Write `data` (whole lines); rotate when the file is full (unless `rotate` is False:
+        on the event loop, call `rotate_if_due` in a worker thread instead, as it may wait on
+        the fd lock and fsyncs).
 
         On OSError the file is cut back to its last good size (no torn line) and the error
         propagates: retrying the same `data` is safe. A failed rotation does not raise: the
@@ -222,8 +227,8 @@ class EventLog:
         self._size += len(data)
         self.bytes_written += len(data)
         self._last_line = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :]
-        if self.max_bytes is not None and self._size >= self.max_bytes:
-            self._rotate_when_due()
+        if rotate:
+            self.rotate_if_due()
 
     def sync(self) -> None:
         """fsync the file (per the fsync policy); safe from a worker thread. Raises OSError."""
@@ -231,18 +236,30 @@ class EventLog:
             if self._fd is not None:
                 os.fsync(self._fd)
 
-    def _rotate_when_due(self) -> None:
-        if time.monotonic() < self._rotate_not_before:
-            return
+    @property
+    def rotation_due(self) -> bool:
+        """The file reached `max_bytes` and no failed rotation is backing off."""
+        return (
+            self.max_bytes is not None
+            and self._size >= self.max_bytes
+            and time.monotonic() >= self._rotate_not_before
+        )
+
+    def rotate_if_due(self) -> None:
+        """Rotate when `rotation_due`; never raises (`rotation_error` says why it failed).
+        Blocks on the fd lock and fsyncs: from the event loop, call it in a worker thread."""
+        if not self.rotation_due or not self._fd_lock.acquire(timeout=LOCK_WAIT_S):
+            return  # not due, or an fsync in flight takes long: a later append tries again
         try:
-            with self._fd_lock:
-                self._rotate_locked()
+            self._rotate_locked()
         except OSError as exc:
             self.rotation_error = exc
             self.rotation_failures += 1
             self._rotate_not_before = time.monotonic() + self._rotate_delay
             self._rotate_delay = min(self._rotate_delay * 2, ROTATE_RETRY_MAX_S)
             return
+        finally:
+            self._fd_lock.release()
         self.rotation_error = None
         self._rotate_delay = ROTATE_RETRY_FIRST_S
 
@@ -279,13 +296,21 @@ class EventLog:
             _fsync_dir(self.path.parent)
 
     def close(self) -> None:
-        """fsync and close; never raises (a failed fsync was already reported by the bus)."""
-        with self._fd_lock:
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+        """fsync and close; never raises (a failed fsync was already reported by the bus).
+
+        An fsync in flight longer than LOCK_WAIT_S (a hung disk, its thread abandoned by the
+        bus) does not hold up the exit: the file is closed without waiting for it."""
+        locked = self._fd_lock.acquire(timeout=LOCK_WAIT_S)
+        try:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                if locked:
+                    with contextlib.suppress(OSError):
+                        os.fsync(fd)
+                os.close(fd)
+        finally:
+            if locked:
+                self._fd_lock.release()
 
     def _require_fd(self) -> int:
         if self._fd is None:

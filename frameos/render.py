@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from frameos.envelope import Envelope
 from frameos.events import (
+    CommandAccepted,
     Event,
     RuntimeCheckFailed,
     RuntimeReload,
@@ -67,8 +68,19 @@ _FORMATTER = _Formatter()
 def sentence(event: Event) -> str:
     """The event's sentence."""
     match event:
-        case RuntimeReload(changed=changed, error=None):
-            return f"reload: changed {', '.join(changed)}" if changed else "reload: nothing changed"
+        case RuntimeReload(changed=changed, error=None, vms=vms):
+            done = [
+                f"{what} {', '.join(names)}"
+                for what, names in vms.model_dump().items()
+                if names and what != "unchanged"
+            ]
+            if not changed:
+                return "reload: nothing changed"
+            return f"reload: changed {', '.join(changed)}" + (
+                f" ({'; '.join(done)})" if done else ""
+            )
+        case CommandAccepted(run_id=run_id, op=op, target=None):
+            return f"run {run_id}: {op} accepted"
         case RuntimeReload(error=error):
             return f"reload failed: {error}"
         case RuntimeCheckFailed(problems=problems) if len(problems) > 1:

@@ -9,7 +9,7 @@ channel (after the bus's final flush): that is the drain. A broken pipe ends it 
 
 from __future__ import annotations
 
-import io
+import errno
 import os
 import select
 import sys
@@ -131,10 +131,19 @@ class HumanSink(Sink):
         super().__init__(bus, HUMAN_DEPTH)
         from rich.console import Console
 
+        class SinkConsole(Console):
+            """rich's own turns a broken pipe into SystemExit(1) (and puts /dev/null on fd 1):
+            here it is the BrokenPipeError it was, which `write` handles."""
+
+            def on_broken_pipe(self) -> None:
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
         self.verbose = verbose
         # soft_wrap: one event, one line, also when a pipe makes rich assume 80 columns
         self.console = (
-            console if isinstance(console, Console) else Console(highlight=False, soft_wrap=True)
+            console
+            if isinstance(console, Console)
+            else SinkConsole(highlight=False, soft_wrap=True)
         )
 
     def wants(self, envelope: Envelope) -> bool:
@@ -146,6 +155,6 @@ class HumanSink(Sink):
         for envelope in batch:
             try:
                 self.console.print(render(envelope))
-            except (BrokenPipeError, io.UnsupportedOperation):
+            except OSError:  # EPIPE, EIO, not writable: nobody can read us now
                 return False
         return True

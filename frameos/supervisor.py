@@ -256,7 +256,8 @@ class Supervisor:
         bus, state = self.bus, self.state
         state.set_phase(Phase.STOPPED)
         duration_ms = int(state.uptime() * 1000)
-        await bus.publish(
+        # never waits: a full disk must not hold the end of the run (the final flush is bounded)
+        bus.publish_nowait(
             ev.RuntimeStop(
                 server=state.server_url,
                 metrics_interval_seconds=state.config.metrics_interval,
@@ -265,7 +266,7 @@ class Supervisor:
                 duration_ms=duration_ms,
             )
         )
-        await bus.publish(
+        bus.publish_nowait(
             ev.Summary(
                 duration_ms=duration_ms,
                 exit_status=status,
@@ -291,12 +292,12 @@ class Supervisor:
                 await self._serve()
         except Exception as exc:  # an exception group, or a FrameosError raised before nesting
             self.fault = _first_leaf(exc)
-            await self.bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
+            self.bus.publish_nowait(ev.Message(text=_fault_text(self.fault)), "error")
             return EXIT_FAILED
         if self.forced or self.fault is not None:
             return EXIT_FAILED
         if self.stop_scope.cancelled_caught:
-            await self.bus.publish(
+            self.bus.publish_nowait(
                 ev.Message(
                     text=f"shutdown_timeout_s ({state.config.shutdown_timeout_s:g} s) passed "
                     "before everything stopped; the rest was cancelled"
@@ -352,13 +353,14 @@ class Supervisor:
                 running.cancel_scope.cancel()  # tickers and a reload in flight
         except Exception as exc:  # a fault of a ticker or the reloader: stop like on SIGTERM
             self.fault = _first_leaf(exc)
-            await bus.publish(ev.Message(text=_fault_text(self.fault)), "error")
+            bus.publish_nowait(ev.Message(text=_fault_text(self.fault)), "error")
             self.shutdown.request("internal fault", exit_status=EXIT_FAILED)
         state.set_phase(Phase.STOPPING)  # /healthz: "stopping" until the server is gone
-        await bus.publish(
+        # the deadline first, and no wait on the bus: a full disk must not hold up the stop
+        self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
+        bus.publish_nowait(
             ev.RuntimeStopping(reason=self.shutdown.reason, signal=self.shutdown.signal)
         )
-        self.stop_scope.deadline = trio.current_time() + state.config.shutdown_timeout_s
         # every VM through its ladder (interface F), while clients still watch
         work.cancel_scope.cancel(reason=self.shutdown.reason)
 

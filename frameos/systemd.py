@@ -31,7 +31,7 @@ from typing import Protocol
 
 import trio
 
-from frameos.bus import Subscription
+from frameos.bus import BACKOFF_MAX_S, Subscription
 from frameos.envelope import Envelope
 from frameos.events import (
     Event,
@@ -69,6 +69,10 @@ class BusView(Protocol):
     def last_seq(self) -> int: ...
 
     written_seq: int
+    write_errors: int  # failed write/fsync attempts: it moves while the writer retries
+
+    @property
+    def fault(self) -> str | None: ...
 
     def subscribe(self, name: str, depth: int) -> Subscription: ...
 
@@ -234,12 +238,18 @@ class ServiceView:
 
 
 class LoopHealth:
-    """Is the trio loop doing its job? The heartbeat ticker is on time and the log writer moves."""
+    """Is the trio loop doing its job? The heartbeat ticker is on time and the log writer moves.
+
+    A full or failing disk is a degraded state, not a stuck loop (issue 8): while `bus.fault`
+    is set, a failed attempt counts as the writer moving (it retries at least every
+    BACKOFF_MAX_S); pings stop only when the writer stops attempting (a hung write or fsync).
+    """
 
     def __init__(self, bus: BusView, state: RuntimeState, watchdog_s: float, now: float) -> None:
         self.bus, self.state, self.watchdog_s = bus, state, watchdog_s
         self.started = now
         self._written = bus.written_seq
+        self._errors = bus.write_errors
         self._progress = now
 
     def limit(self) -> float:
@@ -253,10 +263,11 @@ class LoopHealth:
             age = now - max(self.state.last_heartbeat_mono, self.started)
             if age > limit:
                 return f"the heartbeat is {age:.1f} s late (limit {limit:g} s)"
-        pending = self.bus.last_seq - self.bus.written_seq
-        if pending <= 0 or self.bus.written_seq != self._written:
-            self._written, self._progress = self.bus.written_seq, now
-        elif now - self._progress > limit:
+        bus = self.bus
+        pending = bus.last_seq - bus.written_seq
+        if pending <= 0 or (bus.written_seq, bus.write_errors) != (self._written, self._errors):
+            self._written, self._errors, self._progress = bus.written_seq, bus.write_errors, now
+        elif now - self._progress > (limit + BACKOFF_MAX_S if bus.fault else limit):
             return (
                 f"the event log writer has not moved for {now - self._progress:.1f} s "
                 f"({plural(pending, 'event')} pending)"

@@ -490,3 +490,79 @@ async def test_a_disk_that_never_comes_back_is_said_on_stderr(
     err = capsys.readouterr().err
     assert "events could not be written (event log write failed: No space left" in err
     log.close()
+
+
+async def test_a_rotation_does_not_freeze_the_loop_while_a_slow_fsync_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """M4: with fsync=batch the append rotated on the event loop: it waited there for the fd
+    lock, held by the group commit's fsync (a slow disk), then fsynced three times itself."""
+    import threading
+
+    log = EventLog(tmp_path / "events.jsonl", max_bytes=4096, keep=2)
+    log.open()
+    bus = Bus(log, fsync="batch")
+    in_fsync, release = threading.Event(), threading.Event()
+    timed_out: list[bool] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if not in_fsync.is_set():  # the first one (the group commit's) takes its time
+            in_fsync.set()
+            timed_out.append(not release.wait(10))  # a frozen loop cannot release it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        bus.publish_nowait(Message(text="first"))
+        await trio.to_thread.run_sync(in_fsync.wait)  # the group commit holds the lock now
+        for i in range(100):  # past max_bytes: the writer rotates
+            bus.publish_nowait(Message(text=f"filler {i:03d} " + "x" * 40))
+        await trio.sleep(0.2)  # returns only if the loop runs while the fsync holds the lock
+        release.set()
+        await bus.aclose()
+    assert timed_out == [False]
+    assert log.path.with_name("events.jsonl.1").exists()  # the rotation happened
+    lines = [*log.path.with_name("events.jsonl.1").read_bytes().splitlines()]
+    lines += log.path.read_bytes().splitlines()
+    assert [decode(line).seq for line in lines] == list(range(1, 102))
+    log.close()
+
+
+async def test_a_hung_fsync_does_not_stall_the_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final flush is bounded by FINAL_FLUSH_S, but its fsync (and the group commit's)
+    ran in threads that cancellation waited for: a hung disk held the exit for good. `close`
+    waited on the same lock."""
+    import threading
+
+    from frameos import bus as bus_module
+
+    monkeypatch.setattr(bus_module, "FINAL_FLUSH_S", 0.1)
+    monkeypatch.setattr(eventlog, "LOCK_WAIT_S", 0.1, raising=False)
+    log = open_log(tmp_path)
+    bus = Bus(log, fsync="batch")
+    in_fsync, release = threading.Event(), threading.Event()
+    timed_out: list[bool] = []
+    real_fsync = os.fsync
+
+    def hung_fsync(fd: int) -> None:
+        in_fsync.set()
+        timed_out.append(not release.wait(10))  # the disk answers only once the test is done
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", hung_fsync)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            await bus.publish(Message(text="written, never synced"))
+            await trio.to_thread.run_sync(in_fsync.wait)  # the group commit hangs in fsync
+            await bus.aclose()
+        log.close()  # and closing does not wait for the fsync in flight either
+        assert log._fd is None
+    finally:
+        release.set()
+    assert not any(timed_out)
+    assert log.path.read_bytes().count(b"\n") == 1

@@ -472,3 +472,83 @@ async def test_a_private_socket_that_cannot_bind_is_one_server_error(tmp_path: P
     [error] = [e for e in _leaves(info.value) if isinstance(e, ServerError)]
     assert "HTTP stack cannot start" in str(error) and "AF_UNIX" in str(error)
     log.close()
+
+
+# --- one connection never stops the server (issue 8: never a crash of the supervisor) --------
+
+
+async def test_a_failing_connection_is_reported_once_and_the_server_keeps_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.server import frontdoor
+
+    real = frontdoor._parse
+
+    def parse(buffer: bytes) -> object:
+        if buffer.startswith(b"GET /boom "):
+            raise RuntimeError("a bug in one handler")
+        return real(buffer)
+
+    monkeypatch.setattr(frontdoor, "_parse", parse)
+    async with serving(tmp_path) as server:
+        assert await talk(server.port, b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\n") == b""
+        answer = await talk(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        with trio.fail_after(5):
+            while not (errors := [e for e in server.bus.ring if e.severity == "error"]):
+                await trio.sleep(0.01)
+        [error] = errors
+        assert b"RuntimeError" in error.line and b"a bug in one handler" in error.line
+
+
+# --- issue 8 #3: a truncated or slow request body ends the connection ------------------------
+
+
+@pytest.mark.parametrize("then", ["silence", "close"])
+async def test_a_truncated_body_ends_the_connection_within_the_body_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    from frameos.server import frontdoor
+    from tests.api_helpers import ADMIN, serving_api
+
+    monkeypatch.setattr(frontdoor, "HEAD_TIMEOUT_S", 0.5)
+    async with serving_api(tmp_path) as served:  # a route that reads its body
+        stream = await trio.open_tcp_stream("127.0.0.1", served.port)
+        async with stream:
+            await stream.send_all(
+                b"POST /v1/runs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"authorization: Bearer " + ADMIN.encode() + b"\r\ncontent-length: 100\r\n\r\n"
+                b'{"a": 1234'
+            )
+            if then == "close":
+                await stream.send_eof()
+            await until_eof(stream, 5)  # fails if the server holds the connection
+
+
+# --- several listeners share one descriptor budget -------------------------------------------
+
+
+async def test_every_listener_accepts_again_after_the_budget_was_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.server import frontdoor
+
+    monkeypatch.setattr(frontdoor, "fd_budget", lambda *_: 2 * frontdoor.HTTP_FDS)
+    listeners = [
+        *await trio.open_tcp_listeners(0, host="127.0.0.1"),
+        *await trio.open_tcp_listeners(0, host="127.0.0.1"),
+    ]
+    ports = [listener.socket.getsockname()[1] for listener in listeners]
+    async with serving(tmp_path, listeners=listeners) as server:
+        for _ in range(2):  # two episodes at the budget
+            held = [await trio.open_tcp_stream("127.0.0.1", port) for port in ports * 2]
+            with trio.fail_after(5):
+                while server.hub.bus.ring == [] or not any(
+                    b"RLIMIT_NOFILE" in e.line for e in server.bus.ring
+                ):
+                    await trio.sleep(0.01)
+            for stream in held:
+                await stream.aclose()
+            for port in ports:  # each listener answers again
+                answer = await talk(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 200 "), port

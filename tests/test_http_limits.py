@@ -108,12 +108,11 @@ async def test_emfile_on_accept_backs_off_and_warns_once(autojump_clock: Any) ->
     FrontDoor.__init__(door, app=None, hub=_Hub())  # type: ignore[arg-type]
     listener = _Exhausted(failures=8)
     async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-        nursery.start_soon(door._accept_loop, listener, nursery, scope)
+        nursery.start_soon(door._accept_loop, listener, nursery)
         await trio.sleep(30)
-        scope.cancel()
+        nursery.cancel_scope.cancel()
     gaps = [round(b - a, 3) for a, b in zip(listener.calls, listener.calls[1:], strict=False)]
     assert gaps == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
     [(event, severity)] = door.hub.bus.published  # type: ignore[attr-defined]
     assert severity == "warn" and "Too many open files" in event.text
-    assert door.fds_in_use == 0 and HTTP_FDS == 3
+    assert door.fds.borrowed_tokens == 0 and HTTP_FDS == 3

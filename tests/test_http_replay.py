@@ -7,11 +7,16 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
 import trio
 
 from frameos.envelope import encode
+from frameos.errors import EventLogError
+from frameos.eventlog import EventLog, Page
 from frameos.events import Message
-from tests.test_frontdoor import UPGRADE, one_error, talk, upgraded
+from frameos.server import wsfast
+from frameos.server.replay import PAGE
+from tests.test_frontdoor import UPGRADE, close_code, one_error, talk, until_eof, upgraded
 from tests.test_server import Server, serving
 
 
@@ -161,3 +166,80 @@ async def test_client_cap_refuses_with_503_and_frees_on_close(tmp_path: Path) ->
         assert status.startswith(b"HTTP/1.1 200 ")
         for stream, _ in [*held, (again, b"")]:
             await stream.aclose()
+
+
+@pytest.mark.parametrize("since", [10, 21])
+async def test_a_replay_from_the_log_ahead_of_the_hub_sends_nothing_twice(
+    tmp_path: Path, since: int
+) -> None:
+    """The bus writes a batch to the file before the hub's task takes it: a log page (or the
+    cursor itself) can reach seqs the hub has not delivered yet. The client must get each of
+    them once (issue 9, C1)."""
+    async with serving(tmp_path, ring_size=2) as server:  # a tiny ring: the replay reads pages
+        hub = server.hub
+        for i in range(20):
+            await server.bus.publish(Message(text=str(i)))
+        with trio.fail_after(5):
+            while hub.delivered_seq < 20:
+                await trio.sleep(0.01)
+        deliver, held = hub.deliver, []
+        hub.deliver = held.append  # type: ignore[method-assign]  # the hub falls behind...
+        for i in range(20, 22):
+            await server.bus.publish(Message(text=str(i)))
+        with trio.fail_after(5):
+            while sum(len(batch) for batch in held) < 2:  # ...with 21 and 22 in the file
+                await trio.sleep(0.01)
+        assert server.bus.written_seq == 22 and hub.delivered_seq == 20
+        stream, rest = await open_stream(server, f"?since={since}")
+        async with stream:
+            with trio.fail_after(5):
+                while not hub.clients:  # replayed from the log, then joined
+                    await trio.sleep(0.01)
+            hub.deliver = deliver  # type: ignore[method-assign]  # the hub catches up
+            for batch in held:
+                deliver(batch)
+            await server.bus.publish(Message(text="live"))
+            with trio.fail_after(5):
+                received = await FrameReader(stream, rest).seqs(23 - since)
+        assert received == list(range(since + 1, 24))
+
+
+def failing_reads(monkeypatch: pytest.MonkeyPatch, good: int) -> None:
+    """The log's reads fail (EMFILE, EIO) after `good` of them."""
+    real, calls = wsfast.read_page, [0]
+
+    async def read_page(log: EventLog, after: int, limit: int = PAGE) -> Page:
+        calls[0] += 1
+        if calls[0] > good:
+            raise EventLogError(f"event log {log.path}: cannot read (too many open files)")
+        return await real(log, after, limit)
+
+    monkeypatch.setattr(wsfast, "read_page", read_page)
+
+
+async def test_an_unreadable_log_refuses_the_cursor_with_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing_reads(monkeypatch, good=0)
+    async with serving(tmp_path) as server:
+        for i in range(3):
+            await server.bus.publish(Message(text=str(i)))
+        request = b"GET /ws/events?since=1 HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"\r\n"
+        error = one_error(await talk(server.port, request), 503)
+        assert error["error"] == "log_unavailable" and "too many open files" in error["message"]
+        answer = await talk(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")  # still serving
+
+
+async def test_an_unreadable_log_mid_replay_closes_that_client_with_1011(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_log(tmp_path, 3000)
+    failing_reads(monkeypatch, good=1)  # the cursor's page, then the next read fails
+    async with serving(tmp_path, ring_size=2) as server:
+        stream, rest = await open_stream(server, "?since=0")
+        async with stream:
+            data = rest + await until_eof(stream)
+        assert close_code(data) == 1011
+        answer = await talk(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")  # still serving

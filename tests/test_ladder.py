@@ -184,6 +184,35 @@ async def test_already_exited(autojump_clock: trio.testing.MockClock) -> None:
     assert result == LadderResult("graceful", 0, changed=False, exited=True)
     assert child.signals == []
     assert child.leftover_kills == 1
+    # nothing was asked, so nothing cooperated: requested (no budget), then complete
+    assert pub.names() == ["vm.shutdown_requested", "vm.shutdown_complete"]
+    (requested,) = pub.of("vm.shutdown_requested")
+    assert isinstance(requested, ev.VmShutdownRequested)
+    assert requested.deadline_ms == 0
+    assert complete(pub).outcome == "graceful"
+
+
+async def test_forced_ladder_announces_only_the_sigkill_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as nursery:
+        child = FakeChild(nursery)  # honours only SIGKILL
+        ladder = Ladder(
+            "a",
+            child,
+            method="signal",
+            request=request_for("signal", child, sig="SIGINT"),
+            timeouts=TIMEOUTS,
+            publisher=pub,
+            forced=True,
+        )
+        result = await ladder.run("test")
+    (requested,) = pub.of("vm.shutdown_requested")
+    assert isinstance(requested, ev.VmShutdownRequested)
+    assert requested.deadline_ms == TIMEOUTS.sigkill_ms == 1000
+    assert child.signals == [SIGKILL]
+    assert result.outcome == "forced"
 
 
 @pytest.mark.parametrize(
@@ -205,7 +234,10 @@ async def test_cancellation_in_each_rung_leaves_nothing_alive(
     assert child.exited
     assert SIGKILL in child.signals
     assert child.leftover_kills >= 1
-    assert "vm.shutdown_complete" not in pub.names()
+    # every shutdown_requested ends in shutdown_complete, a cancelled ladder too (M5)
+    assert pub.names()[-1] == "vm.shutdown_complete"
+    assert complete(pub).outcome == "forced"
+    assert complete(pub).changed is True
     (message,) = pub.of("message")
     assert f"interrupted during {rung}" in getattr(message, "text", "")
 

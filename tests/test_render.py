@@ -122,3 +122,14 @@ def test_unknown_events_fall_back_to_key_value_pairs() -> None:
     assert describe(decode(line + b'"fields":{"a":1,"b":"x"}}')) == "a=1 b=x"
     message = encode(ev.Message(text="hello"), 1, 0.0)
     assert describe(decode(message.line)) == "hello"
+
+
+def test_a_reload_says_what_it_did_to_the_vms() -> None:
+    vms = ev.ReloadVms(added=["db"], restarted=["web"], unchanged=["cache"])
+    event = ev.RuntimeReload(changed=["vms[1].env"], vms=vms)
+    assert sentence(event) == "reload: changed vms[1].env (added db; restarted web)"
+
+
+def test_a_reload_run_has_no_target() -> None:
+    event = ev.CommandAccepted(run_id="r1", op="reload", target=None)
+    assert sentence(event) == "run r1: reload accepted"

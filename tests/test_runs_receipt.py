@@ -102,3 +102,23 @@ async def test_the_receipt_of_a_run_in_flight_covers_what_is_logged_so_far(tmp_p
         gate.set()
         await h.ended(run.run_id)
         assert (await h.service.receipt(run.run_id)).event_count == 3
+
+
+async def test_an_external_event_claiming_a_run_id_is_not_the_runs(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as h:
+        h.pool.gates[("stop", "alpha")] = gate = trio.Event()
+        run, _ = h.service.submit(RunRequest(op=Op.STOP, target="alpha"))
+        await trio.testing.wait_all_tasks_blocked()
+        forged = orjson.dumps({"run_id": run.run_id, "note": "I was here"})
+        h.bus.publish_ext("ext.intruder", "info", forged)
+        gate.set()
+        await h.ended(run.run_id)
+        lines = await h.service.events(run.run_id)
+        receipt = await h.service.receipt(run.run_id)
+    assert [orjson.loads(line)["event"] for line in lines] == [
+        ev.CommandAccepted.NAME,
+        ev.Message.NAME,
+        ev.CommandCompleted.NAME,
+    ]
+    assert receipt.event_count == 3
+    assert any(e["event"] == "ext.intruder" for e in logged(tmp_path))  # it is in the log

@@ -15,7 +15,7 @@ import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from frameos.bus import Bus
+from frameos.bus import RING_SIZE, Bus
 from frameos.config import validate_config
 from frameos.eventlog import EventLog
 from frameos.events import Message
@@ -46,7 +46,9 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
         max_bytes=config.pop("max_bytes", None),  # type: ignore[arg-type]
         keep=2,
     )
-    bus = Bus(log, last_seq=log.open().last_seq)
+    listeners = config.pop("listeners", None)
+    ring_size: int = config.pop("ring_size", RING_SIZE)  # type: ignore[assignment]
+    bus = Bus(log, last_seq=log.open().last_seq, ring_size=ring_size)
     graceful_s = config.pop("graceful_s", 1)
     keep_alive_s = config.pop("keep_alive_s", 5)
     cfg = validate_config({"frame_port": 0, **config}, "test")
@@ -61,7 +63,7 @@ async def serving(tmp_path: Path, **config: object) -> AsyncIterator[Server]:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        host, port = await nursery.start(door.run, await bind("127.0.0.1", 0), stop)
+        host, port = await nursery.start(door.run, listeners or await bind("127.0.0.1", 0), stop)
         state.set_phase(Phase.READY)
         yield Server(
             f"http://{host}:{port}", f"ws://{host}:{port}/ws/events", bus, hub, state, port, stop

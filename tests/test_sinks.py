@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
+import sys
 from pathlib import Path
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -124,4 +128,51 @@ async def test_a_cancelled_sink_still_writes_what_is_queued(tmp_path: Path) -> N
     finally:
         os.close(read_end)
     assert printed == log.path.read_bytes()
+    log.close()
+
+
+class HungUpTerminal(io.TextIOBase):
+    """A terminal that hung up: every write fails with EIO (a plain OSError)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+
+@pytest.mark.parametrize("output", ["closed pipe", "hung-up terminal"])
+async def test_a_broken_terminal_ends_the_human_sink_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    """M2: rich turned EPIPE into SystemExit(1) (after putting /dev/null on fd 1) and EIO came
+    as a plain OSError: either escaped the sink and tore down the run before runtime:stop."""
+    log = open_log(tmp_path)
+    bus = Bus(log)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads stdout any more: EPIPE
+    with open(write_end, "w") as pipe:
+        monkeypatch.setattr(sys, "stdout", pipe if output == "closed pipe" else HungUpTerminal())
+        sink = HumanSink(bus)  # writes to sys.stdout, as `frameos run` does
+        ended = trio.Event()
+
+        async def run_sink() -> None:
+            await sink.run()
+            ended.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            nursery.start_soon(run_sink)
+            await trio.testing.wait_all_tasks_blocked()
+            await bus.publish(ev.Message(text="into the void"))
+            with trio.fail_after(5):
+                await ended.wait()  # the sink gave up on its output...
+            await bus.publish(ev.Message(text="still logged"))  # ...the bus goes on
+            await bus.aclose()
+        with contextlib.suppress(OSError):
+            pipe.close()
+    assert log.path.read_bytes().count(b"\n") == 2
     log.close()

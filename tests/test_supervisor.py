@@ -504,3 +504,36 @@ async def test_a_run_in_flight_at_the_stop_ends_canceled_before_runtime_stop(
     assert stop.state is RunState.CANCELED and stop.reason == "frameos is stopping"
     names = run.recorder.names()
     assert names.index(ev.CommandCanceled.NAME) < names.index(ev.RuntimeStop.NAME)
+
+
+async def test_a_full_disk_under_load_does_not_hang_the_stop(
+    clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C2: the stop's lifecycle events waited on the bus above its high-water mark: with the log
+    failing ENOSPC the first SIGTERM hung at runtime:stopping before the stop deadline was set,
+    and runtime:stop/summary hung outside any scope. The disk has room again only once the bus
+    is closing: every one of them must have been published without waiting by then."""
+    import errno
+    import os
+
+    config = write_config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, config)
+        bus = run.supervisor.bus
+        real_write = os.write
+
+        def write(fd: int, data: bytes | memoryview) -> int:
+            if fd == bus.log._fd and not bus.closed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+        bus.high_water_bytes = 1  # any unwritten event is above the mark
+        bus.publish_nowait(ev.Message(text="load"))
+        signal.raise_signal(signal.SIGTERM)
+        assert await run.exit_status() == 0
+    names = run.recorder.names()
+    stop_order = order(names, "runtime:stopping", "runtime:stop", "summary")
+    assert stop_order == sorted(stop_order), names
+    texts = [str(f["text"]) for f in run.recorder.of(ev.Message)]
+    assert any("event log write failed" in t for t in texts), texts

@@ -49,6 +49,8 @@ class FakeBus:
         self.subscriptions: list[FakeSubscription] = []
         self.published: list[Envelope] = []
         self.stuck = False  # when set, nothing published is ever written
+        self.write_errors = 0
+        self.fault: str | None = None
 
     def subscribe(self, name: str, depth: int) -> FakeSubscription:
         subscription = FakeSubscription(depth)
@@ -610,3 +612,100 @@ async def test_with_the_real_bus_the_drain_ends_the_notifier(
         "STATUS=exiting with status 0",
     ]
     assert bus.dropped == 0
+
+
+async def test_pings_go_on_while_the_writer_retries_a_full_disk(
+    systemd: tuple[str, socket.socket],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """M3: with the real bus retrying ENOSPC, written_seq stood still with events pending, so
+    the pings stopped and systemd killed frameos without the stop ladder: a full disk is a
+    degraded state (issue 8), the writer is alive as long as it keeps attempting."""
+    import errno
+    import os
+
+    from frameos.bus import Bus
+    from frameos.eventlog import EventLog
+
+    path, sock = systemd
+    log = EventLog(tmp_path / "events.jsonl")
+    log.open()
+    # fsync=batch: the writes happen on the loop, so the virtual clock never races a thread
+    bus, state = Bus(log, fsync="batch"), make_state()
+    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+    full = False
+    real_write = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if fd == log._fd and full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    pings: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ping_times, sock, pings)
+        nursery.start_soon(heartbeats, state, 1000.0)
+        await nursery.start(bus.run)
+        await nursery.start(notifier.run)
+        state.set_phase(Phase.READY)
+        written = bus.subscribe("test", 16)
+        bus.publish_nowait(ready())
+        async for _ in written:  # runtime:ready is in the log: the notifier saw it
+            break
+        bus.unsubscribe(written)
+        start = trio.current_time()
+        full = True
+        bus.publish_nowait(ev.Message(text="waits for room"))
+        await trio.sleep(30.5)
+        assert bus.fault is not None and "No space left" in bus.fault
+        assert bus.last_seq > bus.written_seq
+        # limit max(2 x 1 s, 4 s / 2) = 2 s: a ping every 2 s all along
+        assert [round(t - start, 6) for t in pings] == [2.0 * i for i in range(1, 16)]
+        full = False
+        await bus.aclose()
+        nursery.cancel_scope.cancel()
+    log.close()
+    assert not [e for e in bus.ring if b"withholding" in e.line]
+
+
+async def test_pings_stop_when_a_failing_writer_stops_attempting(
+    systemd: tuple[str, socket.socket], autojump_clock: trio.testing.MockClock
+) -> None:
+    """M3: a fault is no blank cheque: a writer that stops retrying (a write hung in its
+    thread) stops the pings after the limit plus one backoff step."""
+    from frameos.bus import BACKOFF_MAX_S
+
+    path, sock = systemd
+    bus, state = FakeBus(), make_state()
+    notifier = SystemdNotifier(bus, state, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+    pings: list[float] = []
+
+    async def failing_writer(until: float) -> None:
+        bus.fault = "event log write failed: No space left on device"
+        await trio.sleep(1)  # attempts at odd seconds, the watchdog looks at even ones
+        while trio.current_time() < until:
+            bus.write_errors += 1
+            await trio.sleep(BACKOFF_MAX_S)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ping_times, sock, pings)
+        nursery.start_soon(heartbeats, state, 1000.0)
+        await nursery.start(notifier.run)
+        state.set_phase(Phase.READY)
+        bus.feed(ready())
+        start = trio.current_time()
+        bus.stuck = True
+        bus.publish_nowait(ev.Message(text="never written"))
+        nursery.start_soon(failing_writer, start + 20.5)  # retries every 2 s, then hangs
+        await trio.sleep(40.5)
+        nursery.cancel_scope.cancel()
+    # the last attempt at t=19 is seen at t=20; limit 2 s + BACKOFF_MAX_S 2 s: pings up to 24
+    assert [round(t - start, 6) for t in pings] == [2.0 * i for i in range(1, 13)]
+    assert bus.texts()[-1] == (
+        "warn",
+        "withholding watchdog pings: the event log writer has not moved for 6.0 s "
+        "(1 event pending); systemd restarts frameos if this lasts 4 s",
+    )

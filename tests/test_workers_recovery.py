@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,42 @@ def live(pgid: int) -> list[procfs.ProcStat]:
 
 def messages(events: list[dict[str, Any]]) -> str:
     return "\n".join(e["fields"]["text"] for e in events if e["event"] == ev.Message.NAME)
+
+
+# A frameos that spawns one VM and dies (SIGKILL) after the spawn, before the pidfile is written.
+DIES_BEFORE_THE_PIDFILE = """
+import os, signal, sys
+from pathlib import Path
+import trio
+from frameos.workers.launch import default_spawner
+
+marker, pid_out, log = sys.argv[1:4]
+
+def record(child):
+    Path(pid_out).write_text(str(child.pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+argv = ["sh", "-c", f"touch {marker}; exec sleep 60"]
+trio.run(default_spawner, argv, {"PATH": os.environ["PATH"]}, None, Path(log), record)
+"""
+
+
+async def test_a_frameos_killed_before_the_pidfile_leaves_no_program_running(
+    tmp_path: Path, reaper: list[int]
+) -> None:
+    """Issue 8 (M8): the program may not run before its pidfile exists. frameos SIGKILLed in
+    the gap between the spawn and the pidfile write leaves nothing running that no file names:
+    the program never started (its gate saw frameos go)."""
+    marker, pid_out = tmp_path / "ran", tmp_path / "pid"
+    script = [sys.executable, "-c", DIES_BEFORE_THE_PIDFILE]
+    result = await trio.run_process(
+        [*script, str(marker), str(pid_out), str(tmp_path / "vm.log")], check=False
+    )
+    assert result.returncode == -signal.SIGKILL
+    pid = int(pid_out.read_text())
+    reaper.append(pid)
+    with trio.move_on_after(10):
+        while live(pid):
+            await trio.sleep(0.01)
+    assert not live(pid), "the program outlived the frameos that never recorded it"
+    assert not marker.exists()

@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from frameos.config import FrameConfig, VmConfig, validate_config
 from frameos.state import WorkerCounts
 from frameos.workers import LaunchError, overlay, pidfile, procfs
+from frameos.workers import child as child_module
+from frameos.workers.child import kill_group
 from frameos.workers.paths import VmPaths, child_env, substitute
 from frameos.workers.pool import VmPool
-from frameos.workers.testing import FakeSpawner, RecordingPublisher
+from frameos.workers.testing import FakeChild, FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmWorker
 
 
@@ -243,3 +245,54 @@ def test_demo_configs_are_valid_and_children_refuse_bad_usage() -> None:
     )
     assert out.returncode == 2
     assert "usage" in out.stderr
+
+
+# --- the one bounded kill; a helper that outlives it ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exits_on", "signals", "took"), [({15: 0.3}, [15], 0.3), ({}, [15, 9], 1)]
+)
+async def test_kill_group_with_a_sigterm_rung(
+    autojump_clock: trio.testing.MockClock,
+    exits_on: dict[int, float],
+    signals: list[int],
+    took: float,
+) -> None:
+    """terminate_group's SIGTERM→SIGKILL is now kill_group's optional first rung (one helper)."""
+    async with trio.open_nursery() as nursery:
+        child = FakeChild(nursery, exits_on)
+        start = trio.current_time()
+        assert await kill_group(child, 1, sigterm_s=1)
+        assert trio.current_time() - start == pytest.approx(took)
+    assert child.signals == signals
+    assert child.leftover_kills == 1
+
+
+class StuckChild(FakeChild):
+    """A leader whose wait returns while it still runs (what outliving SIGKILL looks like)."""
+
+    async def wait(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_helper_that_outlives_sigkill_is_a_reported_failure(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No AssertionError (an internal fault): a LaunchError the step reports, pidfile kept."""
+    async with trio.open_nursery() as nursery:
+        stuck = StuckChild(nursery, unkillable=True)
+
+        async def fake_spawn(argv: list[str], *, record: object, **_: object) -> FakeChild:
+            assert callable(record)
+            await record(stuck)
+            return stuck
+
+        monkeypatch.setattr(child_module, "spawn", fake_spawn)
+        monkeypatch.setattr(procfs, "start_time", lambda pid: 1)
+        tracking = child_module.Tracking(tmp_path / "procs", "a", "step")
+        with pytest.raises(LaunchError, match="still there 2 s after SIGTERM and SIGKILL"):
+            await child_module.run_captured(
+                ["x"], lambda _: None, env={}, cwd=None, tracking=tracking
+            )
+    assert [p.name for p in pidfile.records(tmp_path / "procs")] == [f"{stuck.pid}.pid"]

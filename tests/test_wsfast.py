@@ -106,3 +106,47 @@ async def test_a_client_over_queue_depth_that_keeps_draining_is_kept() -> None:
         nursery.cancel_scope.cancel()
     client.stream.socket.close()
     peer.close()
+
+
+class _OverflowingBus:
+    """A bus whose subscription reports a drop (the hub's own queue overflowed)."""
+
+    written_seq = 0
+
+    def __init__(self, hub_stopping: trio.Event) -> None:
+        self.hub_stopping = hub_stopping
+
+    def subscribe(self, name: str, depth: int) -> Any:
+        bus = self
+
+        class Sub:
+            dropped = 0
+
+            async def __aiter__(self) -> Any:
+                await bus.hub_stopping.wait()
+                self.dropped = 5
+                yield [encode(Message(text="after the gap"), 9, 1.0)]
+
+        return Sub()
+
+    def unsubscribe(self, sub: object) -> None:
+        pass
+
+
+async def test_a_hub_overflow_during_the_stop_does_not_admit_clients_again() -> None:
+    stopping = trio.Event()
+    hub = WsHub(_OverflowingBus(stopping), validate_config({}, "x").websocket)  # type: ignore[arg-type]
+    hub_ran = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            await hub.run()
+            hub_ran.set()
+
+        nursery.start_soon(run)
+        hub.close_all()  # the stop
+        stopping.set()  # ...and the hub's queue overflows meanwhile
+        with trio.fail_after(5):
+            await hub_ran.wait()
+    assert hub.hub_dropped == 5 and hub.delivered_seq == 9
+    assert hub.closing  # new clients still get 503 shutting_down

@@ -1,11 +1,12 @@
 """A run's events read back from the log, and its receipt (SPEC §7.3, `frameos.receipt.v1`).
 
 The events of a run are the log lines between its `first_seq` (command.accepted) and its
-`last_seq` (its end) whose fields carry its `run_id`; they are found by cursor reads
-(`EventLog.read_after` from `first_seq - 1`), never by a scan of the whole log. The receipt's
-digest is sha256 over the run's events in canonical JSON, one line each: each envelope parsed
-and written again by orjson with sorted keys, then b"\\n". The same log gives the same bytes,
-before and after a restart of frameos.
+`last_seq` (its end) whose fields carry its `run_id`, of declared events only (an external
+producer's `ext.*` event with a `run_id` field is not the run's: no one outside forges a
+receipt); they are found by cursor reads (`EventLog.read_after` from `first_seq - 1`), never by a
+scan of the whole log. The receipt's digest is sha256 over the run's events in canonical JSON,
+one line each: each envelope parsed and written again by orjson with sorted keys, then b"\\n".
+The same log gives the same bytes, before and after a restart of frameos.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from frameos.eventlog import EventLog
+from frameos.events import REGISTRY
 from frameos.runs.model import Op, Run, RunState
 
 SCHEMA: Final = "frameos.receipt.v1"
@@ -66,7 +68,11 @@ def run_events(
             if data["seq"] > last_seq:
                 return found
             fields = data.get("fields")
-            if isinstance(fields, dict) and fields.get("run_id") == run_id:
+            if (
+                isinstance(fields, dict)
+                and fields.get("run_id") == run_id
+                and data.get("event") in REGISTRY  # not an external producer's ext.* event
+            ):
                 found.append((line, data))
         if not page.lines:
             break  # the log ends before last_seq (not written yet)

@@ -10,7 +10,13 @@ side (after `Connection: close`, HTTP/1.0, the keep-alive timeout, or the stop).
 The accept loop is ours so that running out of file descriptors is a warning and a back-off,
 not a traceback every 0.1 s: connections are admitted against a budget taken from
 RLIMIT_NOFILE (an HTTP connection holds 3 descriptors here: the client's and both ends of the
-unix socket; a websocket 1), and EMFILE/ENFILE on accept backs off from 100 ms to 1 s.
+unix socket; a websocket 1), and EMFILE/ENFILE on accept backs off from 100 ms to 1 s. The
+budget leaves FD_RESERVE descriptors plus FDS_PER_VM for each configured VM to the rest of
+frameos (the log and its rotation, the VMs' pipes, pidfiles and spawns); every listener's accept
+loop borrows from the same trio.CapacityLimiter, one token per descriptor.
+
+One connection's failure is that connection's: an unexpected exception is reported once as a
+`message` (error) and closes it; the server goes on.
 """
 
 from __future__ import annotations
@@ -39,36 +45,41 @@ from frameos.server.wsfast import WsHub
 
 HEAD_TIMEOUT_S = 10.0  # a request head (or body) must arrive within this
 LINGER_S = 1.0  # after our FIN, how long unread client bytes are drained before closing
-FD_RESERVE = 128  # descriptors kept for the log, the VMs and the rest of frameos
+FD_RESERVE = 128  # descriptors kept for the log and the rest of frameos...
+FDS_PER_VM = 4  # ...and for each VM (its pipes, pidfile, a spawn or a rotation in flight)
 HTTP_FDS, WS_FDS = 3, 1
 ACCEPT_BACKOFF_S = (0.1, 1.0)
 RECV = 65_536
 
 
-def fd_budget() -> int:
+def fd_budget(vms: int = 0) -> int:
+    """Descriptors the connections may hold: RLIMIT_NOFILE less what frameos and `vms` VMs need."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(4 * HTTP_FDS, soft - FD_RESERVE)
+    return max(4 * HTTP_FDS, soft - FD_RESERVE - FDS_PER_VM * vms)
 
 
 class FrontDoor:
     """Owns the listening sockets, hypercorn's lifetime and every connection."""
 
     def __init__(
-        self, app: Any, hub: WsHub, *, graceful_s: float = 3.0, keep_alive_s: float = KEEP_ALIVE_S
+        self,
+        app: Any,
+        hub: WsHub,
+        *,
+        graceful_s: float = 3.0,
+        keep_alive_s: float = KEEP_ALIVE_S,
+        vms: int = 0,
     ) -> None:
         self.hub = hub
         self.graceful_s = graceful_s
         self.upstream = Upstream(app, graceful_s=graceful_s, keep_alive_s=keep_alive_s)
-        self.budget = fd_budget()
-        self.fds_in_use = 0
-        self.connections = 0
-        self.stopping = False
-        self._released = trio.Event()
-        self._idle = trio.Event()
+        self.budget = fd_budget(vms)
+        self.fds = trio.CapacityLimiter(self.budget)  # a token per descriptor a connection holds
+        self._stop = trio.Event()
         self._idle_waits: set[trio.CancelScope] = set()
-        self._warned = False
+        self._warned = False  # in an episode at the budget (warned once)
 
     async def run(
         self,
@@ -84,20 +95,21 @@ class FrontDoor:
         ServerError before anything is accepted.
         """
         bound = listeners[0].socket.getsockname()[:2]
+        self._stop = stop
         async with trio.open_nursery() as outer:
             await outer.start(self.upstream.run)
             await outer.start(self.hub.run)
             async with trio.open_nursery() as connections:
-                connections.start_soon(self.hub.run_keepalive)
-                accepting = trio.CancelScope()
-                for listener in listeners:
-                    connections.start_soon(self._accept_loop, listener, connections, accepting)
-                task_status.started((bound[0], bound[1]))
-                await stop.wait()
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self.hub.run_keepalive)
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    task_status.started((bound[0], bound[1]))
+                    await stop.wait()
+                    accepting.cancel_scope.cancel()
                 # Stop: no new connections, no new requests; idle keep-alive connections end
-                # now (hypercorn closes them on its shutdown), requests in flight get graceful_s.
-                self.stopping = True
-                accepting.cancel()
+                # now (hypercorn closes them on its shutdown), requests in flight get graceful_s;
+                # leaving this block waits for every connection.
                 for listener in listeners:
                     await listener.aclose()
                 for scope in tuple(self._idle_waits):
@@ -105,31 +117,17 @@ class FrontDoor:
                 self.hub.close_all()
                 self.upstream.shutdown()
                 connections.cancel_scope.deadline = trio.current_time() + self.graceful_s
-                await self._wait_idle()
-                connections.cancel_scope.cancel()
             outer.cancel_scope.cancel()
-
-    async def _wait_idle(self) -> None:
-        if self.connections:
-            self._idle = trio.Event()
-            await self._idle.wait()
 
     # --- accepting -----------------------------------------------------------------------------
 
-    async def _accept_loop(
-        self, listener: trio.SocketListener, nursery: trio.Nursery, scope: trio.CancelScope
-    ) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept with the descriptors of one HTTP connection in hand; back off on EMFILE."""
         backoff = ACCEPT_BACKOFF_S[0]
-        with scope:
+        tokens: list[object] = []
+        try:
             while True:
-                while self.fds_in_use + HTTP_FDS > self.budget:
-                    self._limit_reached(
-                        f"{self.connections} connections hold the descriptor budget "
-                        f"({self.budget}, from RLIMIT_NOFILE); new connections wait until "
-                        "some close (raise LimitNOFILE= / ulimit -n to allow more)"
-                    )
-                    self._released = trio.Event()
-                    await self._released.wait()
+                tokens = tokens or await self._borrow(HTTP_FDS)
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
@@ -143,8 +141,38 @@ class FrontDoor:
                     backoff = min(backoff * 2, ACCEPT_BACKOFF_S[1])
                     continue
                 backoff = ACCEPT_BACKOFF_S[0]
-                self._take(HTTP_FDS)
-                nursery.start_soon(self._handle, stream)
+                nursery.start_soon(self._handle, stream, tokens)
+                tokens = []
+        finally:
+            self._give(tokens, len(tokens))
+
+    async def _borrow(self, count: int) -> list[object]:
+        """`count` descriptors of the budget, one limiter token each; waits while they are used."""
+        tokens: list[object] = []
+        try:
+            for _ in range(count):
+                token = object()
+                try:
+                    self.fds.acquire_on_behalf_of_nowait(token)
+                except trio.WouldBlock:
+                    self._limit_reached(
+                        f"connections hold the whole descriptor budget ({self.budget}, from "
+                        "RLIMIT_NOFILE); new connections wait until some close (raise "
+                        "LimitNOFILE= / ulimit -n to allow more)"
+                    )
+                    await self.fds.acquire_on_behalf_of(token)
+                tokens.append(token)
+        except BaseException:
+            self._give(tokens, len(tokens))
+            raise
+        return tokens
+
+    def _give(self, tokens: list[object], count: int) -> None:
+        """Return `count` of a connection's descriptors to the budget."""
+        for _ in range(count):
+            self.fds.release_on_behalf_of(tokens.pop())
+        if self.fds.borrowed_tokens <= self.budget // 2:
+            self._warned = False  # the episode is over: warn again next time
 
     def _limit_reached(self, text: str) -> None:
         """Warn once per episode (until usage falls to half the budget)."""
@@ -152,20 +180,9 @@ class FrontDoor:
             self._warned = True
             self.hub.bus.publish_nowait(Message(text=text), "warn")
 
-    def _take(self, fds: int) -> None:
-        self.fds_in_use += fds
-        self.connections += 1
-
-    def _give(self, fds: int) -> None:
-        self.fds_in_use -= fds
-        self._released.set()
-        if self.fds_in_use <= self.budget // 2:
-            self._warned = False  # the episode is over: warn again next time
-
     # --- one connection ------------------------------------------------------------------------
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        fds = HTTP_FDS
+    async def _handle(self, stream: trio.SocketStream, tokens: list[object]) -> None:
         try:
             buffer = b""
             with trio.move_on_after(HEAD_TIMEOUT_S):
@@ -179,20 +196,33 @@ class FrontDoor:
                 await self._splice(stream, buffer, rejected)
                 return
             if event_stream:
-                self._give(HTTP_FDS - WS_FDS)
-                fds = WS_FDS
+                self._give(tokens, HTTP_FDS - WS_FDS)
                 await self.hub.serve(stream, buffer)
                 return
             await self._splice(stream, buffer, head)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+        except Exception as exc:  # one connection's failure is never the server's
+            failure = _unexpected(exc)  # None: the client went away
+            if failure is not None:
+                self._report(stream, failure)
         finally:
-            self._give(fds)
-            self.connections -= 1
-            if not self.connections:
-                self._idle.set()
+            self._give(tokens, len(tokens))
             with trio.move_on_after(LINGER_S, shield=True):
                 await stream.aclose()
+
+    def _report(self, stream: trio.SocketStream, failure: BaseException) -> None:
+        """One `message` (error) for a connection that failed; the server goes on."""
+        try:
+            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
+        except OSError:
+            peer = "a client"
+        with contextlib.suppress(trio.ClosedResourceError):  # the bus closed: nothing to tell
+            self.hub.bus.publish_nowait(
+                Message(
+                    text=f"the connection from {peer} failed and was closed: "
+                    f"{type(failure).__name__}: {failure}; frameos goes on serving"
+                ),
+                "error",
+            )
 
     async def _splice(
         self, client: trio.SocketStream, buffer: bytes, head: Head | Rejected
@@ -209,8 +239,10 @@ class FrontDoor:
                     await upstream.send_all(reject_request(head))
                 else:
                     await self._requests(client, upstream, buffer, head)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                nursery.cancel_scope.cancel()  # the client (or hypercorn) went away
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _BodyCut):
+                # the client (or hypercorn) went away, or a body stopped short: hypercorn
+                # would wait for the rest; closing both sides ends the connection
+                nursery.cancel_scope.cancel()
                 return
             # No more requests from this client: hypercorn's answers end the connection.
         with trio.move_on_after(LINGER_S):
@@ -246,14 +278,16 @@ class FrontDoor:
             buffer = buffer[end + len(body) :]
             await write_fd(upstream.socket.fileno(), head.forward + body if body else head.forward)
             missing = head.content_length - len(body)
-            with trio.move_on_after(HEAD_TIMEOUT_S) as slow:
+            with trio.move_on_after(HEAD_TIMEOUT_S):
                 while missing > 0:
                     chunk = await client.receive_some(min(RECV, missing))
                     if not chunk:
-                        return
+                        break
                     missing -= len(chunk)
                     await upstream.send_all(chunk)
-            if slow.cancelled_caught or head.last:
+            if missing > 0:
+                raise _BodyCut  # the client closed mid-body, or it did not come in time
+            if head.last:
                 return
             try:
                 buffer = await self._next_head(client, buffer)
@@ -273,7 +307,7 @@ class FrontDoor:
         `_responses` and this task); the stop cancels the idle wait at once.
         """
         if not buffer:
-            if self.stopping:
+            if self._stop.is_set():
                 raise _NoMore
             with trio.CancelScope() as idle:
                 self._idle_waits.add(idle)
@@ -292,6 +326,21 @@ class FrontDoor:
 
 class _NoMore(Exception):
     """The client sends no further request on this connection."""
+
+
+class _BodyCut(Exception):
+    """A request body ended (or stalled) before its Content-Length."""
+
+
+def _unexpected(exc: Exception) -> Exception | None:
+    """What of `exc` is a failure, not the client going away (None when nothing is)."""
+    gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+    if isinstance(exc, ExceptionGroup):
+        rest = exc.split(gone)[1]
+        while isinstance(rest, ExceptionGroup) and len(rest.exceptions) == 1:
+            rest = rest.exceptions[0]  # the one failure itself, for its type and text
+        return rest
+    return None if isinstance(exc, gone) else exc
 
 
 async def read_fd(fd: int) -> bytes:

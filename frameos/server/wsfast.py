@@ -47,7 +47,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from frameos.bus import Bus
 from frameos.config import WebsocketConfig
 from frameos.envelope import Envelope
-from frameos.errors import StaleCursorError
+from frameos.errors import EventLogError, StaleCursorError
 from frameos.eventlog import Page
 from frameos.server.replay import CursorError, error_body, parse_cursor, read_page, stale_body
 
@@ -87,6 +87,7 @@ class WsClient:
         self.backlog_bytes = 0
         self.closed = False
         self.close_reason = ""
+        self.floor = 0  # the newest seq the replay sent: live deliveries start after it
         self.last_seen = trio.current_time()
         self.last_progress = self.last_seen
         self._has_backlog = trio.Event()
@@ -278,8 +279,7 @@ class WsHub:
                     # Our own queue overflowed: the live stream has a gap. Clients reconnect
                     # with ?since= and replay it from the log.
                     self.hub_dropped = sub.dropped
-                    self.close_all(1013, "the server fell behind; reconnect with ?since=")
-                    self.closing = False
+                    self._close_clients(1013, "the server fell behind; reconnect with ?since=")
                 self.deliver(batch)
         finally:
             self.bus.unsubscribe(sub)
@@ -291,8 +291,12 @@ class WsHub:
         if not self.clients:
             return
         data = frames_of(batch)
+        first = batch[0].seq
         for client in tuple(self.clients):
-            client.send(data)
+            if client.floor < first:
+                client.send(data)
+            else:  # its replay read the log ahead of the hub: only what it has not had
+                client.send(frames_of([e for e in batch if e.seq > client.floor]))
         self.frames_sent += len(batch) * len(self.clients)
 
     async def run_keepalive(self) -> None:
@@ -306,8 +310,12 @@ class WsHub:
                 else:
                     client.ping()
 
-    def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    def close_all(self) -> None:
+        """The stop: close every client with 1001 and admit no new one."""
         self.closing = True
+        self._close_clients(1001, "server shutting down")
+
+    def _close_clients(self, code: int, reason: str) -> None:
         for client in tuple(self.clients):
             client.close(code, reason)
 
@@ -316,12 +324,15 @@ class WsHub:
 
         Log pages until the bus's ring reaches back to the cursor; then, without a checkpoint,
         the ring's events up to `delivered_seq` and membership of `clients`: every later batch
-        the hub delivers starts after `delivered_seq`.
+        the hub delivers starts after `delivered_seq`. The log is written before the hub takes
+        a batch, so a page (or the cursor) can reach past `delivered_seq`: the client's `floor`
+        (the newest seq it has) makes `deliver` skip those events when they come.
         """
         cursor = self.delivered_seq if since is None else since
         page = first
         while not client.closed:
             if cursor >= self.delivered_seq:
+                client.floor = cursor
                 self.clients.add(client)
                 return
             recent = self.bus.ring_after(cursor)
@@ -335,6 +346,10 @@ class WsHub:
                     page = await read_page(self.bus.log, cursor)
                 except StaleCursorError as exc:  # rotation overtook this replay
                     client.close(1011, f"events after {cursor} were rotated away; reconnect")
+                    client.close_reason = str(exc)
+                    return
+                except EventLogError as exc:  # EMFILE, EIO: this client's replay ends
+                    client.close(1011, "the event log cannot be read now; reconnect")
                     client.close_reason = str(exc)
                     return
             if not page.lines:
@@ -422,6 +437,8 @@ class WsHub:
             page = await read_page(self.bus.log, since)
         except StaleCursorError as exc:
             raise _Reject(410, stale_body(exc)) from None
+        except EventLogError as exc:
+            raise _Reject(503, error_body("log_unavailable", f"{exc}; retry later")) from None
         head = max(page.head, self.delivered_seq)
         if since > head:
             raise _Reject(

@@ -12,7 +12,9 @@ is written down (its pidfile) before anything can lose it, or killed at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
@@ -127,10 +129,17 @@ class OrphanChild:
         self.record.signal_group(signal.SIGKILL)
 
 
-async def kill_group(child: Child, bound_s: float) -> bool:
+async def kill_group(child: Child, bound_s: float, *, sigterm_s: float = 0.0) -> bool:
     """SIGKILL the group and wait for its leader, at most `bound_s`, shielded: for `finally:`
-    and for the end of every stop. Then SIGKILL what is left of the group. True when the
-    leader has exited. The one bounded kill of the package."""
+    and for the end of every stop. With `sigterm_s`, SIGTERM first and give the leader that
+    long (a helper's cleanup; the stop ladder walks its own rungs, with events). Then SIGKILL
+    what is left of the group. True when the leader has exited. The one bounded kill of the
+    package."""
+    if sigterm_s > 0:
+        with trio.move_on_after(sigterm_s, shield=True):
+            if not child.exited:
+                child.signal_group(signal.SIGTERM)
+                await child.wait()
     with trio.move_on_after(bound_s, shield=True):
         if not child.exited:
             child.signal_group(signal.SIGKILL)
@@ -181,34 +190,96 @@ class Tracking:
         return path
 
 
+# The gate a recorded process waits at: a shell reads one line from its stdin (a pipe only
+# frameos holds the write end of) and only then execs the program, with stdin on /dev/null.
+# frameos writes the line once the pidfile is on disk; if frameos dies first, the shell reads
+# EOF and exits without running the program. Same pid, same start time, same group after exec.
+GATE_SHELL = "/bin/sh"
+GATE_SCRIPT = 'IFS= read -r go || exit 125; exec "$@" </dev/null'
+GATE_EXIT = 125  # the gate's status when frameos was gone before the pidfile was written
+
+
 async def spawn(
-    argv: list[str], *, env: Mapping[str, str], cwd: Path | None, output: int | None = None
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    output: int | None = None,
+    record: Callable[[OwnChild], Awaitable[object]] | None = None,
 ) -> OwnChild:
     """Start `argv` in a new session (its own process group) with stdin on /dev/null.
 
-    `output` is a file descriptor for stdout and stderr (None: /dev/null). Raises one of
-    SPAWN_ERRORS when the program cannot be started.
+    `output` is a file descriptor for stdout and stderr (None: /dev/null). With `record` (the
+    pidfile write), the program is held at a gate until `record(child)` returned: no moment
+    exists at which the program runs and nothing on disk names it (record_or_kill: a failed
+    or cancelled record kills the group, which never ran the program). Raises one of
+    SPAWN_ERRORS when the program cannot be started (checked before the gate: a missing or
+    non-executable program fails the launch, as without it), LaunchError when `record` fails.
     """
-    process = await trio.lowlevel.open_process(
+    if record is None:
+        return OwnChild(await _open(argv, env, cwd, output, subprocess.DEVNULL))
+    _check_program(argv, env, cwd)
+    gate_read, gate_write = os.pipe()  # both close-on-exec: no other child inherits them
+    try:
+        try:
+            gated = [GATE_SHELL, "-c", GATE_SCRIPT, "frameos-gate", *argv]
+            child = OwnChild(await _open(gated, env, cwd, output, gate_read))
+        finally:
+            os.close(gate_read)
+        await record_or_kill(child, partial(record, child))
+        with contextlib.suppress(BrokenPipeError):  # killed meanwhile: its exit says so
+            os.write(gate_write, b"go\n")
+    finally:
+        os.close(gate_write)
+    return child
+
+
+async def _open(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None, output: int | None, stdin: int
+) -> trio.Process:
+    return await trio.lowlevel.open_process(
         argv,
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=output if output is not None else subprocess.DEVNULL,
         stderr=output if output is not None else subprocess.DEVNULL,
     )
-    return OwnChild(process)
 
 
-async def terminate_group(child: Child, grace_s: float) -> None:
-    """SIGTERM the group, then `kill_group` after `grace_s`; shielded and bounded, for
-    `finally:`. Returns once the leader has exited or the bound (grace + grace) passed."""
-    with trio.move_on_after(grace_s, shield=True):
-        if not child.exited:
-            child.signal_group(signal.SIGTERM)
-            await child.wait()
-    await kill_group(child, grace_s)
+def _check_program(argv: list[str], env: Mapping[str, str], cwd: Path | None) -> None:
+    """Raise what exec would (FileNotFoundError, PermissionError, OSError ENOEXEC, ValueError)
+    for a program the gate's shell could not run, so a bad command stays a failed launch: the
+    shell would only exit 126/127 later. A file that is neither ELF nor `#!` is refused as the
+    kernel refuses it (the shell would run it as a script). One stat and one small read."""
+    if not argv or not argv[0]:
+        raise ValueError("empty command")
+    program = argv[0]
+    if "\0" in program:
+        raise ValueError("embedded null byte")
+    if os.sep in program:
+        path = os.path.join(cwd if cwd is not None else os.getcwd(), program)
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        path = found
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except PermissionError:  # execute-only: exec needs no read permission; let the kernel judge
+        return
+    if head.startswith(b"#!"):
+        interpreter = head[2:].split(b"\n", 1)[0].split(maxsplit=1)[:1]
+        if not interpreter or not os.access(interpreter[0], os.X_OK):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    elif not (head[:4] == b"\x7fELF" and head[4] in (1, 2) and head[5] in (1, 2) and head[6] == 1):
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), program)
 
 
 async def run_captured(
@@ -223,20 +294,23 @@ async def run_captured(
     """Run `argv` in its own group, feeding its stdout+stderr chunks to `on_output`.
 
     Returns the exit status (negative: killed by that signal). Raises one of SPAWN_ERRORS when
-    it cannot start, LaunchError when its pidfile (`tracking`) cannot be written. Cancellation
-    (a caller's deadline) terminates the whole group, bounded by `grace_s`.
+    it cannot start, LaunchError when its pidfile (`tracking`) cannot be written or when its
+    leader outlived SIGKILL (stuck in the kernel: its pidfile is kept, so the next start stops
+    it). Cancellation (a caller's deadline) terminates the whole group (SIGTERM, then SIGKILL,
+    each bounded by `grace_s`).
     """
     read_end, write_end = os.pipe()
     recorded: list[Path] = []
+    record: Callable[[OwnChild], Awaitable[object]] | None = None
+    if tracking is not None:
+        track = tracking
+
+        async def record_in_thread(child: OwnChild) -> None:
+            recorded.append(await trio.to_thread.run_sync(track.write, child))
+
+        record = record_in_thread
     try:
-        child = await spawn(argv, env=env, cwd=cwd, output=write_end)
-        if tracking is not None:
-            track = tracking
-
-            def write() -> None:
-                recorded.append(track.write(child))
-
-            await record_or_kill(child, partial(trio.to_thread.run_sync, write))
+        child = await spawn(argv, env=env, cwd=cwd, output=write_end, record=record)
     except BaseException:
         os.close(read_end)
         raise
@@ -248,15 +322,20 @@ async def run_captured(
             try:
                 await child.wait()
             finally:
-                await terminate_group(child, grace_s)
+                await kill_group(child, grace_s, sigterm_s=grace_s)
             # Drain, then force: the output ends at EOF unless something outside the group
             # kept the pipe open.
             nursery.cancel_scope.deadline = trio.current_time() + grace_s
     finally:
-        for path in recorded:
-            pidfile.remove(path)
+        if child.exited:  # else the record stays for the next start to stop it
+            for path in recorded:
+                pidfile.remove(path)
     code = child.returncode
-    assert code is not None, "terminate_group returned before the process exited"
+    if code is None:
+        raise LaunchError(
+            f"pid {child.pid} is still there {grace_s * 2:g} s after SIGTERM and SIGKILL "
+            f"(stuck in the kernel?); its pidfile is kept for the next start"
+        )
     return code
 
 

@@ -9,13 +9,17 @@
                                                          ▼                     ▼
                                        vm.shutdown_complete forced   vm.shutdown_complete graceful
 
-Shaped like trio's `run_process`: the parent awaits the process's exit once; beside it a
-shielded escalation task walks the rungs (asks, waits, SIGTERM, waits, SIGKILL, waits), each
-with its own deadline, and is cancelled the moment the exit is seen. Its events are published
-without waiting (`publish_nowait`: a handful per stop), so a slow log never delays a signal.
-Cancellation of the ladder itself (a forced stop) ends the escalation and goes straight to
-`kill_group` (shielded, bounded by sigkill_ms): no process of the group is left alive. A ladder
-begun after the stop was forced (`forced=True`) skips to the SIGKILL rung.
+Shaped like trio's `run_process`: the parent awaits the process's exit once; beside it an
+escalation task walks the rungs (asks, waits, SIGTERM, waits, SIGKILL, waits), each with its
+own deadline, and is cancelled the moment the exit is seen. The escalation is not shielded:
+whatever cancels the ladder (`force()`, the stop budget) also ends it, and the ladder goes
+straight to `kill_group`, the one shielded part (bounded by sigkill_ms), as trio's killer runs
+shielded only once the wait was cancelled: no process of the group is left alive, and
+`vm.shutdown_complete` (forced) is still published. Events are published without waiting
+(`publish_nowait`: a handful per stop), so a slow log never delays a signal. A ladder begun
+after the stop was forced (`forced=True`) skips to the SIGKILL rung and announces only its
+budget (`deadline_ms` = sigkill_ms); one for a process already gone announces 0 and ends
+graceful with no cooperative events.
 The same ladder stops our own VMs, orphans of a killed instance (with the timeouts recorded in
 their pidfile) and VMs after a reload (with the timeouts they were launched with).
 """
@@ -90,19 +94,18 @@ class Ladder:
         self.timeouts, self.publisher, self.forced = timeouts, publisher, forced
         self.started = 0.0
         self.rung = Rung.REQUESTED
-        self._escalation = trio.CancelScope(shield=True)
+        self._escalation = trio.CancelScope()
 
     async def run(self, reason: str) -> LadderResult:
         """Stop the process group and return how it went.
 
         Cancellation (a forced stop) cancels the escalation, SIGKILLs the group (shielded,
-        bounded by sigkill_ms), reports the interrupted rung and re-raises.
+        bounded by sigkill_ms), reports the interrupted rung, publishes `vm.shutdown_complete`
+        (forced: every `shutdown_requested` ends in one) and re-raises.
         """
         self.started = trio.current_time()
         changed = not self.child.exited
-        self._say(
-            ev.VmShutdownRequested(vm=self.vm, reason=reason, deadline_ms=self.timeouts.total_ms)
-        )
+        self._say(ev.VmShutdownRequested(vm=self.vm, reason=reason, deadline_ms=self._budget_ms()))
         done = False
         try:
             async with trio.open_nursery() as nursery:
@@ -117,7 +120,15 @@ class Ladder:
             await kill_group(self.child, 0 if done else self.timeouts.sigkill_ms / 1000)
             if not done:
                 self._report_interrupted()
+                self._say_complete("forced", changed)  # synchronous: works while cancelled
         return self._complete(changed)
+
+    def _budget_ms(self) -> int:
+        """What this run can take: nothing for a process already gone, the SIGKILL rung for a
+        forced ladder, else every rung."""
+        if self.child.exited:
+            return 0
+        return self.timeouts.sigkill_ms if self.forced else self.timeouts.total_ms
 
     def _elapsed_ms(self, since: float | None = None) -> int:
         return int((trio.current_time() - (self.started if since is None else since)) * 1000)
@@ -182,7 +193,7 @@ class Ladder:
     def _complete(self, changed: bool) -> LadderResult:
         exited = self.child.exited
         graceful = exited and self.rung in (Rung.REQUESTED, Rung.COOPERATIVE)
-        if graceful:
+        if exited and self.rung is Rung.COOPERATIVE:  # it answered the cooperative_attempted
             self._say(ev.VmCooperativeSucceeded(vm=self.vm, elapsed_ms=self._elapsed_ms()))
         if not exited:
             self._say(
@@ -192,12 +203,13 @@ class Ladder:
                 ),
                 "error",
             )
-        result = LadderResult(
-            "graceful" if graceful else "forced", self._elapsed_ms(), changed, exited
-        )
+        return self._say_complete("graceful" if graceful else "forced", changed, exited)
+
+    def _say_complete(self, outcome: Outcome, changed: bool, exited: bool = True) -> LadderResult:
+        result = LadderResult(outcome, self._elapsed_ms(), changed, exited)
         self._say(
             ev.VmShutdownComplete(
-                vm=self.vm, outcome=result.outcome, total_ms=result.total_ms, changed=changed
+                vm=self.vm, outcome=outcome, total_ms=result.total_ms, changed=changed
             )
         )
         return result

@@ -1,9 +1,9 @@
 """Starting a VM's process: the spawner, its log file, and what a failed launch says.
 
 The spawner opens the log, starts the process in its own session and has its pidfile written
-before it returns (child.record_or_kill); the file work runs in threads, since creating a file
-can cost the event loop milliseconds, times hundreds of VMs. Tests pass a fake spawner
-(testing.FakeSpawner) with the same signature.
+before the program runs (child.spawn's gate, child.record_or_kill); the file work runs in
+threads, since creating a file can cost the event loop milliseconds, times hundreds of VMs.
+Tests pass a fake spawner (testing.FakeSpawner) with the same signature.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from pathlib import Path
 
 import trio
 
 from frameos.config import VmConfig
 from frameos.workers import LaunchError
-from frameos.workers.child import SPAWN_ERRORS, Child, record_or_kill, spawn
+from frameos.workers.child import SPAWN_ERRORS, Child, spawn
 
 LOG_MAX_BYTES = 8 * 1024 * 1024
 LAUNCH_ERRORS: tuple[type[Exception], ...] = (LaunchError, *SPAWN_ERRORS)
@@ -41,11 +40,14 @@ async def default_spawner(
     creating a file can cost the event loop milliseconds, times hundreds of VMs."""
     log = await trio.to_thread.run_sync(_open_log, log_path)
     try:
-        child = await spawn(argv, env=env, cwd=cwd, output=log)
+
+        async def record_in_thread(child: Child) -> None:
+            await trio.to_thread.run_sync(record, child)
+
+        # held at the gate until its pidfile is written (child.spawn)
+        return await spawn(argv, env=env, cwd=cwd, output=log, record=record_in_thread)
     finally:
         os.close(log)
-    await record_or_kill(child, partial(trio.to_thread.run_sync, record, child))
-    return child
 
 
 def _open_log(path: Path) -> int:
