@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
                     *argv,
                 ],
                 check=False,
+                cwd=root,  # its .schemathesis/ cache stays in the throwaway directory
             )
         finally:
             frameos.send_signal(signal.SIGTERM)

@@ -225,7 +225,7 @@ def _client(args: argparse.Namespace) -> Any:
     """The instance named by --url/--token-file/--config (frameos.client.Target)."""
     from frameos.client.discover import discover
 
-    return discover(config=args.config, url=args.url, token_file=args.token_file)
+    return discover(config=args.config, url=args.url, token_file=args.token_file, demo=args.demo)
 
 
 def _trio_run(fn: Any, *args: Any) -> int:
@@ -329,5 +329,10 @@ def _event_log(args: argparse.Namespace) -> tuple[Path, int]:
     if args.event_log:
         keep = EventLogConfig().keep
         return Path(args.event_log).absolute(), keep
-    config, _ = load_client_config(args.config, os.environ)
+    if args.demo:
+        from frameos.workers.demo import demo_config
+
+        config = demo_config(os.environ)
+    else:
+        config, _ = load_client_config(args.config, os.environ)
     return event_log_path(config, None), config.event_log.keep

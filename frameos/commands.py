@@ -64,7 +64,10 @@ TOKEN_FILE = Flag(
 JSON = Flag(
     "--json", "print the events as JSON lines (the envelopes) instead of human lines", switch=True
 )
-CLIENT = (CONFIG, URL, TOKEN_FILE, JSON)
+DEMO = Flag(
+    "--demo", "the instance `frameos run --demo` started (its port, state and token)", switch=True
+)
+CLIENT = (CONFIG, DEMO, URL, TOKEN_FILE, JSON)
 VM = Flag("vm", "the VM's name (as in the config's vms)", "VM", positional=True, required=True)
 CONTROL = {
     "start": "start a VM (also one that gave up, or was stopped by an operator)",
@@ -139,6 +142,7 @@ COMMANDS: tuple[Command, ...] = (
             Flag("--follow", "keep printing output as it is written (until Ctrl-C)", switch=True),
             Flag("--lines", "how many of the last lines to print first", "N", default=50, kind=int),
             CONFIG,
+            DEMO,
             URL,
             TOKEN_FILE,
         ),

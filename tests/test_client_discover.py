@@ -168,3 +168,25 @@ def test_a_token_file_flag_that_is_missing_or_empty_is_exit_2(
         path.write_text(content)
     with pytest.raises(ClientError, match=f"--token-file {path} {problem}"):
         discover(config=None, url="http://127.0.0.1:1", token_file=str(path), env={})
+
+
+def test_demo_finds_the_demo_instance_its_port_and_generated_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo keeps its state
+    env = {"FRAMEOS_DEMO_PORT": "18999"}
+    target = discover(config=None, url=None, token_file=None, env=env, demo=True)
+    assert (target.url, target.token) == ("http://127.0.0.1:18999", None)
+    assert target.config is not None and target.config.state_dir is not None
+    assert target.config.state_dir.parent == tmp_path
+    target.config.state_dir.mkdir(parents=True, exist_ok=True)
+    (target.config.state_dir / "api-token").write_text("demo-token-0123456789abcdef\n")
+    target = discover(config=None, url=None, token_file=None, env=env, demo=True)
+    assert target.token == "demo-token-0123456789abcdef"
+
+
+def test_demo_and_config_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--demo and --config"):
+        discover(config=str(tmp_path / "frame.json"), url=None, token_file=None, demo=True)

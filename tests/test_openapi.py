@@ -10,10 +10,10 @@ from typing import Any
 from frameos.bus import Bus
 from frameos.config import validate_config
 from frameos.eventlog import EventLog
-from frameos.server.api import ROUTES
 from frameos.server.app import create_app
 from frameos.server.metrics import Metrics
 from frameos.server.openapi import document
+from frameos.server.routes import ROUTES
 from frameos.server.wsfast import WsHub
 from frameos.state import RuntimeState
 from tests.api_helpers import serving_api

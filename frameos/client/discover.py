@@ -77,15 +77,27 @@ def discover(
     url: str | None,
     token_file: str | None,
     env: Mapping[str, str] | None = None,
+    demo: bool = False,
 ) -> Target:
-    """Find the instance and its token; ClientError (exit 2) when that cannot be done."""
+    """Find the instance and its token; ClientError (exit 2) when that cannot be done.
+
+    `demo`: the instance `frameos run --demo` started, found from the same embedded config.
+    """
     from frameos.config import CONFIG_ENV, DEFAULT_CONFIG
 
     env = os.environ if env is None else env
     cfg: FrameConfig | None = None
     path: Path | None = None
     implicit = False  # the config is ./frame.json, which --url does not need
-    if url is None or (token_file is None and (config or env.get(CONFIG_ENV))):
+    if demo:
+        if config is not None:
+            from frameos.errors import UsageError
+
+            raise UsageError("--demo and --config exclude each other: pick one")
+        from frameos.workers.demo import demo_config
+
+        cfg, path = demo_config(env), Path("the demo config")
+    elif url is None or (token_file is None and (config or env.get(CONFIG_ENV))):
         cfg, path = load_client_config(config, env)
     elif token_file is None and Path(DEFAULT_CONFIG).exists():
         implicit = True

@@ -22,9 +22,10 @@ from frameos.bus import Bus
 from frameos.config import is_loopback
 from frameos.events import Message
 from frameos.runs.control import ControlPlane
-from frameos.server.api import Api, mount
+from frameos.server.api import Api
 from frameos.server.auth import ALL_SCOPES, INSTANCE, Token, Tokens, ws_authorizer
 from frameos.server.metrics import Metrics
+from frameos.server.routes import mount
 from frameos.server.wsfast import WS_PATH_TEXT, WsHub
 from frameos.state import Phase, RuntimeState
 

@@ -10,10 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from frameos.server.api import IDEMPOTENCY_KEY, JSON, OWNER_HEADER, ROUTES, Route
+from frameos.server.api import IDEMPOTENCY_KEY, JSON, OWNER_HEADER
 from frameos.server.auth import Scope
 from frameos.server.extworkers import OWNER
 from frameos.server.models import ErrorBody
+from frameos.server.routes import ROUTES, Route
 
 REF = "#/components/schemas/{model}"
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
