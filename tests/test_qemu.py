@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from frameos.workers import ChannelUnavailable
 from frameos.workers.child import spawn
 from frameos.workers.qmp import QmpConnection
 from tests.conftest import require_tools, running_frameos, write_config
@@ -46,9 +47,12 @@ async def test_qmp_handshake_with_real_qemu(base: Path, tmp_path: Path) -> None:
     child = await spawn(qemu_argv(str(base), str(sock)), env={"PATH": "/usr/bin:/bin"}, cwd=None)
     try:
         with trio.fail_after(10):
-            while not sock.exists():
-                await trio.sleep(0.01)
-            conn = await QmpConnection.connect(sock)
+            while True:  # qemu binds the socket file before it listens: refused until then
+                try:
+                    conn = await QmpConnection.connect(sock)
+                    break
+                except ChannelUnavailable:
+                    await trio.sleep(0.01)
             status = await conn.execute("query-status")
             await conn.aclose()
         assert status["status"] in ("running", "prelaunch")
