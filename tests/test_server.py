@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,13 @@ class Server:
     state: RuntimeState
     port: int
     stop: trio.Event
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait, polling, until `condition()` holds (a deadline, never a guessed sleep)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.001)
 
 
 @asynccontextmanager
@@ -181,7 +188,7 @@ async def test_poll_events_and_stale_cursor(tmp_path: Path) -> None:
 
 async def test_websocket_receives_events_and_answers_ping(tmp_path: Path) -> None:
     async with serving(tmp_path) as server, open_websocket_url(server.ws) as ws:
-        await trio.sleep(0.05)
+        await until(lambda: len(server.hub.clients) == 1)
         for i in range(5):
             await server.bus.publish(Message(text=str(i)))
         got = [json.loads(await ws.get_message()) for _ in range(5)]
@@ -198,7 +205,7 @@ async def test_websocket_replays_since_then_goes_live(tmp_path: Path) -> None:
     async with serving(tmp_path) as server:
         for i in range(20):
             await server.bus.publish(Message(text=str(i)))
-        await trio.sleep(0.05)
+        await until(lambda: server.bus.written_seq == server.bus.last_seq)
         async with open_websocket_url(server.ws + "?since=10") as ws:
             for i in range(20, 25):
                 await server.bus.publish(Message(text=str(i)))
@@ -211,8 +218,7 @@ async def test_websocket_close_is_answered(tmp_path: Path) -> None:
         async with open_websocket_url(server.ws) as ws:
             await ws.aclose(code=1000, reason="bye")
             assert ws.closed is not None and ws.closed.code == 1000
-        await trio.sleep(0.05)
-        assert not server.hub.clients
+        await until(lambda: not server.hub.clients)
 
 
 async def test_slow_client_is_dropped_and_others_get_everything(tmp_path: Path) -> None:
@@ -268,7 +274,7 @@ async def test_thousand_malformed_frames_leave_the_server_healthy(tmp_path: Path
         assert server.hub.protocol_errors == 1000
         assert (await get(server.port, "/healthz"))[0] == 200
         async with open_websocket_url(server.ws) as ws:
-            await trio.sleep(0.05)
+            await until(lambda: len(server.hub.clients) == 1)
             await server.bus.publish(Message(text="still fine"))
             assert json.loads(await ws.get_message())["fields"]["text"] == "still fine"
 
@@ -304,7 +310,7 @@ async def test_bad_handshakes_get_json_errors(
 
 async def test_shutdown_closes_websockets_with_going_away(tmp_path: Path) -> None:
     async with serving(tmp_path) as server, open_websocket_url(server.ws) as ws:
-        await trio.sleep(0.05)
+        await until(lambda: len(server.hub.clients) == 1)
         server.stop.set()
         with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:  # noqa: PT012
             while True:
@@ -336,8 +342,7 @@ async def test_idle_clients_are_closed_and_live_ones_kept(tmp_path: Path) -> Non
                     received += chunk  # the 101, pings, then a close frame and EOF
             assert b"\x88" in received  # a close frame before EOF
             assert b"idle timeout" in received
-            await trio.sleep(0.2)
-            assert len(server.hub.clients) == 1  # the live one stays
+            await until(lambda: len(server.hub.clients) == 1)  # the live one stays
             await server.bus.publish(Message(text="still here"))
             assert json.loads(await live.get_message())["fields"]["text"] == "still here"
         await silent.aclose()
