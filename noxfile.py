@@ -32,7 +32,10 @@ def tests(session: nox.Session) -> None:
     data.chmod(0o1777)
     session.env["COVERAGE_FILE"] = str(data / ".coverage")
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    # One worker per core; a test file stays on one worker (the systemd harness boots once
+    # per module). Under 5 minutes on 2 cores instead of ~8 serially.
+    args = session.posargs or ["--numprocesses=auto", "--dist=loadfile"]
+    session.run("coverage", "run", "-m", "pytest", *args)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report", "--skip-covered", "--sort=cover")
 

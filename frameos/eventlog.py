@@ -170,20 +170,14 @@ class EventLog:
 
     def _recover(self, fd: int) -> Recovery:
         size = os.fstat(fd).st_size
-        start = max(0, size - TAIL_SCAN)
-        tail = os.pread(fd, size - start, start)
-        # A line is good when it ends with a newline and parses; everything after the last good
-        # line is a torn write.
-        good_end = tail.rfind(b"\n") + 1
-        last_seq: int | None = None
-        while good_end > 0:
-            begin = tail.rfind(b"\n", 0, good_end - 1) + 1
-            try:
-                last_seq = decode(tail[begin:good_end]).seq
-                self._last_line = tail[begin:good_end]
+        window = TAIL_SCAN
+        while True:  # widen the window until it holds a good line, or is the whole file
+            start = max(0, size - window)
+            tail = os.pread(fd, size - start, start)
+            good_end, last_seq = self._last_good_line(tail, whole=start == 0)
+            if last_seq is not None or start == 0:
                 break
-            except ValueError:
-                good_end = begin
+            window *= 2
         truncated = len(tail) - good_end
         if truncated:
             os.ftruncate(fd, start + good_end)
@@ -191,6 +185,26 @@ class EventLog:
         if last_seq is None:
             last_seq = self._last_seq_of_rotated()
         return Recovery(last_seq, truncated, start + good_end)
+
+    def _last_good_line(self, tail: bytes, *, whole: bool) -> tuple[int, int | None]:
+        """The end of the last good line in `tail` and its seq (None when it has none).
+
+        A line is good when it ends with a newline and parses; everything after the last good
+        line is a torn write. Unless `tail` is the `whole` file, what precedes its first
+        newline may be the end of a longer line: it is never taken for a line.
+        """
+        floor = 0 if whole else tail.find(b"\n") + 1
+        good_end = tail.rfind(b"\n") + 1
+        while good_end > floor:
+            begin = tail.rfind(b"\n", 0, good_end - 1) + 1
+            try:
+                seq = decode(tail[begin:good_end]).seq
+            except ValueError:
+                good_end = begin
+                continue
+            self._last_line = tail[begin:good_end]
+            return good_end, seq
+        return 0, None
 
     def _last_seq_of_rotated(self) -> int:
         for path in self._rotated_paths():
@@ -389,7 +403,11 @@ class EventLog:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
-            seg = _segment(fd)
+            try:
+                seg = _segment(fd)
+            except BaseException:  # EIO reading it: not in `chain` yet, so close it here
+                os.close(fd)
+                raise
             if seg is None:
                 os.close(fd)
                 continue

@@ -397,7 +397,7 @@ class Supervisor:
         app = create_app(
             self.state, self.bus, hub, self.metrics, control=self.control, tokens=self.tokens
         )
-        return FrontDoor(app, hub)
+        return FrontDoor(app, hub, vms=len(self.state.config.vms))
 
     # --- signals -------------------------------------------------------------------------------
 

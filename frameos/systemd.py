@@ -259,12 +259,14 @@ class LoopHealth:
     def problem(self, now: float) -> str | None:
         """Why the loop is not healthy, or None when it is."""
         limit = self.limit()
-        if self.state.phase in (Phase.STARTING, Phase.READY):
+        bus = self.bus
+        pending = bus.last_seq - bus.written_seq
+        # a failing log above its high-water mark holds the heartbeat's `publish`: then the
+        # writer's attempts (below) say whether the loop is alive
+        if self.state.phase in (Phase.STARTING, Phase.READY) and not (bus.fault and pending):
             age = now - max(self.state.last_heartbeat_mono, self.started)
             if age > limit:
                 return f"the heartbeat is {age:.1f} s late (limit {limit:g} s)"
-        bus = self.bus
-        pending = bus.last_seq - bus.written_seq
         if pending <= 0 or (bus.written_seq, bus.write_errors) != (self._written, self._errors):
             self._written, self._errors, self._progress = bus.written_seq, bus.write_errors, now
         elif now - self._progress > (limit + BACKOFF_MAX_S if bus.fault else limit):

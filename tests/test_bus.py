@@ -566,3 +566,28 @@ async def test_a_hung_fsync_does_not_stall_the_exit(
         release.set()
     assert not any(timed_out)
     assert log.path.read_bytes().count(b"\n") == 1
+
+
+async def test_fsync_always_writes_then_syncs_a_batch_in_two_thread_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the module docstring says of fsync=always (it said "one worker-thread call")."""
+    log = open_log(tmp_path)
+    bus = Bus(log, fsync="always")
+    calls: list[str] = []
+    real_run_sync = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(getattr(fn, "__name__", "?"))
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        written = bus.subscribe("test", 4)
+        await bus.publish(Message(text="durable"))
+        async for _ in written:  # seen only once written and synced
+            break
+        assert calls == ["<lambda>", "sync"]
+        await bus.aclose()
+    log.close()

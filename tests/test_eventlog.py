@@ -357,3 +357,52 @@ def test_a_reader_racing_the_writer_and_its_rotations_sees_no_gap(tmp_path: Path
     assert not reader.is_alive()
     assert problems == []
     log.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failing_read_leaks_no_file_handle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fd just opened for a file whose first read failed (EIO) was not in the chain yet,
+    so nothing closed it: one fd leaked per failing read."""
+    log = EventLog(tmp_path / "events.jsonl")
+    log.open()
+    log.append(lines(1, 3))
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(eventlog, "_segment", eio)
+    before = open_fds()
+    for _ in range(5):
+        with pytest.raises(EventLogError, match="cannot read"):
+            log.read_after(0, 10)
+    assert open_fds() == before
+    log.close()
+
+
+@pytest.mark.parametrize("case", ["a long last line", "a long torn tail"])
+def test_recovery_never_cuts_mid_line_when_the_tail_window_has_no_good_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """With no good line in the last TAIL_SCAN bytes (a line longer than that, or a torn tail
+    as long), recovery cut the file at the window's start, mid-line, and took seq from the
+    rotated files (renumbering)."""
+    monkeypatch.setattr(eventlog, "TAIL_SCAN", 256)
+    path = tmp_path / "events.jsonl"
+    long_line = encode(Message(text="x" * 1000), 4, 1.0).line
+    good = lines(1, 3) + (long_line if case == "a long last line" else b"")
+    torn = b"" if case == "a long last line" else b'{"v":1,"seq":4,"text":"' + b"y" * 1000
+    path.write_bytes(good + torn)
+    log = EventLog(path)
+    recovery = log.open()
+    assert recovery.last_seq == (4 if case == "a long last line" else 3)
+    assert (recovery.truncated_bytes, recovery.truncated_at) == (len(torn), len(good))
+    assert path.read_bytes() == good
+    log.append(lines(recovery.last_seq + 1, 1))
+    log.close()
+    seqs = [decode(line).seq for line in path.read_bytes().splitlines()]
+    assert seqs == list(range(1, recovery.last_seq + 2))

@@ -9,10 +9,10 @@ import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import TimeoutsConfig
+from frameos.config import CooperativeMethod, TimeoutsConfig
 from frameos.workers import ChannelError, ChannelUnavailable
 from frameos.workers.cooperative import Request, request_for
-from frameos.workers.ladder import Ladder, LadderResult, Method
+from frameos.workers.ladder import Ladder, LadderResult
 from frameos.workers.testing import FakeChild, RecordingPublisher
 
 TIMEOUTS = TimeoutsConfig(cooperative_ms=2000, sigterm_ms=1000, sigkill_ms=1000)
@@ -23,7 +23,7 @@ async def stop(
     child: FakeChild,
     pub: RecordingPublisher,
     request: Request | None = None,
-    method: Method = "signal",
+    method: CooperativeMethod = "signal",
 ) -> LadderResult:
     if request is None:
         request = request_for(method, child, sig="SIGINT")

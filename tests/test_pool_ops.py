@@ -571,3 +571,31 @@ async def test_real_cancelled_start_during_its_bootstrap_stops_the_vm(tmp_path: 
             work.cancel_scope.cancel()
     (requested,) = of(pub, ev.VmShutdownRequested, "real")
     assert requested.reason == "the start was canceled: run 2 (stop) won"
+
+
+async def test_the_supervisors_cancellation_is_the_pools_one_stop_path(tmp_path: Path) -> None:
+    """The supervisor stops the pool by cancelling its work nursery (it never called `stop`):
+    from then on no operation starts a VM (`_closed` used to be set only by `stop`)."""
+    pub = RecordingPublisher()
+    failures: list[str] = []
+    async with trio.open_nursery() as outer:
+        spawner = polite(outer)
+        pool = VmPool(frame(tmp_path, [vm("a"), vm("b")]), pub, spawner=spawner, base_env={})
+
+        async def start_b_while_stopping() -> None:
+            await trio.testing.wait_all_tasks_blocked()  # a's ladder waits on its exit
+            assert pool.worker("a").state is VmState.STOPPING
+            try:
+                await pool.start_vm("b")
+            except OperationFailed as exc:
+                failures.append(str(exc))
+
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            await pool.stop_vm("b")
+            outer.start_soon(start_b_while_stopping)
+            work.cancel_scope.cancel()  # the supervisor's way
+    assert failures == ["frameos is stopping: no VM is started now"]
+    assert len(spawner.children) == 2  # a and b's first launch; no relaunch of b
+    assert pool.worker("b").state is VmState.STOPPED
+    assert [e.outcome for e in of(pub, ev.VmShutdownComplete, "a")] == ["graceful"]

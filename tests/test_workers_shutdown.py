@@ -274,6 +274,16 @@ async def test_helpers_left_by_a_killed_instance_are_killed(tmp_path: Path) -> N
         assert not procfs.group_exists(proc.pid)
         assert pidfile.records(procs_dir(tmp_path)) == []
         assert any("a: step pid" in t and "killing its process group" in t for t in texts(pub))
+        # through the ladder (issue 8), forced: its events say so, with the 1 s budget
+        assert pub.vm_names("a") == [
+            "vm.shutdown_requested",
+            "vm.shutdown_escalated",
+            "vm.shutdown_complete",
+        ]
+        (requested,) = of(pub, ev.VmShutdownRequested, "a")
+        assert requested.reason == f"step pid {proc.pid} of a previous frameos instance"
+        assert requested.deadline_ms == 1000
+        assert of(pub, ev.VmShutdownComplete, "a")[0].outcome == "forced"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

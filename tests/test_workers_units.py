@@ -3,6 +3,7 @@ and the pool's health figures, readiness and metrics."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,12 +67,12 @@ def test_orphan_group_sees_members_and_refuses_a_reused_leader() -> None:
 def test_pidfile_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "a.pid"
     record = pidfile.PidRecord(
-        vm="a", pid=1, start_time=2, pgid=1, method="qmp", timeouts={"sigkill_ms": 1000}
+        vm="a", pid=4321, start_time=2, pgid=4321, method="qmp", timeouts={"sigkill_ms": 1000}
     )
     pidfile.write(path, record)
     assert pidfile.read(path) == record
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="not readable"):
+    with pytest.raises(ValueError, match="is not a frameos pidfile"):
         pidfile.read(path)
     pidfile.remove(path)
     assert pidfile.read(path) is None
@@ -296,3 +297,72 @@ async def test_a_helper_that_outlives_sigkill_is_a_reported_failure(
                 ["x"], lambda _: None, env={}, cwd=None, tracking=tracking
             )
     assert [p.name for p in pidfile.records(tmp_path / "procs")] == [f"{stuck.pid}.pid"]
+
+
+GOOD = {"vm": "x", "pid": 4321, "start_time": 2, "pgid": 4321}
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "cannot be read (Is a directory)"),
+        (b"\xff\xfe", "cannot be read ("),
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b"[" * 100_000, "is not a frameos pidfile"),
+        ({**GOOD, "pid": "4321"}, "pid must be a non-negative integer, not '4321'"),
+        ({**GOOD, "pgid": 0}, "cannot name a process group"),
+        ({**GOOD, "pid": True}, "pid must be a non-negative integer"),
+        ({**GOOD, "command": "rm -rf /"}, "command must be a list of strings"),
+        ({**GOOD, "timeouts": {"sigkill_ms": "5"}}, "timeouts must map names to integers"),
+        ({**GOOD, "qmp_socket": 7}, "qmp_socket must be a string or null"),
+        ({**GOOD, "vm": None}, "vm must be a string"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["vms", "procs"])
+async def test_a_bad_pidfile_is_reported_and_skipped_never_a_crash(
+    tmp_path: Path, content: bytes | dict[str, object] | None, why: str, kind: str
+) -> None:
+    """orphans/pidfile: every OSError, ValueError and bad field type on a *.pid is a warn
+    message naming the file, and the pool starts (it used to escape pool.run's cleaning)."""
+    directory = tmp_path / kind
+    directory.mkdir()
+    path = directory / "gone.pid"
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(json.dumps(content))
+    pub = RecordingPublisher()
+    pool = VmPool(frame(tmp_path, []), pub)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await pool.stop("test")
+    texts = [getattr(e, "text", "") for e in pub.of("message")]
+    assert any(str(path) in t and why in t for t in texts), texts
+    if content is None:  # a directory cannot be unlinked: said, with the fix
+        assert any(f"cannot remove {path}" in t and "by hand" in t for t in texts), texts
+    else:
+        assert not path.exists()
+
+
+async def test_a_state_dir_entry_that_is_not_a_directory_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "vms").write_text("not a directory")
+    (tmp_path / "procs").write_text("not a directory")
+    pub = RecordingPublisher()
+    pool = VmPool(frame(tmp_path, []), pub)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await pool.stop("test")
+    texts = [getattr(e, "text", "") for e in pub.of("message")]
+    for name in ("vms", "procs"):
+        assert any(f"cannot list the pidfiles in {tmp_path / name}" in t for t in texts), texts
+
+
+def test_a_pidfile_with_an_unknown_method_is_still_stoppable(tmp_path: Path) -> None:
+    path = tmp_path / "a.pid"
+    path.write_text(json.dumps({**GOOD, "method": "telepathy"}))
+    record = pidfile.read(path)
+    assert record is not None and record.method == "none"

@@ -259,10 +259,15 @@ class AuthConfig(Model):
         return self
 
 
+# How a guest is asked to stop (SPEC §5): declared once, here; events, the ladder and pidfiles
+# import it.
+CooperativeMethod = Literal["qmp", "signal", "command", "none"]
+
+
 class CooperativeConfig(Model):
     """`vms[].cooperative`: how the guest is asked to stop before any signal."""
 
-    method: Literal["qmp", "signal", "command", "none"] | None = Field(
+    method: CooperativeMethod | None = Field(
         default=None,
         description="how the guest is asked to stop; unset: `qmp` when the command has "
         "`{qmp_socket}`, else `none`",
@@ -442,7 +447,7 @@ class VmConfig(Model):
     )
 
     @property
-    def cooperative_method(self) -> str:
+    def cooperative_method(self) -> CooperativeMethod:
         """The configured method, or `qmp` when the command has a QMP socket, else `none`."""
         if self.cooperative.method is not None:
             return self.cooperative.method

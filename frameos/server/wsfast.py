@@ -44,7 +44,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from frameos.bus import Bus
+from frameos.bus import Bus, Wakeup
 from frameos.config import WebsocketConfig
 from frameos.envelope import Envelope
 from frameos.errors import EventLogError, StaleCursorError
@@ -90,8 +90,8 @@ class WsClient:
         self.floor = 0  # the newest seq the replay sent: live deliveries start after it
         self.last_seen = trio.current_time()
         self.last_progress = self.last_seen
-        self._has_backlog = trio.Event()
-        self._drained = trio.Event()
+        self._has_backlog = Wakeup()  # the sender: bytes are queued (or the client finished)
+        self._drained = Wakeup()  # the replay: the sender wrote the whole backlog
         self.gone = trio.Event()
 
     def send(self, data: bytes, *, replay: bool = False) -> None:
@@ -160,7 +160,6 @@ class WsClient:
         """
         while True:
             await self._has_backlog.wait()
-            self._has_backlog = trio.Event()
             while self.backlog:
                 await trio.lowlevel.wait_writable(self.fd)
                 self._flush()
@@ -169,7 +168,6 @@ class WsClient:
     async def wait_drained(self) -> None:
         """Wait until the sender has written the whole backlog (`abort` empties it too)."""
         while self.backlog:
-            self._drained = trio.Event()
             self._has_backlog.set()
             await self._drained.wait()
 

@@ -5,8 +5,10 @@ to the whole group and no grandchild outlives it. `Child` is all the ladder need
 it with a fake process, production with `OwnChild` (waits on the pidfd: no polling) or
 `OrphanChild` (not our child: polls its leader's /proc entry, backing off to `ORPHAN_POLL_MAX_S`).
 
-`kill_group` is the one bounded SIGKILL of the package; `record_or_kill` makes sure a process
-is written down (its pidfile) before anything can lose it, or killed at once.
+`kill_group` is the one bounded kill of the package (SIGKILL, with an optional SIGTERM rung
+first for a helper's cleanup). `spawn(record=...)` holds the program at a gate until
+`record_or_kill` has written its pidfile: nothing runs that no file names; a process that
+cannot be recorded is killed at once, before its program ever ran.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+from frameos.config import CooperativeMethod
 from frameos.workers import ChannelError, ChannelUnavailable, LaunchError, qmp
 from frameos.workers.child import SPAWN_ERRORS, Child, Tracking, run_captured
 
@@ -26,7 +27,7 @@ TAIL_BYTES = 2048
 
 
 def request_for(
-    method: str,
+    method: CooperativeMethod,
     child: Child,
     *,
     sig: str = "SIGINT",

@@ -30,29 +30,18 @@ import contextlib
 import signal
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, get_args
+from typing import Literal
 
 import trio
 
 from frameos import events as ev
-from frameos.config import CooperativeConfig, TimeoutsConfig
+from frameos.config import CooperativeMethod, TimeoutsConfig
 from frameos.events import Event, Severity
 from frameos.workers import ChannelError, ChannelUnavailable
 from frameos.workers.child import Child, kill_group
 from frameos.workers.cooperative import Request
 from frameos.workers.publisher import Publisher
 
-Method = str  # one of METHODS
-
-
-def _declared_methods() -> tuple[str, ...]:
-    """The cooperative methods as config's model declares them (`cooperative.method`, a
-    `Literal[...] | None`): declared once, there."""
-    annotation = CooperativeConfig.model_fields["method"].annotation
-    return tuple(value for arg in get_args(annotation) for value in get_args(arg))
-
-
-METHODS = _declared_methods()
 Outcome = Literal["graceful", "forced"]
 
 
@@ -84,7 +73,7 @@ class Ladder:
         vm: str,
         child: Child,
         *,
-        method: Method,
+        method: CooperativeMethod,
         request: Request,
         timeouts: TimeoutsConfig,
         publisher: Publisher,
@@ -167,11 +156,7 @@ class Ladder:
         """The first rung: deliver the request, then give the exit `cooperative_ms`."""
         limit_ms = self.timeouts.cooperative_ms
         self.rung = Rung.COOPERATIVE
-        self._say(
-            ev.VmCooperativeAttempted.model_validate(
-                {"vm": self.vm, "method": self.method, "timeout_ms": limit_ms}
-            )
-        )
+        self._say(ev.VmCooperativeAttempted(vm=self.vm, method=self.method, timeout_ms=limit_ms))
         rung_start = trio.current_time()
         reason: Literal["timeout_expired", "channel_unavailable", "channel_error"]
         reason, detail = "timeout_expired", f"no exit within {limit_ms} ms"

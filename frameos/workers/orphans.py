@@ -1,7 +1,8 @@
 """Orphans (SPEC §5): what a killed instance left running, found by pidfile and stopped before
 anything is launched anew. VMs go through the same ladder, with the settings recorded at their
-launch; bootstrap steps and stop commands (`state_dir/procs/`) get a bounded kill of their
-group. A stale overlay is discarded as `orphan`; a stale QMP socket file is removed.
+launch; bootstrap steps and stop commands (`state_dir/procs/`) go through it forced (its
+SIGKILL rung, 1 s, with its events under the VM's name). A stale overlay is discarded as
+`orphan`; a stale QMP socket file is removed.
 
 Cheap at scale: whether an orphan still runs is one read of its leader's /proc entry and one
 kill(0) probe of its group. Only a group that answers the probe after its leader is gone (its
@@ -26,15 +27,15 @@ from frameos.workers.child import (
     ORPHAN_POLL_S,
     OrphanChild,
     Tracking,
-    kill_group,
 )
 from frameos.workers.cooperative import request_for
-from frameos.workers.ladder import METHODS, Ladder, Method
+from frameos.workers.ladder import Ladder
 from frameos.workers.paths import procs_dir
 from frameos.workers.publisher import Publisher
 
 ORPHAN_REASON = "orphan of a previous frameos instance"
-HELPER_KILL_S = 1.0  # the bound on killing a leftover bootstrap step or stop command
+# A leftover bootstrap step or stop command: the ladder's SIGKILL rung, bounded by 1 s.
+HELPER_TIMEOUTS = TimeoutsConfig(sigkill_ms=1_000)
 
 
 class ProcScan:
@@ -76,12 +77,7 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
 
     Returns the record (None when there was no readable pidfile).
     """
-    try:
-        record = pidfile.read(path)
-    except ValueError as exc:
-        await publisher.publish(ev.Message(text=f"{vm}: {exc}; removed it"), "warn")
-        pidfile.remove(path)
-        return None
+    record = await _read(path, publisher, vm)
     if record is None:
         return None
     if await live_members(record):
@@ -95,8 +91,35 @@ async def stop_orphan(vm: str, path: Path, publisher: Publisher) -> pidfile.PidR
         ladder = _ladder(vm, record, publisher, procs_dir(path.parent.parent))
         await ladder.run(ORPHAN_REASON)
         await _leftovers_gone(record, ladder.timeouts.sigkill_ms / 1000, publisher)
-    pidfile.remove(path)
+    await _forget(path, publisher, vm)
     return record
+
+
+async def _read(
+    path: Path, publisher: Publisher, vm: str | None = None
+) -> pidfile.PidRecord | None:
+    """The record at `path`, or None: absent, or not a record. Never an exception: a bad file
+    is reported (a warn `message` naming it and the fix) and removed when it can be."""
+    try:
+        return pidfile.read(path)
+    except ValueError as exc:
+        prefix = f"{vm}: " if vm else ""
+        text = f"{prefix}{exc}; removing it: check by hand that no process it named still runs"
+        await publisher.publish(ev.Message(text=text), "warn")
+        await _forget(path, publisher, vm)
+    return None
+
+
+async def _forget(path: Path, publisher: Publisher, vm: str | None = None) -> bool:
+    """Remove the pidfile; a warn `message` when it cannot be (False)."""
+    try:
+        pidfile.remove(path)
+    except OSError as exc:  # a directory named *.pid, a read-only state_dir, ...
+        prefix = f"{vm}: " if vm else ""
+        text = f"{prefix}cannot remove {path} ({exc.strerror or exc}); remove it by hand"
+        await publisher.publish(ev.Message(text=text), "warn")
+        return False
+    return True
 
 
 async def _leftovers_gone(record: pidfile.PidRecord, bound_s: float, publisher: Publisher) -> None:
@@ -120,16 +143,17 @@ def _ladder(vm: str, record: pidfile.PidRecord, publisher: Publisher, procs: Pat
         timeouts = TimeoutsConfig.model_validate(record.timeouts)
     except pydantic.ValidationError:
         timeouts = TimeoutsConfig()
-    method: Method = next((m for m in METHODS if m == record.method), "none")
     request = request_for(
-        method,
+        record.method,
         child,
         sig=record.signal,
         command=record.command,
         qmp_socket=Path(record.qmp_socket) if record.qmp_socket else None,
         tracking=Tracking(procs, vm, "command"),
     )
-    return Ladder(vm, child, method=method, request=request, timeouts=timeouts, publisher=publisher)
+    return Ladder(
+        vm, child, method=record.method, request=request, timeouts=timeouts, publisher=publisher
+    )
 
 
 async def discard_overlay(
@@ -167,9 +191,13 @@ async def clean_up_after(
 
 
 async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
-    """Kill the bootstrap steps and stop commands a killed instance left running (bounded,
-    all at once), and forget their pidfiles. Call before anything is launched."""
-    paths = pidfile.records(procs_dir(state_dir))
+    """Stop the bootstrap steps and stop commands a killed instance left running (a forced
+    ladder each, all at once), and forget their pidfiles. Call before anything is launched."""
+    try:
+        paths = pidfile.records(procs_dir(state_dir))
+    except ValueError as exc:
+        await publisher.publish(ev.Message(text=str(exc)), "warn")
+        return
     if paths:
         async with trio.open_nursery() as nursery:
             for path in paths:
@@ -177,19 +205,26 @@ async def stop_helpers(state_dir: Path, publisher: Publisher) -> None:
 
 
 async def _stop_helper(path: Path, publisher: Publisher) -> None:
-    try:
-        record = pidfile.read(path)
-    except ValueError as exc:
-        await publisher.publish(ev.Message(text=f"{exc}; removed it"), "warn")
-        record = None
+    record = await _read(path, publisher)
     if record is not None and await live_members(record):
         await publisher.publish(
             ev.Message(
                 text=f"{record.vm}: {record.kind} pid {record.pid} was left running by a previous "
-                f"frameos (pid {record.owner_pid}); killing its process group"
+                f"frameos (pid {record.owner_pid}); killing its process group (forced ladder)"
             ),
             "warn",
         )
-        await kill_group(OrphanChild(record), HELPER_KILL_S)
-        await _leftovers_gone(record, HELPER_KILL_S, publisher)
-    pidfile.remove(path)
+        child = OrphanChild(record)
+        ladder = Ladder(
+            record.vm,
+            child,
+            method="none",
+            request=request_for("none", child),
+            timeouts=HELPER_TIMEOUTS,
+            publisher=publisher,
+            forced=True,  # a helper has no way to be asked, and nothing to save
+        )
+        await ladder.run(f"{record.kind} pid {record.pid} of a previous frameos instance")
+        await _leftovers_gone(record, HELPER_TIMEOUTS.sigkill_ms / 1000, publisher)
+    if record is not None:
+        await _forget(path, publisher, record.vm)

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 from frameos import events as ev
 from frameos.config import FrameConfig, VmConfig
 from frameos.state import RuntimeState, WorkerCounts
-from frameos.workers import OperationCanceled, OperationFailed, VmBusy
+from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile
 from frameos.workers.launch import LOG_MAX_BYTES, rotate_if_large
 from frameos.workers.orphans import clean_up_after, discard_overlay, stop_helpers
 from frameos.workers.publisher import Publisher
@@ -82,7 +82,9 @@ class VmPool:
         self.on_exhausted, self.base_env, self.spawner = on_exhausted, base_env, spawner
         self._workers: dict[str, VmWorker] = {vm.name: self._worker_for(vm) for vm in config.vms}
         self._nursery: trio.Nursery | None = None
-        self._closed = trio.Event()
+        self._closed = trio.Event()  # set as `run` begins to stop: no operation starts a VM
+        self._run_scope: trio.CancelScope | None = None
+        self._run_done = trio.Event()
         self._ops: dict[str, trio.CancelScope] = {}  # start/restart/bootstrap in flight
         self._applying = trio.Lock()
 
@@ -135,13 +137,23 @@ class VmPool:
     # --- the pool's own task ----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise every VM until `stop`; `started` once each launched or failed to launch.
+        """Supervise every VM until cancelled; `started` once each launched or failed to launch.
 
         First, whatever a killed instance left running is stopped: its bootstrap steps and
-        stop commands (a bounded kill), VMs no longer configured (their ladder); each
+        stop commands (a forced ladder), VMs no longer configured (their ladder); each
         configured VM's worker stops its own orphan before launching.
-        Cancellation stops every VM through its ladder (shielded, bounded; see `force`).
+        Cancellation is the one way the pool stops (the supervisor cancels its work nursery;
+        `stop` cancels this): operations fail from then on ("frameos is stopping"), those in
+        flight are cancelled, and every VM goes through its ladder (shielded, bounded; see
+        `force`). `run` returns once every VM has stopped.
         """
+        try:
+            with trio.CancelScope() as self._run_scope:
+                await self._run(task_status)
+        finally:
+            self._run_done.set()
+
+    async def _run(self, task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as cleaning:
             cleaning.start_soon(stop_helpers, self.state_dir, self.publisher)
             cleaning.start_soon(self._stop_unknown_orphans)
@@ -152,22 +164,20 @@ class VmPool:
                     for worker in self.workers:
                         starting.start_soon(nursery.start, worker.run)
                 task_status.started(len(self._workers))
-                async with trio.open_nursery() as chores:
-                    chores.start_soon(self._rotate_logs)
-                    await self._closed.wait()
-                    chores.cancel_scope.cancel()
-            finally:
+                await self._rotate_logs()  # until cancelled
+            finally:  # cancelled: the workers, cancelled too, run their ladders
                 self._nursery = None
+                self._closed.set()
+                for scope in self._ops.values():
+                    scope.cancel()
 
     async def stop(self, reason: str) -> None:
-        """Run the ladder of every VM in parallel; return when all have stopped. `run` then
-        returns, and operations fail ("frameos is stopping")."""
-        self._closed.set()
-        for scope in self._ops.values():
-            scope.cancel()
-        async with trio.open_nursery() as nursery:
-            for worker in self.workers:
-                nursery.start_soon(worker.stop, reason)
+        """Cancel `run` with `reason` (the same path as the supervisor's cancellation: every
+        VM through its ladder, in parallel) and return once it has returned."""
+        if self._run_scope is None:
+            return  # never ran: nothing to stop
+        self._run_scope.cancel(reason=reason)
+        await self._run_done.wait()
 
     def force(self) -> None:
         """Cut every running ladder short: each VM's group is SIGKILLed at once (bounded).
@@ -178,17 +188,15 @@ class VmPool:
     async def _stop_unknown_orphans(self) -> None:
         """Pidfiles of VMs no longer configured: their processes still go through the ladder."""
         known = set(self._workers)
-        directory = self.state_dir / "vms"
         try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
+            paths = pidfile.records(self.state_dir / "vms")
+        except ValueError as exc:  # not a directory, not readable: said, and skipped
+            await self.publisher.publish(ev.Message(text=str(exc)), "warn")
             return
         async with trio.open_nursery() as nursery:
-            for name in names:
-                if name.endswith(".pid") and name[:-4] not in known:
-                    nursery.start_soon(
-                        clean_up_after, name[:-4], directory / name, None, self.publisher
-                    )
+            for path in paths:
+                if path.stem not in known:
+                    nursery.start_soon(clean_up_after, path.stem, path, None, self.publisher)
 
     async def _rotate_logs(self) -> None:
         """Keep each running VM's output file under LOG_MAX_BYTES (copy to .1, truncate)."""

@@ -31,7 +31,7 @@ from frameos.workers import LaunchError, OperationFailed, VmBusy, overlay, pidfi
 from frameos.workers.bootstrap import BootstrapContext, run_bootstrap
 from frameos.workers.child import Child, Tracking, kill_group, signal_name
 from frameos.workers.cooperative import request_for
-from frameos.workers.ladder import Ladder, Method
+from frameos.workers.ladder import Ladder
 from frameos.workers.launch import LAUNCH_ERRORS, Spawner, default_spawner, why
 from frameos.workers.orphans import clean_up_after, discard_overlay, remove_stale_socket
 from frameos.workers.paths import VmPaths, child_env, substitute, uses_qmp
@@ -515,7 +515,7 @@ class VmWorker:
 
     def _ladder(self, child: Child) -> Ladder:
         vm = self.launched_vm
-        method: Method = vm.cooperative_method
+        method = vm.cooperative_method
         request = request_for(
             method,
             child,
