@@ -65,6 +65,7 @@ async def test_unknown_vm_conflict_and_invalid_bodies(tmp_path: Path) -> None:
             assert bad.status_code == 422 and bad.json()["error"] == "invalid_body"
         huge = await api.call("POST", "/v1/runs", content=b"x" * 200_000)
         assert huge.status_code == 413 and huge.json()["error"] == "body_too_large"
+        assert huge.headers["connection"] == "close"  # the client opens a new one next
         header = await api.call(
             "POST",
             "/v1/runs",

@@ -112,6 +112,10 @@ def create_app(
             code = "body_too_large"
             message = f"the request body is over {MAX_BODY_BYTES} bytes; send a smaller one"
         response = error(exc.code or 500, code, message, path=request.path, method=request.method)
+        if exc.code == 413:
+            # the rest of the body is never read: the connection ends after this answer, and
+            # says so, so that a keep-alive client does not send its next request on it
+            response.headers["Connection"] = "close"
         if exc.code == 405:  # say which methods the path has
             allowed = getattr(exc, "valid_methods", None) or []
             response.headers["Allow"] = ", ".join(sorted(allowed))
