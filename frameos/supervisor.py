@@ -55,6 +55,7 @@ from frameos.workers.pool import EXIT_EXHAUSTED, VmPool
 from frameos.workers.vm import Spawner, default_spawner
 
 if TYPE_CHECKING:
+    from frameos.forward import Forwarder
     from frameos.server.auth import Tokens
     from frameos.server.frontdoor import FrontDoor
     from frameos.server.metrics import Metrics
@@ -198,6 +199,12 @@ class Supervisor:
         self.stop_scope = trio.CancelScope()
         self.hub: WsHub | None = None
         self.metrics: Metrics | None = None
+        self.forwarder: Forwarder | None = None
+        if options.config.forward is not None:
+            from frameos.forward import Forwarder
+
+            assert options.config.state_dir is not None, "resolve() fills state_dir"
+            self.forwarder = Forwarder(bus, options.config.forward, options.config.state_dir)
         self.tokens: Tokens | None = None  # the API tokens, read at start (server/auth.py)
         self.forced = False
         self.fault: BaseException | None = None  # what ended the run, when not a stop request
@@ -224,6 +231,8 @@ class Supervisor:
             signals = await outer.start(self._signal_task)
             await outer.start(bus.run)
             await outer.start(sink.run)
+            if self.forwarder is not None:  # after its drain, once the bus closed (SPEC §12)
+                await outer.start(self.forwarder.run)
             # systemd: READY/STATUS/STOPPING/watchdog; does nothing without NOTIFY_SOCKET.
             notifier = SystemdNotifier(bus, state, watchers=self._watchers)
             await outer.start(notifier.run)
@@ -394,6 +403,10 @@ class Supervisor:
         self.hub = hub
         self.metrics = Metrics(self.state, self.bus, hub)
         self.metrics.registry.register(self.pool.collector())
+        if self.forwarder is not None:
+            from frameos.server.metrics import ForwardCollector
+
+            self.metrics.registry.register(ForwardCollector(self.forwarder))
         app = create_app(
             self.state, self.bus, hub, self.metrics, control=self.control, tokens=self.tokens
         )

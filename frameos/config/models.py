@@ -454,6 +454,77 @@ class VmConfig(Model):
         return "qmp" if any("{qmp_socket}" in arg for arg in self.command) else "none"
 
 
+class StreamLimits(Model):
+    """`forward.nats.stream`: the JetStream stream created when it is missing."""
+
+    name: str = Field(
+        default="FRAMEOS",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="stream name (letters, digits, `_`, `-`); it holds `PREFIX.*.events`",
+    )
+    max_age_s: float = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        le=10 * 365 * 24 * 3600,
+        description="seconds an event is kept (0: no limit)",
+    )
+    max_bytes: int = Field(
+        default=1 << 30, ge=-1, le=1 << 50, description="bytes the stream keeps (-1: no limit)"
+    )
+    max_msgs_per_subject: int = Field(
+        default=-1,
+        ge=-1,
+        le=1 << 40,
+        description="events kept per host (-1: no limit); the oldest go first",
+    )
+    duplicate_window_s: float = Field(
+        default=120,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="seconds JetStream remembers a `Nats-Msg-Id` (a resend inside it is dropped)",
+    )
+
+
+class NatsConfig(Model):
+    """`forward.nats`: the NATS server with JetStream the events go to."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        pattern=r"^(nats|tls)://[^\s]+$",
+        description="the server, e.g. `nats://127.0.0.1:4222` (`tls://` for TLS)",
+    )
+    subject_prefix: str = Field(
+        default="frameos",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="events go to `PREFIX.HOST.events`",
+    )
+    credentials_file: FsPath | None = Field(
+        default=None, description="a NATS `.creds` file (JWT + NKey seed); unset: none"
+    )
+    stream: StreamLimits = Field(
+        default_factory=StreamLimits, description="the stream created when it is missing"
+    )
+
+
+class ForwardConfig(Model):
+    """`forward`: send every event to a broker (SPEC §12, [operations.md](operations.md))."""
+
+    nats: NatsConfig = Field(description="NATS JetStream")
+    host: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="this host's name in subjects and message ids; unset: the hostname "
+        "(dots become `_`)",
+    )
+
+
 class FrameConfig(Model):
     """The whole `frame.json`."""
 
@@ -510,6 +581,9 @@ class FrameConfig(Model):
         default_factory=WebsocketConfig, description="bounds of `/ws/events` clients"
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="the control API token")
+    forward: ForwardConfig | None = Field(
+        default=None, description="forward every event to NATS JetStream; unset: no forwarding"
+    )
     shutdown_timeout_s: float = Field(
         default=40.0,
         ge=1,

@@ -8,6 +8,7 @@ path touches Prometheus. Other components (the VM workers) add their own collect
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -16,6 +17,9 @@ from prometheus_client.registry import Collector
 from frameos.bus import Bus
 from frameos.server.wsfast import WsHub
 from frameos.state import RuntimeState
+
+if TYPE_CHECKING:
+    from frameos.forward import Forwarder
 
 
 class RuntimeCollector(Collector):
@@ -98,6 +102,32 @@ class RuntimeCollector(Collector):
         workers.add_metric(["running"], counts.running)
         workers.add_metric(["failed"], counts.failed)
         yield workers
+
+
+class ForwardCollector(Collector):
+    """The NATS forwarder (SPEC §12): what the broker took, what waits, and the link."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        fw = self.forwarder
+        yield CounterMetricFamily(
+            "frameos_forward_events",
+            "Events the broker acknowledged (this run)",
+            value=fw.forwarded,
+        )
+        yield GaugeMetricFamily(
+            "frameos_forward_pending",
+            "Logged events the broker has not acknowledged",
+            value=fw.pending,
+        )
+        yield GaugeMetricFamily(
+            "frameos_forward_acked_seq", "The last seq the broker acknowledged", value=fw.acked
+        )
+        yield GaugeMetricFamily(
+            "frameos_forward_connected", "1 while the broker is connected", value=int(fw.connected)
+        )
 
 
 class Metrics:
