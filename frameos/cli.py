@@ -301,6 +301,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     if args.since < 0:
         raise UsageError(f"--since must be a seq (0 or more), found {args.since}")
+    broker = getattr(args, "from")
+    if broker is not None:
+        return _events_from_broker(args, broker)
+    if args.host is not None:
+        raise UsageError("--host needs --from nats://…")
     handle = history.matcher(args.vm, Printer(json=args.json))
     if args.url is not None:
         if args.event_log:
@@ -319,6 +324,33 @@ def cmd_events(args: argparse.Namespace) -> int:
     return _trio_run(
         functools.partial(history.from_file, follow=args.follow), path, keep, args.since, handle
     )
+
+
+def _events_from_broker(args: argparse.Namespace, broker: str) -> int:
+    """`events --from nats://…`: every forwarding host's events (SPEC §12)."""
+    import asyncio
+
+    from frameos.errors import UsageError
+    from frameos.forward.follow import follow, show_with_host
+
+    if args.url is not None or args.event_log:
+        raise UsageError("--from excludes --url and --event-log: pick the broker, or one host")
+    if not broker.startswith(("nats://", "tls://")):
+        raise UsageError(f"--from must be a nats:// URL, found {broker!r}")
+    show = show_with_host(json=args.json)
+    if args.vm is not None:
+        inner, vm = show, args.vm
+
+        def show(host: str, envelope: Any) -> None:
+            if envelope.fields().get("vm") == vm:
+                inner(host, envelope)
+
+    try:
+        return asyncio.run(
+            follow(broker, show, host=args.host, since=args.since, follow=args.follow)
+        )
+    except KeyboardInterrupt:
+        return 130
 
 
 def _event_log(args: argparse.Namespace) -> tuple[Path, int]:

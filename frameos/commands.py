@@ -160,6 +160,12 @@ COMMANDS: tuple[Command, ...] = (
             ),
             Flag("--follow", "keep printing new events as they come (until Ctrl-C)", switch=True),
             Flag("--vm", "only the events of this VM", "NAME"),
+            Flag(
+                "--from",
+                "the NATS server the hosts forward to (nats://HOST:PORT): every host's events",
+                "URL",
+            ),
+            Flag("--host", "with --from: only this host's events", "HOST"),
             EVENT_LOG,
             *CLIENT,
         ),

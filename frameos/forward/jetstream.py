@@ -40,6 +40,31 @@ def _explain(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+async def open_connection(url: str, credentials: str | None, name: str) -> Client:
+    """One attempt at one server, no reconnecting; BrokerError with the real cause."""
+    errors: list[Exception] = []
+
+    async def keep(exc: Exception) -> None:  # nats-py would log to stderr
+        errors.append(exc)
+
+    try:
+        return await nats.connect(
+            url,
+            user_credentials=credentials,
+            allow_reconnect=False,
+            connect_timeout=CONNECT_S,
+            # 1, not 0: nats-py reads 0 as "no limit" when picking a server, and would try
+            # the same dead server forever
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.05,
+            error_cb=keep,
+            name=name,
+        )
+    except Exception as exc:
+        cause = errors[0] if errors else exc
+        raise BrokerError(_explain(cause)) from None
+
+
 class JetStreamLink:
     """One connection to the NATS server, publishing one host's events."""
 
@@ -53,21 +78,10 @@ class JetStreamLink:
     async def connect(self) -> int:
         """Connect, create the stream if it is missing; the last seq the broker holds of this
         host (0 when none). Raises BrokerError."""
-        config = self.config
-
-        async def quiet(exc: Exception) -> None:  # nats-py logs to stderr by default
-            return None
-
-        creds = str(config.credentials_file) if config.credentials_file else None
+        creds = self.config.credentials_file
         try:
-            self._nc = await nats.connect(
-                config.url,
-                user_credentials=creds,
-                allow_reconnect=False,
-                connect_timeout=CONNECT_S,
-                max_reconnect_attempts=0,
-                error_cb=quiet,
-                name=f"frameos {self.host}",
+            self._nc = await open_connection(
+                self.config.url, str(creds) if creds else None, f"frameos {self.host}"
             )
             self._js = self._nc.jetstream(timeout=REQUEST_S)
             await self._ensure_stream()

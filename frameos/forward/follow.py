@@ -1,0 +1,86 @@
+"""`frameos events --from nats://…`: the forwarded events of every host (or one), in each
+host's seq order, every line naming its host. Runs nats-py on asyncio in this process (the
+client has nothing else to do); every wait has a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import DeliverPolicy
+
+from frameos.client.discover import ClientError
+from frameos.envelope import Envelope, decode
+from frameos.forward.jetstream import CONNECT_S, REQUEST_S, BrokerError, open_connection
+
+PREFIX, STREAM = "frameos", "FRAMEOS"  # the forwarder's defaults (forward.nats in the config)
+IDLE_S = 1.0  # --follow: how often the wait for the next message wakes up
+
+
+def show_with_host(*, json: bool) -> Callable[[str, Envelope], None]:
+    """JSON: the envelope with `"host"` first; human: the host, then the rendered line."""
+    if json:
+
+        def show_json(host: str, envelope: Envelope) -> None:
+            sys.stdout.buffer.write(b'{"host":"%s",%s' % (host.encode(), envelope.line[1:]))
+            sys.stdout.buffer.flush()
+
+        return show_json
+    from rich.console import Console
+    from rich.text import Text
+
+    from frameos.render import render
+
+    console = Console(highlight=False, soft_wrap=True)
+
+    def show_human(host: str, envelope: Envelope) -> None:
+        if envelope.severity != "debug":
+            console.print(Text.assemble((host, "bold"), " ", render(envelope)))
+
+    return show_human
+
+
+async def follow(
+    url: str,
+    show: Callable[[str, Envelope], None],
+    *,
+    host: str | None,
+    since: int,
+    follow: bool,
+    prefix: str = PREFIX,
+) -> int:
+    """Print what the broker holds (every host, or `host`), then with `follow` what comes."""
+
+    try:
+        nc = await open_connection(url, None, "frameos events --from")
+    except BrokerError as exc:
+        raise ClientError(f"cannot reach the NATS server {url}: {exc}") from None
+    try:
+        js = nc.jetstream(timeout=REQUEST_S)
+        subject = f"{prefix}.{host or '*'}.events"
+        try:
+            sub = await js.subscribe(
+                subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            )
+            pending = (await sub.consumer_info()).num_pending
+        except Exception as exc:
+            raise ClientError(
+                f"{url}: no JetStream stream holds {subject} ({exc}); is a frameos forwarding "
+                "there (forward.nats)?"
+            ) from None
+        while follow or pending:
+            try:
+                msg = await sub.next_msg(timeout=IDLE_S if follow else REQUEST_S)
+            except NatsTimeout:
+                if follow:
+                    continue
+                raise ClientError(f"{url}: the stream stopped answering") from None
+            pending = msg.metadata.num_pending
+            envelope = decode(msg.data)
+            if envelope.seq > since:
+                show(msg.subject.split(".")[-2], envelope)
+        return 0
+    finally:
+        await asyncio.wait_for(nc.close(), CONNECT_S)

@@ -1,0 +1,171 @@
+"""Forwarding to NATS JetStream (SPEC §12), against a real nats-server on a free loopback port.
+
+Each test starts its own `nats-server -js` with a temporary store; the broker's contents are
+read back with nats-py (and with `frameos events --from`), and compared with the event logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import trio
+
+from frameos import events as ev
+from tests.conftest import Frameos, frameos_argv, require_tools, running_frameos, write_config
+from tests.test_e2e_run import http_get
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A real `nats-server -js`; `stop` and `start` again keep its port and store."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.store = tmp_path / "nats-store"
+        self.log = tmp_path / "nats.log"
+        self.proc: trio.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        argv = ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        argv += ["-sd", str(self.store), "-l", str(self.log)]
+        self.proc = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL)
+        with trio.fail_after(10):  # ready: it accepts connections (polled, with a deadline)
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    assert self.proc.returncode is None, self.log.read_text()
+                    await trio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                return
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await self.proc.wait()
+
+
+@asynccontextmanager
+async def nats_server(
+    tmp_path: Path, server: NatsServer | None = None
+) -> AsyncIterator[NatsServer]:
+    require_tools("nats-server")
+    server = server or NatsServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.returncode is None:
+            server.proc.kill()
+            with trio.move_on_after(5, shield=True):
+                await server.proc.wait()
+
+
+def read_subject(url: str, subject: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """Every message on `subject` in stream order: (headers, envelope)."""
+
+    async def read() -> list[tuple[dict[str, str], dict[str, Any]]]:
+        nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
+        try:
+            js = nc.jetstream(timeout=5)
+            sub = await js.subscribe(subject, ordered_consumer=True)
+            pending = (await sub.consumer_info()).num_pending
+            out = []
+            while pending:
+                msg = await sub.next_msg(timeout=5)
+                pending = msg.metadata.num_pending
+                out.append((dict(msg.headers or {}), json.loads(msg.data)))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def log_seqs(state: Path) -> list[int]:
+    return [json.loads(line)["seq"] for line in (state / "events.jsonl").read_bytes().splitlines()]
+
+
+def host_config(tmp_path: Path, url: str, host: str, **more: Any) -> Path:
+    home = tmp_path / host
+    home.mkdir(exist_ok=True)
+    return write_config(
+        home,
+        heartbeat_interval=0.05,
+        forward={"nats": {"url": url}, "host": host},
+        **more,
+    )
+
+
+def message(instance: Frameos, fragment: str, start: int = 0) -> Any:
+    return instance.wait_for(ev.Message, lambda e: fragment in e["fields"]["text"], start=start)
+
+
+async def test_every_event_reaches_the_subject_in_order_with_its_msg_id(tmp_path: Path) -> None:
+    async with nats_server(tmp_path) as broker:
+        config = host_config(tmp_path, broker.url, "h1")
+        async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
+            await fos.wait_for(ev.RuntimeHeartbeat)
+            status, body = await http_get(fos.url + "/metrics")
+            assert status == 200
+            assert b"frameos_forward_connected 1.0" in body, body.decode()
+            fos.send(signal.SIGTERM)
+            assert await fos.wait_exit() == 0
+        held = await trio.to_thread.run_sync(read_subject, broker.url, "frameos.h1.events")
+    seqs = log_seqs(tmp_path / "h1" / "state")
+    assert [envelope["seq"] for _, envelope in held] == seqs
+    assert seqs[-1] > 3 and ev.RuntimeStop.NAME in [envelope["event"] for _, envelope in held]
+    assert [headers["Nats-Msg-Id"] for headers, _ in held] == [f"h1:{seq}" for seq in seqs]
+    cursor = tmp_path / "h1" / "state" / "forward" / "nats-h1.cursor"
+    assert int(cursor.read_text()) == seqs[-1]
+
+
+async def test_a_broker_down_at_start_is_reported_once_and_caught_up(tmp_path: Path) -> None:
+    require_tools("nats-server")
+    broker = NatsServer(tmp_path)  # not started yet
+    config = host_config(tmp_path, broker.url, "h1")
+    async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
+        await message(fos, "unreachable")
+        beats = len(fos.events)
+        await fos.wait_for(ev.RuntimeHeartbeat, start=beats)
+        async with nats_server(tmp_path, broker):  # the server comes up now
+            await message(fos, "reachable again")
+            fos.send(signal.SIGTERM)
+            assert await fos.wait_exit() == 0
+            held = await trio.to_thread.run_sync(read_subject, broker.url, "frameos.h1.events")
+    texts = [e["fields"]["text"] for e in fos.events if e["event"] == ev.Message.NAME]
+    assert sum("unreachable" in t for t in texts) == 1, texts
+    assert [envelope["seq"] for _, envelope in held] == log_seqs(tmp_path / "h1" / "state")
+
+
+def test_a_bad_forward_config_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, forward={"nats": {"url": "http://x"}})
+    done = subprocess.run(
+        frameos_argv("check", "--config", str(config)), capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert "forward.nats.url" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
