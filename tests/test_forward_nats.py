@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from frameos import events as ev
+from frameos.forward.follow import held
 from tests.conftest import Frameos, frameos_argv, require_tools, running_frameos, write_config
 from tests.test_e2e_run import http_get
 
@@ -91,8 +92,8 @@ def read_subject(url: str, subject: str) -> list[tuple[dict[str, str], dict[str,
         nc = await nats.connect(url, connect_timeout=3, allow_reconnect=False)
         try:
             js = nc.jetstream(timeout=5)
+            pending = await held(js, subject)
             sub = await js.subscribe(subject, ordered_consumer=True)
-            pending = (await sub.consumer_info()).num_pending
             out = []
             while pending:
                 msg = await sub.next_msg(timeout=5)
@@ -169,3 +170,54 @@ def test_a_bad_forward_config_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "forward.nats.url" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def events_from(url: str, *more: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        frameos_argv("events", "--from", url, "--json", *more),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def test_two_hosts_a_broker_restart_and_a_sigkill_leave_every_seq_once(
+    tmp_path: Path,
+) -> None:
+    async with nats_server(tmp_path) as broker:
+        configs = {h: str(host_config(tmp_path, broker.url, h)) for h in ("h1", "h2")}
+        async with (
+            running_frameos(tmp_path / "h1", "run", "--config", configs["h1"]) as one,
+            running_frameos(tmp_path / "h2", "run", "--config", configs["h2"]) as two,
+        ):
+            for fos in (one, two):
+                await fos.wait_for(ev.RuntimeHeartbeat)
+            await broker.stop()  # while heartbeats flow
+            for fos in (one, two):
+                await message(fos, "unreachable")
+                await fos.wait_for(ev.RuntimeHeartbeat, start=len(fos.events))
+            await broker.start()
+            for fos in (one, two):
+                await message(fos, "reachable again")
+            one.send(signal.SIGKILL)  # mid-forward: a heartbeat every 50 ms
+            assert await one.wait_exit() == -signal.SIGKILL
+            async with running_frameos(tmp_path / "h1", "run", "--config", configs["h1"]) as again:
+                await again.wait_for(ev.RuntimeHeartbeat)
+                for fos in (again, two):
+                    fos.send(signal.SIGTERM)
+                    assert await fos.wait_exit() == 0
+        for host in ("h1", "h2"):
+            held = await trio.to_thread.run_sync(read_subject, broker.url, f"frameos.{host}.events")
+            seqs = log_seqs(tmp_path / host / "state")
+            assert [envelope["seq"] for _, envelope in held] == seqs, host
+            assert [headers["Nats-Msg-Id"] for headers, _ in held] == [f"{host}:{s}" for s in seqs]
+        shown = await trio.to_thread.run_sync(events_from, broker.url)
+        for host in ("h1", "h2"):
+            mine = [e["seq"] for e in shown if e["host"] == host]
+            assert mine == log_seqs(tmp_path / host / "state"), host
+        only = await trio.to_thread.run_sync(
+            events_from, broker.url, "--host", "h2", "--since", "3"
+        )
+        assert {e["host"] for e in only} == {"h2"} and min(e["seq"] for e in only) == 4

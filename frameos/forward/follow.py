@@ -9,13 +9,14 @@ import sys
 from collections.abc import Callable
 
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from frameos.client.discover import ClientError
 from frameos.envelope import Envelope, decode
 from frameos.forward.jetstream import CONNECT_S, REQUEST_S, BrokerError, open_connection
 
-PREFIX, STREAM = "frameos", "FRAMEOS"  # the forwarder's defaults (forward.nats in the config)
+PREFIX = "frameos"  # the forwarder's default (forward.nats.subject_prefix)
 IDLE_S = 1.0  # --follow: how often the wait for the next message wakes up
 
 
@@ -42,6 +43,14 @@ def show_with_host(*, json: bool) -> Callable[[str, Envelope], None]:
     return show_human
 
 
+async def held(js: JetStreamContext, subject: str) -> int:
+    """How many messages the stream holds on `subject` (a wildcard too). Asked before
+    subscribing: a push consumer's own `num_pending` may already be 0 when it is read."""
+    stream = await js.find_stream_name_by_subject(subject)
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
 async def follow(
     url: str,
     show: Callable[[str, Envelope], None],
@@ -61,10 +70,10 @@ async def follow(
         js = nc.jetstream(timeout=REQUEST_S)
         subject = f"{prefix}.{host or '*'}.events"
         try:
+            pending = await held(js, subject)
             sub = await js.subscribe(
                 subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
             )
-            pending = (await sub.consumer_info()).num_pending
         except Exception as exc:
             raise ClientError(
                 f"{url}: no JetStream stream holds {subject} ({exc}); is a frameos forwarding "
