@@ -136,6 +136,19 @@ async def test_every_event_reaches_the_subject_in_order_with_its_msg_id(tmp_path
             fos.send(signal.SIGTERM)
             assert await fos.wait_exit() == 0
         held = await trio.to_thread.run_sync(read_subject, broker.url, "frameos.h1.events")
+        human = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                frameos_argv("events", "--from", broker.url),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        )
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines and all(line.startswith("h1 ") for line in lines), lines
+    assert any("runtime:stop" in line for line in lines), lines
     seqs = log_seqs(tmp_path / "h1" / "state")
     assert [envelope["seq"] for _, envelope in held] == seqs
     assert seqs[-1] > 3 and ev.RuntimeStop.NAME in [envelope["event"] for _, envelope in held]
