@@ -79,6 +79,7 @@ RESTART_KEYS = (
     "log_to_file",
     "websocket",
     "auth",
+    "forward",
 )
 
 
