@@ -126,7 +126,7 @@ async def plain(api: Api) -> int:
     """Off a terminal: one plain line per event from now on (like `events --follow`)."""
     printer = Printer(json=False)
     last = await head(api)
-    state = {"said": "connected"}
+    said = ""
 
     def handle(envelope: Envelope) -> None:
         nonlocal last
@@ -135,9 +135,14 @@ async def plain(api: Api) -> int:
             printer(envelope)
 
     def say(text: str) -> None:
-        if text != state["said"] and not text.startswith("reconnecting"):
-            state["said"] = text
-            warn(text)
+        """Connection changes, on stderr (stdout has the events only)."""
+        nonlocal said
+        if text == said or text.startswith("reconnecting"):
+            return
+        if text == "connected":
+            text = f"following {api.target.url} from seq {last} (Ctrl-C ends)"
+        said = text
+        warn(text)
 
     async def nothing() -> None:
         return None
@@ -266,21 +271,28 @@ class App:
             )
             run.run_id, run.state = str(body["run_id"]), str(body.get("state", "accepted"))
             self.model.dirty = True
-            while not run.ended:
-                await trio.sleep(RUN_POLL_S)
-                _, current = await self.api.call("GET", f"/v1/runs/{run.run_id}")
-                state = str(current.get("state", ""))
-                if state in ("succeeded", "failed", "canceled") and not run.ended:
-                    run.state = state
-                    run.detail = (
-                        run.detail
-                        if state == "succeeded"
-                        else str(current.get("reason") or run.detail)
-                    )
-                    self.model.dirty = True
         except FrameosError as exc:
             run.state, run.detail = "failed", str(exc)
             self.model.dirty = True
+            return
+        while not run.ended:  # its events end it; this finds an end the stream did not see
+            await trio.sleep(RUN_POLL_S)
+            if run.ended:
+                return
+            try:
+                _, current = await self.api.call("GET", f"/v1/runs/{run.run_id}")
+            except FrameosError as exc:
+                if isinstance(exc, ClientError):
+                    continue  # frameos is away: the stream says so; ask again
+                run.state, run.detail = "lost", str(exc)
+                self.model.dirty = True
+                return
+            state = str(current.get("state", ""))
+            if state in ("succeeded", "failed", "canceled") and not run.ended:
+                run.state = state
+                if state != "succeeded":
+                    run.detail = str(current.get("reason") or run.detail)
+                self.model.dirty = True
 
     def open_detail(self) -> None:
         vm = self.model.selected_vm

@@ -76,7 +76,7 @@ class Run:
 
     @property
     def ended(self) -> bool:
-        return self.state in ("succeeded", "failed", "canceled")
+        return self.state in ("succeeded", "failed", "canceled", "lost")
 
 
 def exit_text(exit_code: object, signal: object) -> str:

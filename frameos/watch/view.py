@@ -47,16 +47,15 @@ def header(model: Model, now: float) -> Text:
     text.append(f"{model.host}  ")
     uptime = model.uptime(now)
     text.append(f"up {duration(uptime) if uptime is not None else '-'}  ")
+    connected = model.connection == "connected"
+    text.append(model.connection, style="green" if connected else "bold yellow")
+    text.append(f"  seq {model.seq}  ", style="dim" if connected else "")
     if model.ready is None:
         text.append("readiness unknown", style="dim")
     elif model.ready:
         text.append("ready", style="bold green")
     else:
         text.append("NOT READY: " + "; ".join(model.reasons or ["?"]), style="bold red")
-    text.append("  ")
-    connected = model.connection == "connected"
-    text.append(model.connection, style="green" if connected else "bold yellow")
-    text.append(f"  seq {model.seq}", style="dim" if connected else "")
     return text
 
 
