@@ -22,6 +22,11 @@ from tests.conftest import Frameos, frameos_argv, require_tools, running_frameos
 
 pytestmark = pytest.mark.e2e
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+GREETER = [
+    sys.executable,
+    "-c",
+    "import time; print('hello from alpha', flush=True); time.sleep(600)",
+]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +42,7 @@ def config(tmp_path: Path, port: int) -> Path:
         tmp_path,
         frame_port=port,
         heartbeat_interval=1,
-        vms=[{"name": "alpha", "command": SLEEPER}, {"name": "beta", "command": SLEEPER}],
+        vms=[{"name": "alpha", "command": GREETER}, {"name": "beta", "command": SLEEPER}],
     )
 
 
@@ -120,6 +125,10 @@ async def test_watch_in_tmux_acts_reconnects_and_quits_leaving_frameos_running(
             assert re.search(r"^> alpha ", pane, re.M)  # the first VM is selected
             assert "ready" in pane.splitlines()[0]
 
+            pane = await tmux.keys("Enter", then="hello from alpha")  # the detail, its log
+            assert "VM alpha" in pane and "output log (following)" in pane
+            await tmux.keys("Escape", then="messages")
+
             mark = len(fos.events)
             await tmux.keys("s", then="stop alpha? y/n")
             await tmux.keys("y", then="stop alpha: succeeded")
@@ -160,6 +169,16 @@ async def test_watch_in_tmux_acts_reconnects_and_quits_leaving_frameos_running(
                 ),
                 f"the new pids {new}",
                 timeout=20,
+            )
+            pane = tmux.pane()  # resumed from the last seq: nothing missed, nothing twice
+            assert pane.count("stopping: received SIGTERM") == 1, pane
+            assert pane.count(f"alpha: pid {restarted} exited") == 1
+            assert "frameos starting" in pane.split("stopping: received SIGTERM")[1]
+            tmux("resize-window", "-t", "watch", "-x", "90", "-y", "30")  # SIGWINCH: redrawn
+            await tmux.until(
+                lambda t: any("BOOTSTRAP" in line and len(line) <= 90 for line in t.splitlines())
+                and "q quit" not in t,  # the footer is cut to the new width
+                "the view redrawn at 90 columns",
             )
             tmux("send-keys", "-t", "watch", "q")
             with trio.fail_after(10):

@@ -10,6 +10,8 @@ Off a terminal it prints plain lines, one per event, and never draws.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import uuid
@@ -67,8 +69,10 @@ async def stream(
     handle: Callable[[Envelope], None],
     say: Callable[[str], None],
     on_connect: Callable[[], Awaitable[None]],
+    jump: Callable[[int], None],
 ) -> None:
-    """Forever: `/ws/events?since=cursor()`, each new event to `handle`; reconnects."""
+    """Forever: `/ws/events?since=cursor()`, each new event to `handle`; reconnects. A cursor
+    the log no longer retains (410) is moved to the oldest it does, by `jump`."""
     headers = [(k.encode(), v.encode()) for k, v in api.target.headers.items()]
     delay = BACKOFF_FIRST_S
     while True:
@@ -92,9 +96,13 @@ async def stream(
                         continue
                     handle(envelope)
         except ConnectionRejected as exc:
+            response = httpx.Response(exc.status_code, content=exc.body or b"")
             if exc.status_code in (401, 403):
-                response = httpx.Response(exc.status_code, content=exc.body or b"")
                 raise await api.refusal(response, "GET", "/ws/events") from None
+            if exc.status_code == 410:
+                details = api.parse(response, "GET", "/ws/events").get("details", {})
+                jump(int(details["oldest_available_cursor"]))
+                continue
             why = f"/ws/events refused with HTTP {exc.status_code}"
         except (ConnectionClosed, HandshakeError, OSError, ClientError) as exc:
             why = _why(exc)
@@ -147,7 +155,12 @@ async def plain(api: Api) -> int:
     async def nothing() -> None:
         return None
 
-    await stream(api, lambda: last, handle, say, nothing)
+    def jump(oldest: int) -> None:
+        nonlocal last
+        warn(f"events after {last} are no longer retained; from {oldest + 1} on")
+        last = oldest
+
+    await stream(api, lambda: last, handle, say, nothing, jump)
     return 0  # pragma: no cover  (stream returns only by an exception)
 
 
@@ -159,6 +172,9 @@ class App:
 
         self.api = api
         self.model = Model(api.target.url)
+        # the terminal itself is measured at each draw: rich prefers $LINES/$COLUMNS, which an
+        # exported shell variable leaves stale after a resize
+        self.measure = console is None
         self.console = console or Console(highlight=False)
         self.nursery: trio.Nursery | None = None
         self.log_scope: trio.CancelScope | None = None
@@ -168,6 +184,12 @@ class App:
 
     async def connect(self) -> None:
         await snapshots(self.api, self.model, everything=True)
+        if self.model.snapshot_seq < self.model.seq:  # a new log (its state was wiped)
+            self.model.seq = self.model.snapshot_seq
+
+    def jump(self, oldest: int) -> None:
+        """Events after model.seq are gone from the log: go on from the oldest retained."""
+        self.model.seq = oldest
 
     async def refresh(self) -> None:
         """Snapshots again when an event made them stale, and every REFRESH_S anyway."""
@@ -198,6 +220,9 @@ class App:
                 self.model.dirty = True  # the uptimes move on
             if self.model.dirty:
                 self.model.dirty = False
+                if self.measure:
+                    with contextlib.suppress(OSError):
+                        self.console.size = os.get_terminal_size(sys.stdout.fileno())
                 width, height = self.console.size
                 live.update(screen(self.model, width, height), refresh=True)
             await trio.sleep(1 / REDRAW_HZ)
@@ -370,6 +395,7 @@ class App:
                     model.apply,
                     model.set_connection,
                     self.connect,
+                    self.jump,
                 )
                 nursery.start_soon(self.refresh)
                 nursery.start_soon(self.draw, live)
