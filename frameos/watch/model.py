@@ -17,6 +17,18 @@ from frameos import events as ev
 from frameos.envelope import Envelope
 from frameos.render import describe
 
+WATCHED = frozenset(
+    cls.NAME
+    for cls in (
+        ev.RuntimeStart, ev.RuntimeReady, ev.RuntimeStopping, ev.RuntimeReload,
+        ev.VmLaunched, ev.VmExited, ev.VmRestartScheduled, ev.VmGaveUp,
+        ev.VmShutdownRequested, ev.VmShutdownComplete, ev.VmOverlayPrepared,
+        ev.VmCooperativeAttempted, ev.VmCooperativeSucceeded, ev.VmCooperativeTimedOut,
+        ev.VmShutdownEscalated, ev.VmLayerDiscarded,
+        ev.BootstrapStarted, ev.BootstrapStep, ev.BootstrapCompleted, ev.BootstrapFailed,
+        ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled,
+    )
+)  # fmt: skip  # the events that move a VM row, the header, or a run on
 MESSAGES = 500  # recent messages kept
 VM_EVENTS = 50  # recent events kept per VM (the detail screen)
 LOG_LINES = 200  # output log lines kept for the detail screen
@@ -24,18 +36,41 @@ PROBLEMS = ("warn", "error", "blocker")
 STOPPED = ("idle", "finished", "gave_up", "stopped")
 
 
-@dataclass
 class Msg:
-    """One line of the messages pane; a repeated progress event bumps `count`."""
+    """One line of the messages pane; a repeated progress event bumps `count`. Its text is made
+    when it is first shown (most lines of a fast stream never are)."""
 
-    seq: int
-    timestamp: float
-    severity: str
-    name: str
-    vm: str | None
-    text: str
-    count: int = 1
-    resolved: bool = False
+    __slots__ = (
+        "_text",
+        "count",
+        "envelope",
+        "name",
+        "resolved",
+        "seq",
+        "severity",
+        "timestamp",
+        "vm",
+    )
+
+    def __init__(self, envelope: Envelope, vm: str | None) -> None:
+        self.envelope = envelope
+        self.seq, self.timestamp = envelope.seq, envelope.timestamp
+        self.severity, self.name, self.vm = envelope.severity, envelope.name, vm
+        self.count = 1
+        self.resolved = False
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = describe(self.envelope)
+        return self._text
+
+    def again(self, envelope: Envelope) -> None:
+        """The same progress once more: this one's text and time, one more in the count."""
+        self.envelope, self.seq, self.timestamp = envelope, envelope.seq, envelope.timestamp
+        self.count += 1
+        self._text = None
 
 
 @dataclass
@@ -160,10 +195,12 @@ class Model:
             return
         self.seq = envelope.seq
         self.dirty = True
-        try:
-            event = envelope.model()
-        except ValueError:
-            event = None
+        event = None
+        if envelope.name in WATCHED:  # decoding a model is the costly part: only when it matters
+            try:
+                event = envelope.model()
+            except ValueError:
+                event = None
         vm_name = getattr(event, "vm", None) if event is not None else None
         vm = self.vms.get(vm_name) if isinstance(vm_name, str) else None
         if vm is not None and event is not None and envelope.seq > self.snapshot_seq:
@@ -242,21 +279,9 @@ class Model:
             and last.name == envelope.name
             and last.vm == vm_name
         ):
-            last.count += 1
-            last.seq, last.timestamp, last.text = (
-                envelope.seq,
-                envelope.timestamp,
-                describe(envelope),
-            )
+            last.again(envelope)
             return
-        msg = Msg(
-            envelope.seq,
-            envelope.timestamp,
-            envelope.severity,
-            envelope.name,
-            vm_name,
-            describe(envelope),
-        )
+        msg = Msg(envelope, vm_name)
         self.messages.append(msg)
         if vm is not None:
             vm.events.append(msg)

@@ -32,7 +32,7 @@ def exit_status(data: dict[str, Any]) -> int:
 
 def duration(seconds: float) -> str:
     """`45s`, `12m03s`, `3h07m`, `2d04h`."""
-    s = int(seconds)
+    s = max(0, int(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:

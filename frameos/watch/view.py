@@ -73,29 +73,57 @@ def bootstrap_cell(vm: Vm, width: int = 10) -> Text:
     return text
 
 
-def vm_table(model: Model, now: float) -> Table:
-    table = Table(expand=True, box=None, pad_edge=False, header_style="bold")
-    table.add_column("VM", ratio=3, overflow="ellipsis", no_wrap=True)
-    table.add_column("STATE", no_wrap=True, min_width=7)
-    table.add_column("PID", no_wrap=True, justify="right")
-    table.add_column("UPTIME", no_wrap=True)
-    table.add_column("RESTARTS", no_wrap=True, justify="right")
-    table.add_column("LAST EXIT", no_wrap=True)
-    table.add_column("HEALTH", no_wrap=True)
-    table.add_column("BOOTSTRAP", ratio=2, no_wrap=True, overflow="ellipsis")
+OTHER_COLUMNS = 76  # what the columns after the name need, with their spaces
+COLUMNS = (  # (title, width, right-aligned): the columns between the name and the bootstrap
+    ("STATE", 8, False),
+    ("PID", 7, True),
+    ("UPTIME", 7, False),
+    ("RESTARTS", 8, True),
+    ("LAST EXIT", 9, False),
+    ("HEALTH", 7, False),
+)
+
+
+def fit(text: str, width: int, right: bool = False) -> str:
+    """`text` in exactly `width` cells: cut with … or padded."""
+    if len(text) > width:
+        return text[: max(0, width - 1)] + "…"
+    return text.rjust(width) if right else text.ljust(width)
+
+
+def vm_table(model: Model, now: float, width: int = 120) -> Text:
+    """The VM rows, as one Text (a rich Table measures every cell at every draw: too slow at
+    10 draws a second); the name gives way first when the terminal is narrow."""
+    longest = max((len(name) for name in model.vms), default=2)
+    name_width = max(6, min(longest + 2, width - OTHER_COLUMNS))
+    table = Text(no_wrap=True, overflow="ellipsis")
+    table.append(fit("VM", name_width), style="bold")
+    for title, size, right in COLUMNS:
+        table.append(" " + fit(title, size, right), style="bold")
+    table.append(" BOOTSTRAP", style="bold")
     for index, vm in enumerate(model.vms.values()):
         uptime = vm.uptime(now)
         selected = index == model.selected
-        table.add_row(
-            Text(("> " if selected else "  ") + vm.name, style="reverse" if selected else ""),
-            Text(vm.state, style=STATE_STYLE.get(vm.state, "")),
+        table.append("\n")
+        mark = "> " if selected else "  "
+        table.append(mark + fit(vm.name, name_width - 2), style="reverse" if selected else "")
+        cells = (
+            vm.state,
             str(vm.pid) if vm.pid else "-",
             duration(uptime) if uptime is not None else "-",
             str(vm.restarts),
             vm.last_exit,
             vm.health,
-            bootstrap_cell(vm),
         )
+        for (_, size, right), cell in zip(COLUMNS, cells, strict=True):
+            table.append(" ")
+            if cell is vm.state:  # only the word coloured, not its padding
+                table.append(fit(cell, size).rstrip(), style=STATE_STYLE.get(cell, ""))
+                table.append(" " * (size - min(len(cell), size)))
+            else:
+                table.append(fit(cell, size, right))
+        table.append(" ")
+        table.append_text(bootstrap_cell(vm))
     return table
 
 
@@ -170,7 +198,7 @@ def screen(model: Model, width: int, height: int) -> RenderableType:
         )
     if model.detail and model.selected_vm is not None:
         return detail(model, model.selected_vm, now, height)
-    parts: list[RenderableType] = [header(model, now), Text(""), vm_table(model, now)]
+    parts: list[RenderableType] = [header(model, now), Text(""), vm_table(model, now, width)]
     used = 3 + len(model.vms) + 1 + 1  # header, gap, table, the messages' title, footer
     if model.workers:
         used += len(model.workers) + 3
@@ -181,7 +209,9 @@ def screen(model: Model, width: int, height: int) -> RenderableType:
         )
     )
     room = max(1, height - used - 1)
-    parts.extend(message_line(m) for m in model.visible_messages()[-room:])
+    lines = [message_line(m) for m in model.visible_messages()[-room:]]
+    if lines:  # one Text of many lines renders several times faster than many Texts
+        parts.append(Text("\n", no_wrap=True, overflow="ellipsis").join(lines))
     if model.workers:
         parts += [Text(""), workers_table(model)]
     parts.append(footer(model))
@@ -203,7 +233,9 @@ def detail(model: Model, vm: Vm, now: float, height: int) -> RenderableType:
     for key in ("kind", "command", "image", "restart", "bootstrap"):
         if config.get(key) not in (None, [], {}):
             value = config[key]
-            if key == "command" and isinstance(value, list):
+            if isinstance(value, dict) and key != "bootstrap":
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            elif key == "command" and isinstance(value, list):
                 value = " ".join(str(v) for v in value)
             elif key == "bootstrap" and isinstance(value, dict):
                 value = (
