@@ -43,6 +43,14 @@ HEAD_BAR_S = 2.0
 SEQ = re.compile(rb"seq (\d+)")
 
 
+def _argv() -> list[str]:
+    """frameos, or (with $BENCH_WATCH_PROFILE=FILE) frameos under cProfile writing FILE."""
+    profile = os.environ.get("BENCH_WATCH_PROFILE")
+    if profile:
+        return [sys.executable, "-m", "cProfile", "-o", profile, "-m", "frameos"]
+    return frameos_argv()
+
+
 class Screen:
     """`frameos watch` on a pty; a thread drains the screen and keeps the newest seq shown."""
 
@@ -52,12 +60,17 @@ class Screen:
         env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}
         env["TERM"] = "xterm-256color"
         self.proc = subprocess.Popen(
-            [*frameos_argv(), "watch", url, "--token-file", str(token_file)],
-            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+            [*_argv(), "watch", url, "--token-file", str(token_file)],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
         )
         os.close(slave)
         self.master = master
         self.seq = 0
+        self.drops = 0  # draws that said `disconnected` (a slow consumer dropped by the hub)
         self.changed = threading.Condition()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -71,6 +84,8 @@ class Screen:
                 return
             if not data:
                 return
+            if b"disconnected" in data:
+                self.drops += 1
             found = SEQ.findall(tail + data)
             tail = data[-16:]
             if found:
@@ -124,7 +139,7 @@ async def burst(bus: Any, screen: Screen, events: int) -> float:
     for index in range(events):
         head = bus.publish_nowait(ev.Message(text=f"burst event {index}"), "progress").seq
         if index % 500 == 499:
-            await trio.sleep(0)  # let the bus write the log and the hub send
+            await trio.lowlevel.checkpoint()  # let the bus write the log and the hub send
     done = time.perf_counter()
     ok = await trio.to_thread.run_sync(screen.wait_seq, head, 30.0)
     return time.perf_counter() - done if ok else float("nan")
@@ -149,8 +164,11 @@ async def rounds(args: Any, directory: Path) -> tuple[list[float], list[float], 
                     raise RuntimeError("frameos watch never drew its header")
                 pct, reached = await steady(served.bus, screen, args.seconds, args.rate)
                 seconds = await burst(served.bus, screen, args.events)
-                note(f"round {round_ + 1}: cpu {pct:.1f} % at {reached:.0f} ev/s; "
-                     f"head on screen {seconds * 1000:.0f} ms after the burst")
+                note(
+                    f"round {round_ + 1}: cpu {pct:.1f} % at {reached:.0f} ev/s; "
+                    f"head on screen {seconds * 1000:.0f} ms after the burst; "
+                    f"{screen.drops} draws said disconnected"
+                )
                 cpu.append(pct)
                 rates.append(reached)
                 heads.append(seconds)
@@ -174,10 +192,24 @@ def main() -> int:
         args.seconds = 2.0
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         cpu, rates, heads = trio.run(rounds, args, Path(tmp))
-    result(BENCH, "view_cpu_pct_of_a_core", cpu, unit="%", bar=f"<= {CPU_BAR_PCT:g} %",
-           ok=lambda v: v <= CPU_BAR_PCT, events_per_s=[round(r) for r in rates])
-    result(BENCH, "head_seq_on_screen_after_burst_s", heads, unit="s", bar=f"<= {HEAD_BAR_S:g} s",
-           ok=lambda v: v <= HEAD_BAR_S, events=args.events)
+    result(
+        BENCH,
+        "view_cpu_pct_of_a_core",
+        cpu,
+        unit="%",
+        bar=f"<= {CPU_BAR_PCT:g} %",
+        ok=lambda v: v <= CPU_BAR_PCT,
+        events_per_s=[round(r) for r in rates],
+    )
+    result(
+        BENCH,
+        "head_seq_on_screen_after_burst_s",
+        heads,
+        unit="s",
+        bar=f"<= {HEAD_BAR_S:g} s",
+        ok=lambda v: v <= HEAD_BAR_S,
+        events=args.events,
+    )
     return 0
 
 

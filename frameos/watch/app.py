@@ -30,6 +30,7 @@ from frameos.errors import FrameosError
 from frameos.watch.model import STOPPED, Model, Run
 
 REDRAW_HZ = 10
+RECEIVE_BYTES = 1 << 18
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.2, 5.0
 WS_CONNECT_S, WS_CLOSE_S = 5.0, 1.0
 HISTORY = 200  # events replayed at start, for the messages pane
@@ -85,6 +86,7 @@ async def stream(
                 extra_headers=headers,
                 connect_timeout=WS_CONNECT_S,
                 disconnect_timeout=WS_CLOSE_S,
+                receive_buffer_size=RECEIVE_BYTES,  # a burst: many events to a read
             ) as ws:
                 delay = BACKOFF_FIRST_S
                 say("connected")
