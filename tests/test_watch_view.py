@@ -269,3 +269,13 @@ async def test_live_redraws_at_most_10_times_a_second_and_shows_the_head(
     assert draws[-1] - start <= 2.2  # and the last draw came right after the burst
     assert f"seq {feed.seq}" in console.export_text()
     assert m.messages[-1].seq == 10_000
+
+
+def test_the_screenshots_are_made_from_the_scripted_session(tmp_path: Any) -> None:
+    from frameos.watch.screenshots import save
+
+    main, detail = save(tmp_path)
+    assert [main.name, detail.name] == ["watch.svg", "watch-detail.svg"]
+    text = main.read_text()
+    assert text.startswith("<svg") and "kiosk-browser" in text and "(×14)" in text
+    assert "output&#160;log&#160;(following)" in detail.read_text()

@@ -7,6 +7,7 @@ small instance would answer and the events it would send, through the same Model
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def save(directory: Path) -> list[Path]:
                 )
             console = Console(
                 width=WIDTH, height=HEIGHT, record=True, force_terminal=True,
-                color_system="truecolor", file=open("/dev/null", "w"),  # noqa: SIM115
+                color_system="truecolor", file=io.StringIO(),
             )  # fmt: skip
             console.print(screen(model, WIDTH, HEIGHT))
             path = directory / name
