@@ -19,7 +19,7 @@ from pathlib import Path
 from frameos import events as ev
 from tests.conftest import write_config
 
-HEAVY = ("quart", "flask", "jinja2", "werkzeug", "hypercorn")
+HEAVY = ("quart", "flask", "jinja2", "werkzeug", "hypercorn", "prometheus_client")
 WATCHED = (*HEAVY, "rich", "pydantic", "trio")  # rich: only for human output
 VM_MARK = "frameos-import-test-vm"  # in each VM's command line, so the hook can count launches
 

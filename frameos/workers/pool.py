@@ -29,10 +29,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from frameos import events as ev
 from frameos.config import FrameConfig, VmConfig
@@ -49,6 +48,10 @@ from frameos.workers.snapshot import (
     VmSnapshot,
     redacted_config,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
 from frameos.workers.vm import PARKED, LaunchRecord, Spawner, VmState, VmWorker, default_spawner
 
 # The exit status of `frameos run` when a VM with `on_exhausted: exit` gave up.
@@ -337,7 +340,7 @@ class VmPool:
             name=name,
             state=worker.state.value,
             pid=worker.pid,
-            uptime_s=round(_uptime(worker), 3),
+            uptime_s=round(uptime_s(worker), 3),
             attempt=worker.attempt,
             restarts=worker.restarts,
             last_exit=None
@@ -471,6 +474,10 @@ class VmPool:
             await self._launch(worker)
 
     def collector(self) -> Collector:
+        """The VMs' Prometheus collector (prometheus_client loads with the HTTP stack, after the
+        VMs launched: not before, B6)."""
+        from frameos.workers.metrics import PoolCollector
+
         return PoolCollector(self)
 
 
@@ -512,32 +519,9 @@ def _rotate_all(paths: list[Path], limit: int) -> None:
             rotate_if_large(path, limit)
 
 
-class PoolCollector(Collector):
-    """`frameos_vm_state`, `frameos_vm_restarts`, `frameos_vm_uptime_seconds` per VM."""
-
-    def __init__(self, pool: VmPool) -> None:
-        self.pool = pool
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        state = GaugeMetricFamily(
-            "frameos_vm_state", "1 for the state each VM is in", labels=["vm", "state"]
-        )
-        restarts = CounterMetricFamily("frameos_vm_restarts", "Restarts of each VM", labels=["vm"])
-        uptime = GaugeMetricFamily(
-            "frameos_vm_uptime_seconds", "Seconds since the running VM was launched", labels=["vm"]
-        )
-        for worker in self.pool.workers:
-            for value in VmState:
-                state.add_metric([worker.name, value.value], 1 if worker.state is value else 0)
-            restarts.add_metric([worker.name], worker.restarts)
-            uptime.add_metric([worker.name], _uptime(worker))
-        yield state
-        yield restarts
-        yield uptime
-
-
-def _uptime(worker: VmWorker) -> float:
+def uptime_s(worker: VmWorker) -> float:
+    """Seconds since the running VM was launched; 0 outside trio (a scrape from a thread)."""
     try:
         return worker.uptime_s()
-    except RuntimeError:  # outside trio (a scrape from a test's thread): unknown
+    except RuntimeError:
         return 0.0
