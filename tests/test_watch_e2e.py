@@ -176,8 +176,10 @@ async def test_watch_in_tmux_acts_reconnects_and_quits_leaving_frameos_running(
             assert "frameos starting" in pane.split("stopping: received SIGTERM")[1]
             tmux("resize-window", "-t", "watch", "-x", "90", "-y", "30")  # SIGWINCH: redrawn
             await tmux.until(
-                lambda t: any("BOOTSTRAP" in line and len(line) <= 90 for line in t.splitlines())
-                and "q quit" not in t,  # the footer is cut to the new width
+                lambda t: (
+                    any("BOOTSTRAP" in line and len(line) <= 90 for line in t.splitlines())
+                    and "q quit" not in t
+                ),  # the footer is cut to the new width
                 "the view redrawn at 90 columns",
             )
             tmux("send-keys", "-t", "watch", "q")
