@@ -94,6 +94,9 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def docs(session: nox.Session) -> None:
-    """Regenerate docs/events.md and the contract golden file from the event models."""
+    """Regenerate docs/events.md and the contract golden file from the event models, and the
+    SVG screenshots of `frameos watch` (docs/watch.svg, docs/watch-detail.svg) from a scripted
+    session (frameos/watch/screenshots.py)."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_contract.py", env={"FRAMEOS_UPDATE_GOLDEN": "1"})
+    session.run("python", "-m", "frameos.watch.screenshots", "docs")

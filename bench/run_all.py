@@ -19,6 +19,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = (
     "pipeline", "ws", "http", "startup", "idle", "supervise", "depth", "recovery", "control",
+    "watch",
 )
 
 

@@ -353,6 +353,29 @@ def _events_from_broker(args: argparse.Namespace, broker: str) -> int:
         return 130
 
 
+def _where(args: argparse.Namespace) -> argparse.Namespace:
+    """`watch URL` and `status URL`: the positional URL is --url."""
+    from frameos.errors import UsageError
+
+    if args.where is not None:
+        if args.url is not None and args.url != args.where:
+            raise UsageError("give the URL once: as the argument or as --url, not both")
+        args.url = args.where
+    return args
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from frameos.watch.app import watch
+
+    return _trio_run(watch, _client(_where(args)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from frameos.watch.status import status
+
+    return _trio_run(functools.partial(status, json=args.json), _client(_where(args)))
+
+
 def _event_log(args: argparse.Namespace) -> tuple[Path, int]:
     """The log file `run` writes with this config (or --event-log), and its rotation count."""
     from frameos.client.discover import load_client_config

@@ -68,6 +68,7 @@ DEMO = Flag(
     "--demo", "the instance `frameos run --demo` started (its port, state and token)", switch=True
 )
 CLIENT = (CONFIG, DEMO, URL, TOKEN_FILE, JSON)
+WHERE = Flag("where", "the instance's URL (the same as --url)", "URL", positional=True)
 VM = Flag("vm", "the VM's name (as in the config's vms)", "VM", positional=True, required=True)
 CONTROL = {
     "start": "start a VM (also one that gave up, or was stopped by an operator)",
@@ -168,6 +169,24 @@ COMMANDS: tuple[Command, ...] = (
             Flag("--host", "with --from: only this host's events", "HOST"),
             EVENT_LOG,
             *CLIENT,
+        ),
+    ),
+    Command(
+        "watch",
+        "the interactive terminal view of a running instance (keys: ? for help, q quits and "
+        "leaves it running); plain lines, one per event, when stdout is not a terminal",
+        (WHERE, CONFIG, DEMO, URL, TOKEN_FILE),
+    ),
+    Command(
+        "status",
+        "one table of a running instance and its VMs; exit 0 ready, 1 not ready, 2 unreachable",
+        (
+            WHERE,
+            CONFIG,
+            DEMO,
+            URL,
+            TOKEN_FILE,
+            Flag("--json", "print /healthz, /readyz and /v1/vms as one JSON object", switch=True),
         ),
     ),
 )
