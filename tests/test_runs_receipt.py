@@ -62,10 +62,15 @@ async def test_a_runs_events_are_read_from_its_first_seq_even_after_rotation(
     async with running_service(tmp_path, max_bytes=64 << 10, keep=2) as h:
         old, _ = h.service.submit(RunRequest(op=Op.STOP, target="alpha"))
         await h.ended(old.run_id)
-        for i in range(3000):  # enough for the old run's file to be rotated away
-            h.bus.publish_nowait(ev.Message(text=f"filler {i}"))
-            if i % 300 == 0:
-                await trio.testing.wait_all_tasks_blocked()  # written: one batch each
+        # until the old run's file is rotated away (rotation runs in a worker thread and waits
+        # out an fsync in flight, so count on the outcome, not on a number of events)
+        with trio.fail_after(30):
+            filler = 0
+            while (h.bus.log.oldest_seq() or 0) <= old.last_seq:  # type: ignore[operator]
+                for _ in range(300):
+                    h.bus.publish_nowait(ev.Message(text=f"filler {filler}"))
+                    filler += 1
+                await trio.sleep(0.01)  # the writer takes the batch; rotation may follow
         h.pool.gates[("start", "beta")] = gate = trio.Event()
         run, _ = h.service.submit(RunRequest(op=Op.START, target="beta"))
         await trio.testing.wait_all_tasks_blocked()
