@@ -152,3 +152,20 @@ async def running_frameos(
                 proc.send_signal(signal.SIGKILL)
             with trio.move_on_after(5, shield=True):
                 await proc.wait()
+
+
+def stubborn_vm(armed: Path, *, sigterm_ms: int) -> dict[str, Any]:
+    """A VM whose process ignores SIGTERM, then creates `armed` to say so; only SIGKILL ends it."""
+    command = [
+        sys.executable,
+        "-c",
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "open(sys.argv[1], 'w').close(); time.sleep(600)",
+        str(armed),
+    ]
+    return {
+        "name": "stubborn",
+        "command": command,
+        "cooperative": {"method": "none"},
+        "timeouts": {"cooperative_ms": 0, "sigterm_ms": sigterm_ms, "sigkill_ms": 1000},
+    }

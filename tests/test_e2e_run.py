@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from frameos import events as ev
-from tests.conftest import frameos_argv, running_frameos, write_config
+from tests.conftest import frameos_argv, running_frameos, stubborn_vm, write_config
 
 pytestmark = pytest.mark.e2e
 PYTHONPATH = os.environ.get("PYTHONPATH", "")
@@ -131,24 +130,8 @@ async def test_sighup_reports_changes_and_keeps_the_old_config_on_error(tmp_path
 
 async def test_second_sigint_forces_the_stop(tmp_path: Path) -> None:
     armed = tmp_path / "armed"
-    stubborn = [
-        sys.executable,
-        "-c",
-        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "open(sys.argv[1], 'w').close(); time.sleep(600)",
-        str(armed),
-    ]
     config = write_config(
-        tmp_path,
-        shutdown_timeout_s=30,
-        vms=[
-            {
-                "name": "stubborn",
-                "command": stubborn,
-                "cooperative": {"method": "none"},
-                "timeouts": {"cooperative_ms": 0, "sigterm_ms": 20000, "sigkill_ms": 1000},
-            }
-        ],
+        tmp_path, shutdown_timeout_s=30, vms=[stubborn_vm(armed, sigterm_ms=20000)]
     )
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
         launched = await fos.wait_for(ev.VmLaunched)

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from frameos import events as ev
-from tests.conftest import running_frameos, write_config
+from tests.conftest import running_frameos, stubborn_vm, write_config
 
 pytestmark = pytest.mark.e2e
 HANDLED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
@@ -81,24 +81,8 @@ async def test_a_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> Non
 
 async def test_two_sigints_back_to_back_force_the_stop(tmp_path: Path) -> None:
     armed = tmp_path / "armed"
-    stubborn = [
-        sys.executable,
-        "-c",
-        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "open(sys.argv[1], 'w').close(); time.sleep(600)",
-        str(armed),
-    ]
     config = write_config(
-        tmp_path,
-        shutdown_timeout_s=60,
-        vms=[
-            {
-                "name": "stubborn",
-                "command": stubborn,
-                "cooperative": {"method": "none"},
-                "timeouts": {"cooperative_ms": 0, "sigterm_ms": 30000, "sigkill_ms": 1000},
-            }
-        ],
+        tmp_path, shutdown_timeout_s=60, vms=[stubborn_vm(armed, sigterm_ms=30000)]
     )
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
         launched = await fos.wait_for(ev.VmLaunched)
