@@ -169,3 +169,11 @@ def stubborn_vm(armed: Path, *, sigterm_ms: int) -> dict[str, Any]:
         "cooperative": {"method": "none"},
         "timeouts": {"cooperative_ms": 0, "sigterm_ms": sigterm_ms, "sigkill_ms": 1000},
     }
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait, polling, for a condition that has no event to wait on (a deadline, never a
+    guessed sleep)."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.002)

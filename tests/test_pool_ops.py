@@ -24,6 +24,7 @@ from frameos.workers.paths import procs_dir
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeChild, FakeSpawner, RecordingPublisher
 from frameos.workers.vm import BootState, VmState
+from tests.conftest import until
 
 QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
 E = TypeVar("E", bound=ev.Event)
@@ -404,13 +405,6 @@ async def test_every_event_of_an_operation_carries_its_run_id(
 
 
 # --- real processes ----------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Wait (polling, with a deadline) for a condition that has no event to wait on."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.002)
 
 
 def alive(pid: int | None) -> bool:

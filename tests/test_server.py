@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from frameos.server.listen import bind
 from frameos.server.metrics import Metrics
 from frameos.server.wsfast import WsHub, frame_text
 from frameos.state import Phase, RuntimeState
-from tests.conftest import require_tools
+from tests.conftest import require_tools, until
 
 
 @dataclass
@@ -37,13 +37,6 @@ class Server:
     state: RuntimeState
     port: int
     stop: trio.Event
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Wait, polling, until `condition()` holds (a deadline, never a guessed sleep)."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.001)
 
 
 @asynccontextmanager

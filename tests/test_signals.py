@@ -8,14 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trio
 
 from frameos import events as ev
-from tests.conftest import running_frameos, stubborn_vm, write_config
+from tests.conftest import running_frameos, stubborn_vm, until, write_config
 
 pytestmark = pytest.mark.e2e
 HANDLED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
@@ -35,13 +33,6 @@ def in_mask(status: dict[str, str], key: str, sig: int) -> bool:
     return bool(int(status.get(key, "0"), 16) & (1 << (sig - 1)))
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    """Wait (polling, with a deadline) for a condition that has no event to wait on."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.002)
-
-
 def pending(pid: int, sig: int) -> bool:
     status = proc_status(pid)
     return in_mask(status, "ShdPnd", sig) or in_mask(status, "SigPnd", sig)
@@ -53,7 +44,7 @@ async def test_a_sighup_during_start_up_waits_for_the_handlers(tmp_path: Path) -
         pid = fos.proc.pid
         # the first lines of `python -m frameos` block exactly these three; the handlers come
         # ~0.2 s later (a SIGHUP in between used to kill it)
-        await until(lambda: int(proc_status(pid).get("SigBlk", "0"), 16) == EARLY_MASK, "block")
+        await until(lambda: int(proc_status(pid).get("SigBlk", "0"), 16) == EARLY_MASK)
         fos.send(signal.SIGHUP)
         await fos.wait_for(ev.RuntimeReady)
         reload = await fos.wait_for(ev.RuntimeReload)  # delivered once the handlers were in
@@ -67,7 +58,7 @@ async def test_a_sigterm_during_start_up_stops_it_cleanly(tmp_path: Path) -> Non
     config = write_config(tmp_path, vms=[{"name": "idle", "command": ["sleep", "600"]}])
     async with running_frameos(tmp_path, "run", "--config", str(config), ready=False) as fos:
         pid = fos.proc.pid
-        await until(lambda: int(proc_status(pid).get("SigBlk", "0"), 16) == EARLY_MASK, "block")
+        await until(lambda: int(proc_status(pid).get("SigBlk", "0"), 16) == EARLY_MASK)
         fos.send(signal.SIGTERM)
         assert await fos.wait_exit() == 0
     names = fos.names()
@@ -86,12 +77,12 @@ async def test_two_sigints_back_to_back_force_the_stop(tmp_path: Path) -> None:
     )
     async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
         launched = await fos.wait_for(ev.VmLaunched)
-        await until(armed.exists, "the child ignores SIGTERM")
+        await until(armed.exists)
         pid = fos.proc.pid
         fos.send(signal.SIGINT)
         # The kernel merges a signal sent while the same one is still pending; once it is
         # delivered, the second one is a second delivery, however soon it follows.
-        await until(lambda: not pending(pid, signal.SIGINT), "first SIGINT delivered")
+        await until(lambda: not pending(pid, signal.SIGINT))
         fos.send(signal.SIGINT)
         assert await fos.wait_exit(timeout=15) == 1  # graceful would take the 30 s rung
     texts = [e["fields"].get("text", "") for e in fos.events]
@@ -127,7 +118,7 @@ async def test_a_reload_stuck_on_a_fifo_never_stands_between_a_signal_and_the_st
             refused = any(e["event"] == ev.RuntimeReload.NAME for e in fos.events[index:])
             return refused or reading_a_fifo(fos.proc.pid)
 
-        await until(stuck_or_refused, "the reload is stuck on the FIFO (or refused it)")
+        await until(stuck_or_refused)
         fos.send(signal.SIGTERM)
         stopping = await fos.wait_for(ev.RuntimeStopping, start=index)
         assert stopping["fields"]["signal"] == "SIGTERM"
