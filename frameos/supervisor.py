@@ -255,14 +255,14 @@ class Supervisor:
                 )
             )
             status = await self._supervise()
-            await self._log_the_end(status)
+            self._log_the_end(status)
             signals.cancel()
             await bus.aclose()  # writes out what is pending, then ends every subscription
         if isinstance(self.fault, FrameosError):
             raise self.fault
         return status
 
-    async def _log_the_end(self, status: int) -> None:
+    def _log_the_end(self, status: int) -> None:
         bus, state = self.bus, self.state
         state.set_phase(Phase.STOPPED)
         duration_ms = int(state.uptime() * 1000)
