@@ -202,6 +202,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
     start = (
         ev.VmOverlayPrepared,
         ev.VmLaunched,
+        ev.VmReady,
         ev.BootstrapStarted,
         ev.BootstrapStep,
         ev.BootstrapCompleted,
@@ -219,7 +220,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
         ev.VmLayerDiscarded,
         ev.Message,
     )
-    bootstrap = start[2:]
+    bootstrap = start[3:]
     match command:
         case "run":
             return (
@@ -243,6 +244,9 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.VmCooperativeTimedOut,
                 ev.VmShutdownEscalated,
                 ev.VmShutdownComplete,
+                ev.VmReady,
+                ev.VmHealth,
+                ev.VmStatus,
                 ev.BootstrapStarted,
                 ev.BootstrapStep,
                 ev.BootstrapCompleted,
