@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -178,6 +179,8 @@ class LaunchHealth:
     async def _probe(self, probe: ProbeConfig, state: ProbeStatus | None) -> None:
         assert state is not None
         attempt = self._attempt_for(probe)
+        if probe.http is not None:
+            await _load_httpx()  # outside the first attempt's deadline
         await trio.sleep_until(self.launched_at + probe.initial_delay_ms / 1000)
         while True:
             started = trio.current_time()
@@ -287,7 +290,9 @@ _httpx: ModuleType | None = None
 async def _load_httpx() -> ModuleType:
     """httpx, imported in a thread the first time (its import costs the loop ~0.2 s)."""
     global _httpx
-    if _httpx is None:
+    if _httpx is None and "httpx" in sys.modules:
+        _httpx = sys.modules["httpx"]
+    elif _httpx is None:
         _httpx = await trio.to_thread.run_sync(importlib.import_module, "httpx")
     return _httpx
 
