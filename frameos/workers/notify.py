@@ -42,6 +42,7 @@ RATE = 200  # messages a second, per channel
 STATUS_CHARS = 200
 MAX_CONNECTIONS = 4  # believed stream connections at once (QEMU makes one)
 _UCRED = struct.Struct("iII")  # pid, uid, gid
+_ANCILLARY = socket.CMSG_SPACE(_UCRED.size)
 
 
 class NotifyChannels:
@@ -85,12 +86,16 @@ class NotifyChannels:
                 path.unlink()
 
     async def serve(self, pgid: int, health: LaunchHealth, publisher: Publisher) -> None:
-        """Read both channels until cancelled (the exit of this launch)."""
+        """Read both channels until cancelled (the exit of this launch); then what the VM said
+        just before its exit (a STOPPING=1) is still read, without waiting."""
         reader = _Reader(self, pgid, health, publisher)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.datagrams)
-            if self.stream is not None:
-                nursery.start_soon(reader.connections)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.datagrams)
+                if self.stream is not None:
+                    nursery.start_soon(reader.connections)
+        finally:
+            reader.drain()
 
 
 class _Reader:
@@ -104,16 +109,29 @@ class _Reader:
         rate = _Rate(RATE)
         while True:
             await rate.take()
-            data, ancillary, flags, _ = await sock.recvmsg(
-                MAX_MESSAGE, socket.CMSG_SPACE(_UCRED.size)
-            )
-            pid = _sender(ancillary)
-            if flags & socket.MSG_TRUNC:
-                self._drop(f"a notify datagram over {MAX_MESSAGE} bytes from pid {pid}")
-            elif pid is None or not self._believed(pid):
-                self._drop(f"a notify datagram from pid {pid}, not of the VM's process group")
-            else:
-                self._lines(data)
+            self._datagram(*await sock.recvmsg(MAX_MESSAGE, _ANCILLARY))
+
+    def drain(self) -> None:
+        """Read what is already queued (said just before the exit), without waiting."""
+        for _ in range(RATE):
+            try:
+                message = self.channels.datagram.recvmsg(
+                    MAX_MESSAGE, _ANCILLARY, socket.MSG_DONTWAIT
+                )
+            except OSError:  # EAGAIN: nothing more
+                return
+            self._datagram(*message)
+
+    def _datagram(
+        self, data: bytes, ancillary: list[tuple[int, int, bytes]], flags: int, _: object
+    ) -> None:
+        pid = _sender(ancillary)
+        if flags & socket.MSG_TRUNC:
+            self._drop(f"a notify datagram over {MAX_MESSAGE} bytes from pid {pid}")
+        elif pid is None or not self._believed(pid):
+            self._drop(f"a notify datagram from pid {pid}, not of the VM's process group")
+        else:
+            self._lines(data)
 
     async def connections(self) -> None:
         assert self.channels.stream is not None
