@@ -413,3 +413,17 @@ async def test_tcp_probe_connects(tmp_path: Path) -> None:
     assert refused.liveness.detail.startswith(f"connect 127.0.0.1:{port}: ")
     (health,) = pub.of("vm.health")
     assert isinstance(health, ev.VmHealth) and health.probe == "liveness"
+
+
+def test_reload_applies_health_live_and_restarts_for_watchdog_ms() -> None:
+    from frameos.config import FrameConfig
+    from frameos.workers.reload import classify
+
+    def frame(**vm: Any) -> FrameConfig:
+        return FrameConfig.model_validate({"vms": [{"name": "a", "command": ["x"], **vm}]})
+
+    probe = {"readiness": {"tcp": {"port": 80}}}
+    live = classify(frame(), frame(health=probe))
+    assert (live.updated, live.restarted, live.changed) == (["a"], [], ["vms[0].health"])
+    again = classify(frame(), frame(watchdog_ms=1000))
+    assert (again.updated, again.restarted) == ([], ["a"])
