@@ -734,10 +734,11 @@ class VmWorker:
             self.paths = VmPaths.of(vm, self.state_dir)
 
     def health_snapshot(self) -> HealthSnapshot:
-        """The snapshot's `health`: the probes of the current (or last) launch."""
+        """The snapshot's `health`: the probes of the current launch (or of the last one, when
+        not running: what they said last)."""
         health = self.health
         running = self.state is VmState.RUNNING
-        probes = [health.readiness, health.liveness] if health and running else [None, None]
+        probes = [health.readiness, health.liveness] if health else [None, None]
         if not running:
             status = "down"
         elif any(p is not None and p.status == "unhealthy" for p in probes):
