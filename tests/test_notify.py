@@ -19,7 +19,7 @@ from frameos.workers.notify import MAX_MESSAGE, NotifyChannels
 from frameos.workers.paths import VmPaths
 from frameos.workers.testing import RecordingPublisher
 from frameos.workers.vm import VmState, VmWorker
-from tests.conftest import until
+from tests.conftest import require_tools, until
 
 # A VM that says what systemd's sd_notify says: a status, READY=1 after a moment, watchdog
 # pings, and STOPPING=1 when asked to stop (SIGINT).
@@ -172,3 +172,19 @@ async def test_a_long_state_dir_fails_only_the_vms_that_need_the_socket(tmp_path
         await needs.stop("test")
     errors = [e.text for e in pub.of("message") if isinstance(e, ev.Message)]
     assert any("m: launch 1 failed: notify socket path" in text for text in errors)
+
+
+async def test_systemd_notify_run_by_the_vm_is_believed(tmp_path: Path) -> None:
+    require_tools("systemd-notify")
+    pub = RecordingPublisher()
+    script = "sleep 0.2; systemd-notify --ready --status=hello; exec sleep 1000"
+    worker = VmWorker(
+        vm(["sh", "-c", script], health={"readiness": {"notify": True}}), tmp_path, pub
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(20):
+            await worker.wait_until(lambda: worker.ready)
+        await worker.stop("test")
+    assert worker.notify_drops == 0
+    assert statuses(pub) == ["hello"]
