@@ -6,9 +6,12 @@ The defaults are those of SPEC §2 and §5. docs/configuration.md is generated f
 Keys are snake_case; every key also accepts its legacy FrameOS camelCase spelling. Anything a
 config can say that `run` would later trip over (a NUL byte in a path, an env name with `=`, an
 empty argv[0], a string the kernel would refuse to exec) is refused here, with the fix.
-"""
 
-from __future__ import annotations
+Import cost (`frameos run` validates before any VM launches, BARS B6): the annotations are
+evaluated by the interpreter (no `from __future__ import annotations`, so pydantic evaluates no
+strings), and only `FrameConfig` builds its validator at import; the models inside it are
+validated through its schema and build their own on first use (`defer_build`).
+"""
 
 import os
 import signal as _signal
@@ -48,6 +51,7 @@ class Model(BaseModel):
         extra="forbid",
         populate_by_name=True,
         alias_generator=AliasGenerator(validation_alias=_aliases),
+        defer_build=True,
     )
 
 
@@ -247,7 +251,7 @@ class AuthConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _names_unique(self) -> AuthConfig:
+    def _names_unique(self) -> "AuthConfig":
         seen: set[str] = set()
         for index, token in enumerate(self.tokens):
             if token.name in seen:
@@ -298,7 +302,7 @@ class CooperativeConfig(Model):
         return name
 
     @model_validator(mode="after")
-    def _command_given(self) -> CooperativeConfig:
+    def _command_given(self) -> "CooperativeConfig":
         if self.method == "command" and not self.command:
             raise ValueError(
                 "method 'command' needs `command`: the argv that asks the guest to stop"
@@ -349,7 +353,7 @@ class RestartConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> RestartConfig:
+    def _backoff_order(self) -> "RestartConfig":
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError(
                 f"backoff_max_ms ({self.backoff_max_ms}) must be ≥ backoff_initial_ms "
@@ -651,6 +655,8 @@ class ForwardConfig(Model):
 class FrameConfig(Model):
     """The whole `frame.json`."""
 
+    model_config = ConfigDict(defer_build=False)  # built at import: every load validates it
+
     frame_host: str = Field(
         default="127.0.0.1",
         min_length=1,
@@ -720,7 +726,7 @@ class FrameConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _vms_consistent(self) -> FrameConfig:
+    def _vms_consistent(self) -> "FrameConfig":
         seen: dict[str, int] = {}
         for index, vm in enumerate(self.vms):
             if vm.name in seen:
