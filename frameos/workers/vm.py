@@ -147,6 +147,12 @@ class VmWorker:
                 return
             await changed.wait()
 
+    @property
+    def ready(self) -> bool:
+        """Ready (SPEC §5.2): launched and bootstrapped (a readiness probe, when configured,
+        decides instead). Every change calls `_notify`, so `wait_until(lambda: w.ready)` works."""
+        return self.state is VmState.RUNNING and self.boot is BootState.OK
+
     def launch_record(self, attempt: int) -> LaunchRecord | None:
         return next((r for r in self.launches if r.attempt == attempt), None)
 
