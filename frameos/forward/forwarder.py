@@ -153,10 +153,12 @@ class Forwarder:
                 stderr=out_write,
                 start_new_session=True,
             )
-        except SPAWN_ERRORS as exc:
+        except BaseException as exc:
             for fd in (stdin_write, out_read):
                 os.close(fd)
-            return f"could not be started ({exc})"
+            if isinstance(exc, SPAWN_ERRORS):
+                return f"could not be started ({exc})"
+            raise
         finally:
             os.close(stdin_read)
             os.close(out_write)

@@ -72,7 +72,8 @@ class Sender:
     # --- talking to frameos --------------------------------------------------------------------
 
     def report(self, **record: object) -> None:
-        os.write(1, orjson.dumps(record) + b"\n")
+        with contextlib.suppress(OSError):  # frameos is gone: the end of stdin says so next
+            os.write(1, orjson.dumps(record) + b"\n")
 
     def _report_acked(self, *, now: float, force: bool = False) -> None:
         if self.acked == self._reported or (not force and now < self._next_report):
@@ -145,8 +146,8 @@ class Sender:
                     retry = min(retry * 2, RETRY_MAX_S)
         finally:
             now = time.monotonic()
-            self._report_acked(now=now, force=True)
             self.save(now=now, force=True)
+            self._report_acked(now=now, force=True)
             await self.link.close()
 
     def _drained(self) -> bool:
