@@ -10,6 +10,9 @@ frameos's `Bus` + `Forwarder` in this process (no stdout sink), three phases:
 - flat out: the B1 publisher (bursts of 100, `--seconds`) with the forwarder attached; the
   figure is the publish rate (the log's, what B1 measures) and how far the forwarder was behind
   at the end. The forwarder must not limit the pipeline: publishing never waits on it.
+  `alone_cpu_us` / `flat_cpu_us`: this process's CPU per published event (every thread) without
+  and with the forwarder catching up; `sender_cpu_us`: the sender process's CPU per forwarded
+  event over the round (0 where the forwarder has no process of its own).
 - paced: 1,000 events/s (10 every 10 ms) for `--seconds`; a task polls the forwarder's acked
   seq every millisecond; lag = when an event's ack was seen − when it was published (p50, p99).
 
@@ -21,6 +24,7 @@ Afterwards the broker's subject is checked: seq 1..N, each once, in order.
 from __future__ import annotations
 
 import asyncio
+import resource
 import shutil
 import subprocess
 import sys
@@ -67,6 +71,8 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
     from frameos.forward import Forwarder
 
     config = ForwardConfig.model_validate({"nats": {"url": url}, "host": HOST})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = before.ru_utime + before.ru_stime
     log = EventLog(tmp / "events.jsonl")  # the defaults: 64 MiB files, 5 kept (no rotation here)
     bus = Bus(log, last_seq=log.open().last_seq, fsync="batch")
     out: dict[str, Any] = {}
@@ -74,12 +80,13 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
     # catch-up: log first, then forward
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(events):
             await bus.publish(Message(text=f"b13 {i:09d} {PAD}"))
             if i % 100 == 99:
                 await trio.lowlevel.checkpoint()
         out["alone_publish_events_s"] = events / (time.perf_counter() - t0)
+        out["alone_cpu_us"] = (time.process_time() - c0) / events * 1e6
         await bus.aclose()
     head = bus.last_seq
     bus = Bus(log, last_seq=head, fsync="batch")
@@ -97,13 +104,14 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         out["catchup_events_s"] = head / (time.perf_counter() - t1)
 
         # flat out, forwarder attached
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         first = bus.last_seq
         while time.perf_counter() - t0 < seconds:
             for _ in range(100):
                 await bus.publish(Message(text=f"b13 flat {PAD}"))
             await trio.lowlevel.checkpoint()
         out["flat_publish_events_s"] = (bus.last_seq - first) / (time.perf_counter() - t0)
+        out["flat_cpu_us"] = (time.process_time() - c0) / (bus.last_seq - first) * 1e6
         out["flat_behind_at_end"] = bus.last_seq - forwarder.acked
         t1 = time.perf_counter()
         while forwarder.acked < bus.last_seq:
@@ -144,6 +152,8 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         await bus.aclose()
     log.close()
     out["total"] = bus.last_seq
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender, reaped by now
+    out["sender_cpu_us"] = (children.ru_utime + children.ru_stime - cpu_before) / out["total"] * 1e6
     return out
 
 
@@ -199,6 +209,9 @@ def main() -> None:
     result(BENCH, "flat_out_publish_with_forwarder", [r["flat_publish_events_s"] for r in rounds],
            unit="events/s", bar=">= 50000", ok=lambda v: v >= 50_000,
            without_forwarder=[rnd(r["alone_publish_events_s"]) for r in rounds],
+           cpu_us_per_event_alone=[rnd(r["alone_cpu_us"]) for r in rounds],
+           cpu_us_per_event_with_forwarder=[rnd(r["flat_cpu_us"]) for r in rounds],
+           sender_cpu_us_per_event=[rnd(r["sender_cpu_us"]) for r in rounds],
            behind_at_end=[r["flat_behind_at_end"] for r in rounds],
            drain_s=[rnd(r["flat_drain_s"]) for r in rounds])
     result(BENCH, "lag_p99_at_1000_per_s", [r["lag_p99_ms"] for r in rounds], unit="ms",
