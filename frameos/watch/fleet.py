@@ -8,7 +8,8 @@ on asyncio. Each message moves the model on under its lock (`apply`, cheap: only
 move a row are decoded); the trio side draws the model at most REDRAW_HZ times a second and
 reads the keys. `enter` opens the selected host's own view (the normal `frameos watch URL`,
 app.py) when its URL is known: the `server` of its forwarded `runtime:ready` (or of a
-heartbeat: a host already running when the stream's retention began); `esc` or `q` there comes back here, `q` here quits.
+heartbeat: a host already running when the stream's retention began); `esc` or `q` there
+comes back here, `q` here quits.
 
 What a row says is what the events since the host's last `runtime:start` say: VMs running /
 VMs its events have named (a VM no event named since, e.g. never started, is not counted).
