@@ -154,8 +154,7 @@ class FleetModel:
                 row = self.selected_host
                 if row is not None and row.url is None:
                     self.note = (
-                        f"{row.name}: its URL is not known yet (its runtime:ready event "
-                        "names it)"
+                        f"{row.name}: its URL is not known yet (its runtime:ready event names it)"
                     )
                     return None
                 return row
