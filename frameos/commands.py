@@ -175,7 +175,19 @@ COMMANDS: tuple[Command, ...] = (
         "watch",
         "the interactive terminal view of a running instance (keys: ? for help, q quits and "
         "leaves it running); plain lines, one per event, when stdout is not a terminal",
-        (WHERE, CONFIG, DEMO, URL, TOKEN_FILE),
+        (
+            WHERE,
+            Flag(
+                "--from",
+                "the NATS server the hosts forward to (nats://HOST:PORT): one row per host; "
+                "enter opens a host's own view",
+                "URL",
+            ),
+            CONFIG,
+            DEMO,
+            URL,
+            TOKEN_FILE,
+        ),
     ),
     Command(
         "status",
