@@ -378,7 +378,26 @@ def _where(args: argparse.Namespace) -> argparse.Namespace:
 def cmd_watch(args: argparse.Namespace) -> int:
     from frameos.watch.app import watch
 
+    broker = getattr(args, "from")
+    if broker is not None:
+        return _watch_fleet(args, broker)
     return _trio_run(watch, _client(_where(args)))
+
+
+def _watch_fleet(args: argparse.Namespace, broker: str) -> int:
+    """`watch --from nats://…`: one row per forwarding host (SPEC §12)."""
+    from frameos.errors import UsageError
+    from frameos.watch.fleet import host_opener, watch_fleet
+
+    if args.where is not None or args.url is not None or args.demo:
+        raise UsageError("--from excludes a URL and --demo: pick the broker, or one host")
+    if not broker.startswith(("nats://", "tls://")):
+        raise UsageError(f"--from must be a nats:// URL, found {broker!r}")
+    opener = host_opener(args.config, args.token_file)
+    try:
+        return _trio_run(watch_fleet, broker, opener)
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:
