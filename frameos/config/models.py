@@ -482,7 +482,7 @@ class ProbeConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> ProbeConfig:
+    def _one_kind(self) -> "ProbeConfig":
         kinds = [k for k in ("exec", "http", "tcp") if getattr(self, k) is not None]
         kinds += ["notify"] if self.notify else []
         if len(kinds) != 1:
@@ -517,7 +517,7 @@ class HealthConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _liveness_not_notify(self) -> HealthConfig:
+    def _liveness_not_notify(self) -> "HealthConfig":
         if self.liveness is not None and self.liveness.notify:
             raise ValueError(
                 "liveness cannot be a notify probe: notify is for readiness (READY=1); for "
