@@ -105,7 +105,9 @@ COMMANDS: tuple[Command, ...] = (
             EVENT_LOG,
             OUTPUT,
             Flag(
-                "--plan", "also print bootstrap.planned for every VM (changes nothing)", switch=True
+                "--plan",
+                "also print bootstrap.planned for every VM and the start order (changes nothing)",
+                switch=True,
             ),
         ),
     ),
@@ -200,6 +202,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
 
     commands = (ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled)
     start = (
+        ev.VmWaiting,
         ev.VmOverlayPrepared,
         ev.VmLaunched,
         ev.BootstrapStarted,
@@ -219,7 +222,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
         ev.VmLayerDiscarded,
         ev.Message,
     )
-    bootstrap = start[2:]
+    bootstrap = start[3:]
     match command:
         case "run":
             return (
@@ -237,6 +240,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.VmExited,
                 ev.VmRestartScheduled,
                 ev.VmGaveUp,
+                ev.VmWaiting,
                 ev.VmShutdownRequested,
                 ev.VmCooperativeAttempted,
                 ev.VmCooperativeSucceeded,
