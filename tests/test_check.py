@@ -145,6 +145,24 @@ def test_a_bootstrap_step_and_a_stop_command_that_are_not_found(
     ]
 
 
+def test_an_exec_probe_that_is_not_found_and_a_probe_url_that_is_not_http(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    health = {
+        "readiness": {"http": {"url": "ftp://127.0.0.1/ready"}},
+        "liveness": {"exec": {"command": ["/opt/nothing/alive"]}},
+    }
+    (line,) = problems(capsys, tmp_path, vm(health=health))
+    assert line.startswith("vms[0].health.readiness.http.url: ")
+    assert "http" in line.split(": ", 1)[1]
+    health["readiness"] = {"exec": {"command": ["true"]}}
+    (line,) = problems(capsys, tmp_path, vm(health=health))
+    assert line == (
+        "vms[0].health.liveness.exec.command[0]: '/opt/nothing/alive' does not exist; install "
+        "it or fix the path"
+    )
+
+
 def test_placeholders_in_argv0_are_not_checked_as_paths(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -119,3 +119,33 @@ async def test_a_dependency_that_never_becomes_ready_holds_back_its_dependant_an
     names = [(e["event"], e["fields"].get("vm")) for e in fos.events]
     assert (ev.VmShutdownComplete.NAME, "web") in names  # said, though it never ran
     assert ev.RuntimeReady.NAME not in fos.names()
+
+
+NOTIFIER = [
+    sys.executable,
+    "-c",
+    "import os, signal, socket, sys, time\n"
+    "signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n"
+    "time.sleep(1)\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "time.sleep(600)\n",
+]
+
+
+async def test_a_dependant_waits_for_its_dependencys_readiness_probe(tmp_path: Path) -> None:
+    """`ready` of a VM with a readiness probe: its probe passed (here: READY=1 on its notify
+    socket, a second after its launch), not merely launched."""
+    api = sleeper("api", command=NOTIFIER, health={"readiness": {"notify": True}})
+    path = write_config(tmp_path, vms=[api, sleeper("web", depends_on={"api": "ready"})])
+    async with running_frameos(tmp_path, "run", "--config", str(path), "--output", "json") as fos:
+        events = fos.events
+        api_ready = seq_of(events, ev.VmReady, "api")
+        assert seq_of(events, ev.VmLaunched, "api") < api_ready
+        assert api_ready < seq_of(events, ev.VmLaunched, "web")
+        ready = next(e for e in events if e["event"] == ev.VmReady.NAME)
+        assert ready["fields"]["after_ms"] >= 1000  # it said READY=1 after a second
+        runtime_ready = next(e["seq"] for e in events if e["event"] == ev.RuntimeReady.NAME)
+        assert runtime_ready > seq_of(events, ev.VmReady, "web")
+        fos.send(signal.SIGTERM)
+        assert await fos.wait_exit() == 0

@@ -1,6 +1,7 @@
 """What `frameos check` looks at beyond the models: can this config run on this host?
 
-    argv[0]    of each VM's command, its cooperative stop command and its bootstrap steps: on
+    argv[0]    of each VM's command, its cooperative stop command, its bootstrap steps and its
+               `exec` probes: on
                the PATH (the VM's `env.PATH` when set, else frameos's), or, with a `/`, a file
                there (relative to the VM's `cwd`); either way executable by this user
     cwd        exists and is a directory
@@ -71,6 +72,10 @@ def _vm_problems(vm: VmConfig, at: str, source: str, env: Mapping[str, str]) -> 
         argvs.append((f"{at}.cooperative.command[0]", vm.cooperative.command))
     for number, step in enumerate(vm.bootstrap.steps if vm.bootstrap else []):
         argvs.append((f"{at}.bootstrap.steps[{number}].command[0]", step.command))
+    for kind in ("readiness", "liveness"):
+        probe = getattr(vm.health, kind) if vm.health is not None else None
+        if probe is not None and probe.exec is not None:
+            argvs.append((f"{at}.health.{kind}.exec.command[0]", probe.exec.command))
     for where, argv in argvs:
         program = argv[0]
         if PLACEHOLDER.search(program):
