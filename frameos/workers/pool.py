@@ -1,14 +1,19 @@
-"""All the VMs of one instance (SPEC §5, §5.1, §7.1): started together, stopped together, and
-operated one by one (R2: start_vm, stop_vm, restart_vm, bootstrap_vm, clean_vm, apply).
+"""All the VMs of one instance (SPEC §5, §5.1, §5.2, §7.1): started together (in the order of
+`depends_on`), stopped together (in reverse), and operated one by one (R2: start_vm, stop_vm,
+restart_vm, bootstrap_vm, clean_vm, apply).
 
 `run` goes in the supervisor's work nursery (`await work.start(pool.run)` returns once every
-VM has launched or failed to launch) and keeps running (a VM may be started later) until
-`stop` or its cancellation. `stop` runs every VM's ladder in parallel and returns when all are
-down. Cancelling the nursery that runs `run` does the same (each ladder shielded and bounded by
-its rungs' timeouts), so shutdown can be done by nesting; `force` cuts the running ladders
-short (SIGKILL, bounded). The pool also answers /healthz (`workers`), /readyz (reasons per VM)
-and /metrics (`frameos_vm_*`), and stops what a killed instance left: bootstrap steps, stop
-commands, and VMs under names no longer in the config.
+VM without `depends_on` has launched or failed to launch; each other VM waits behind its gate,
+`vm.waiting`, and launches once every VM it names is started or ready) and keeps running (a VM
+may be started later) until `stop` or its cancellation. `stop` stops every VM through its
+ladder, a VM once its dependants are down (VMs that do not depend on each other in parallel),
+within shutdown_timeout_s, and returns when all are down. Cancelling the nursery that runs
+`run` does the same, so shutdown can be done by nesting; `force` cuts the running ladders short
+(SIGKILL, bounded) and ends the waits for dependants. `wait_ready` returns once every permanent
+VM is ready or gave up (the supervisor's runtime:ready, READY=1). The pool also answers
+/healthz (`workers`), /readyz (reasons per VM) and /metrics (`frameos_vm_*`), and stops what a
+killed instance left: bootstrap steps, stop commands, and VMs under names no longer in the
+config.
 
 Operations run in the caller's task; each raises `OperationFailed` (a message saying why) when
 it did not do its job. An operator's stop holds: the VM's session ends, no restart policy runs,
@@ -186,15 +191,16 @@ class VmPool:
     # --- the pool's own task ----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise every VM until cancelled; `started` once each launched or failed to launch.
+        """Supervise every VM until cancelled; `started` once each VM without `depends_on`
+        launched or failed to launch (the others launch behind their gates).
 
         First, whatever a killed instance left running is stopped: its bootstrap steps and
         stop commands (a forced ladder), VMs no longer configured (their ladder); each
         configured VM's worker stops its own orphan before launching.
         Cancellation is the one way the pool stops (the supervisor cancels its work nursery;
         `stop` cancels this): operations fail from then on ("frameos is stopping"), those in
-        flight are cancelled, and every VM goes through its ladder (shielded, bounded; see
-        `force`). `run` returns once every VM has stopped.
+        flight are cancelled, and every VM goes through its ladder, dependants first (shielded,
+        bounded by shutdown_timeout_s; see `force`). `run` returns once every VM has stopped.
         """
         try:
             with trio.CancelScope() as self._run_scope:
