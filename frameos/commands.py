@@ -175,7 +175,19 @@ COMMANDS: tuple[Command, ...] = (
         "watch",
         "the interactive terminal view of a running instance (keys: ? for help, q quits and "
         "leaves it running); plain lines, one per event, when stdout is not a terminal",
-        (WHERE, CONFIG, DEMO, URL, TOKEN_FILE),
+        (
+            WHERE,
+            Flag(
+                "--from",
+                "the NATS server the hosts forward to (nats://HOST:PORT): one row per host; "
+                "enter opens a host's own view",
+                "URL",
+            ),
+            CONFIG,
+            DEMO,
+            URL,
+            TOKEN_FILE,
+        ),
     ),
     Command(
         "status",
@@ -202,6 +214,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
     start = (
         ev.VmOverlayPrepared,
         ev.VmLaunched,
+        ev.VmReady,
         ev.BootstrapStarted,
         ev.BootstrapStep,
         ev.BootstrapCompleted,
@@ -219,7 +232,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
         ev.VmLayerDiscarded,
         ev.Message,
     )
-    bootstrap = start[2:]
+    bootstrap = start[3:]
     match command:
         case "run":
             return (
@@ -243,6 +256,9 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.VmCooperativeTimedOut,
                 ev.VmShutdownEscalated,
                 ev.VmShutdownComplete,
+                ev.VmReady,
+                ev.VmHealth,
+                ev.VmStatus,
                 ev.BootstrapStarted,
                 ev.BootstrapStep,
                 ev.BootstrapCompleted,

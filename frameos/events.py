@@ -305,6 +305,33 @@ class VmShutdownComplete(Event):
     changed: bool
 
 
+# --- health (SPEC §5.2) -----------------------------------------------------------------------
+
+
+class VmReady(Event):
+    NAME = "vm.ready"
+    TEMPLATE = "{vm}: ready {after_ms} ms after its launch"
+    vm: str
+    after_ms: int  # since this launch
+
+
+class VmHealth(Event):
+    NAME = "vm.health"
+    TEMPLATE = "{vm}: {probe} {status}: {detail} ({failures:count failure} in a row)"
+    vm: str
+    probe: Literal["readiness", "liveness"]
+    status: Literal["healthy", "unhealthy"]  # unhealthy is published as warn
+    failures: int  # consecutive failed attempts
+    detail: str  # the last attempt's outcome (its output, bounded and stripped)
+
+
+class VmStatus(Event):
+    NAME = "vm.status"
+    TEMPLATE = "{vm}: {text}"
+    vm: str
+    text: str  # STATUS= from the VM's notify socket (bounded, control characters removed)
+
+
 # --- bootstrap --------------------------------------------------------------------------------
 
 

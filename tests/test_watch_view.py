@@ -309,3 +309,19 @@ def test_the_screenshots_are_made_from_the_scripted_session(tmp_path: Any) -> No
     text = main.read_text()
     assert text.startswith("<svg") and "kiosk-browser" in text and "(×14)" in text
     assert "output&#160;log&#160;(following)" in detail.read_text()
+
+
+def test_the_health_column_follows_snapshots_and_events() -> None:
+    m = model(snap("alpha", health={"status": "starting"}))
+    assert m.vms["alpha"].health == "waiting"
+    feed = Feed(m)
+    feed(ev.VmReady(vm="alpha", after_ms=40))
+    assert m.vms["alpha"].health == "ready"
+    feed(ev.VmHealth(vm="alpha", probe="liveness", status="unhealthy", failures=3, detail="x"))
+    assert m.vms["alpha"].health == "failing"
+    assert "failing" in text_of(m, 120)
+    feed(ev.VmExited(vm="alpha", pid=100, exit_code=None, signal="SIGTERM", uptime_ms=1,
+                     expected=False))  # fmt: skip
+    assert m.vms["alpha"].health == "down"
+    feed(ev.VmLaunched(vm="alpha", pid=101, attempt=2))
+    assert m.vms["alpha"].health == "waiting"

@@ -133,7 +133,15 @@ async def test_environment_is_clean(autojump_clock: trio.testing.MockClock, tmp_
         await worker.stop("test")
     argv, env, _cwd, _t = spawner.launches[0]
     assert argv == ["prog", "--flag"]
-    assert env == {"PATH": "/bin", "EXTRA": "1", "FRAMEOS_VM": "a", "FRAMEOS_VM_ATTEMPT": "1"}
+    # frameos's own NOTIFY_SOCKET and WATCHDOG_* are gone; the VM gets its own socket
+    notify = str(tmp_path / "vms" / "a.notify")
+    assert env == {
+        "PATH": "/bin",
+        "EXTRA": "1",
+        "FRAMEOS_VM": "a",
+        "FRAMEOS_VM_ATTEMPT": "1",
+        "NOTIFY_SOCKET": notify,
+    }
 
 
 async def test_stop_while_running_runs_the_ladder(
@@ -150,6 +158,7 @@ async def test_stop_while_running_runs_the_ladder(
         await worker.stop("because")
     assert pub.vm_names("a") == [
         "vm.launched",
+        "vm.ready",
         "vm.shutdown_requested",
         "vm.cooperative_attempted",
         "vm.cooperative_succeeded",

@@ -6,9 +6,12 @@ The defaults are those of SPEC §2 and §5. docs/configuration.md is generated f
 Keys are snake_case; every key also accepts its legacy FrameOS camelCase spelling. Anything a
 config can say that `run` would later trip over (a NUL byte in a path, an env name with `=`, an
 empty argv[0], a string the kernel would refuse to exec) is refused here, with the fix.
-"""
 
-from __future__ import annotations
+Import cost (`frameos run` validates before any VM launches, BARS B6): the annotations are
+evaluated by the interpreter (no `from __future__ import annotations`, so pydantic evaluates no
+strings), and only `FrameConfig` builds its validator at import; the models inside it are
+validated through its schema and build their own on first use (`defer_build`).
+"""
 
 import os
 import signal as _signal
@@ -48,6 +51,7 @@ class Model(BaseModel):
         extra="forbid",
         populate_by_name=True,
         alias_generator=AliasGenerator(validation_alias=_aliases),
+        defer_build=True,
     )
 
 
@@ -247,7 +251,7 @@ class AuthConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _names_unique(self) -> AuthConfig:
+    def _names_unique(self) -> "AuthConfig":
         seen: set[str] = set()
         for index, token in enumerate(self.tokens):
             if token.name in seen:
@@ -298,7 +302,7 @@ class CooperativeConfig(Model):
         return name
 
     @model_validator(mode="after")
-    def _command_given(self) -> CooperativeConfig:
+    def _command_given(self) -> "CooperativeConfig":
         if self.method == "command" and not self.command:
             raise ValueError(
                 "method 'command' needs `command`: the argv that asks the guest to stop"
@@ -349,7 +353,7 @@ class RestartConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> RestartConfig:
+    def _backoff_order(self) -> "RestartConfig":
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError(
                 f"backoff_max_ms ({self.backoff_max_ms}) must be ≥ backoff_initial_ms "
@@ -410,6 +414,118 @@ PATTERN_HINTS = {
 }
 
 
+class ExecProbe(Model):
+    """`vms[].health.*.exec`: a command; exit 0 passes."""
+
+    command: Argv = Field(
+        description="argv, run in its own process group (killed at `timeout_ms`) with the VM's "
+        "env and cwd; placeholders as in `command`"
+    )
+
+
+class HttpProbe(Model):
+    """`vms[].health.*.http`: a GET; an accepted status passes."""
+
+    url: str = Field(
+        min_length=1, max_length=2000, description="`http://` or `https://` URL (no other scheme)"
+    )
+    status: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="the status codes that pass; unset: any of 200–399",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+            raise ValueError(
+                f"expected an http:// or https:// URL such as http://127.0.0.1:8080/healthz, "
+                f"found {value!r}; use a tcp probe for other protocols"
+            )
+        return value
+
+
+class TcpProbe(Model):
+    """`vms[].health.*.tcp`: a TCP connect; an accepted connection passes."""
+
+    host: str = Field(default="127.0.0.1", pattern=HOST, description="address or host name")
+    port: int = Field(ge=1, le=65_535, description="TCP port")
+
+
+class ProbeConfig(Model):
+    """`vms[].health.readiness` / `.liveness`: one probe (exactly one of `exec`, `http`, `tcp`,
+    `notify`) and its timing (SPEC §5.2)."""
+
+    exec: ExecProbe | None = Field(default=None, description="run a command (exit 0 passes)")
+    http: HttpProbe | None = Field(default=None, description="GET a URL (200–399 passes)")
+    tcp: TcpProbe | None = Field(default=None, description="connect to a port")
+    notify: bool = Field(
+        default=False,
+        description="`true`: readiness is the VM's own `READY=1` on its notify socket (or its "
+        "guest's, `{notify_chardev}`); readiness only (for liveness, set `watchdog_ms`)",
+    )
+    period_ms: int = Field(
+        default=5_000, ge=100, le=3_600_000, description="ms from one attempt's start to the next"
+    )
+    timeout_ms: int = Field(
+        default=1_000, ge=10, le=600_000, description="ms one attempt may take (then it fails)"
+    )
+    initial_delay_ms: PosMs = Field(default=0, description="ms after the launch before probing")
+    failure_threshold: int = Field(
+        default=3, ge=1, le=1_000, description="consecutive failures that make it unhealthy"
+    )
+    success_threshold: int = Field(
+        default=1, ge=1, le=1_000, description="consecutive successes that make it healthy"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ProbeConfig":
+        kinds = [k for k in ("exec", "http", "tcp") if getattr(self, k) is not None]
+        kinds += ["notify"] if self.notify else []
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"a probe is exactly one of exec, http, tcp or notify (found {found}); "
+                'e.g. {"http": {"url": "http://127.0.0.1:8080/"}}'
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["exec", "http", "tcp", "notify"]:
+        if self.exec is not None:
+            return "exec"
+        if self.http is not None:
+            return "http"
+        return "tcp" if self.tcp is not None else "notify"
+
+
+class HealthConfig(Model):
+    """`vms[].health`: when the VM is ready, and whether it is still alive (SPEC §5.2)."""
+
+    readiness: ProbeConfig | None = Field(
+        default=None,
+        description="passes: the VM is ready (`vm.ready`); unset: ready once launched and "
+        "bootstrapped",
+    )
+    liveness: ProbeConfig | None = Field(
+        default=None,
+        description="fails `failure_threshold` times in a row: the VM is restarted through its "
+        "stop ladder, counted by its restart policy like an abnormal exit",
+    )
+
+    @model_validator(mode="after")
+    def _liveness_not_notify(self) -> "HealthConfig":
+        if self.liveness is not None and self.liveness.notify:
+            raise ValueError(
+                "liveness cannot be a notify probe: notify is for readiness (READY=1); for "
+                "liveness through the notify socket set the VM's `watchdog_ms` (WATCHDOG=1 pings)"
+            )
+        return self
+
+
 class VmConfig(Model):
     """`vms[]`: one supervised worker process (a QEMU VM or any long-running command)."""
 
@@ -417,7 +533,8 @@ class VmConfig(Model):
         pattern=VM_NAME, description="unique; names its pidfile, log, socket and overlay"
     )
     command: Argv = Field(
-        description="argv; `{qmp_socket}` and `{overlay}` are filled in (SPEC §5)"
+        description="argv; `{qmp_socket}`, `{overlay}` and `{notify_chardev}` are filled in "
+        "(SPEC §5)"
     )
     base_image: AbsPath | None = Field(
         default=None, description="a disk image; each launch gets a fresh overlay (`{overlay}`)"
@@ -433,6 +550,16 @@ class VmConfig(Model):
     )
     restart: RestartConfig = Field(
         default_factory=RestartConfig, description="what happens after an exit"
+    )
+    health: HealthConfig | None = Field(
+        default=None, description="readiness and liveness probes (SPEC §5.2, below)"
+    )
+    watchdog_ms: int | None = Field(
+        default=None,
+        ge=100,
+        le=3_600_000,
+        description="the VM sends `WATCHDOG=1` on its notify socket at least this often (it "
+        "gets `WATCHDOG_USEC`); a missed ping is a liveness failure: restarted as above",
     )
     bootstrap: BootstrapConfig | None = Field(
         default=None, description="host-side steps after each launch"
@@ -528,6 +655,8 @@ class ForwardConfig(Model):
 class FrameConfig(Model):
     """The whole `frame.json`."""
 
+    model_config = ConfigDict(defer_build=False)  # built at import: every load validates it
+
     frame_host: str = Field(
         default="127.0.0.1",
         min_length=1,
@@ -597,7 +726,7 @@ class FrameConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _vms_consistent(self) -> FrameConfig:
+    def _vms_consistent(self) -> "FrameConfig":
         seen: dict[str, int] = {}
         for index, vm in enumerate(self.vms):
             if vm.name in seen:

@@ -169,7 +169,7 @@ async def plain(api: Api) -> int:
 class App:
     """The interactive view; `run()` returns when `q` is pressed."""
 
-    def __init__(self, api: Api, console: Any = None) -> None:
+    def __init__(self, api: Api, console: Any = None, *, back_on_esc: bool = False) -> None:
         from rich.console import Console
 
         self.api = api
@@ -181,6 +181,7 @@ class App:
         self.nursery: trio.Nursery | None = None
         self.log_scope: trio.CancelScope | None = None
         self.quit = trio.Event()
+        self.back_on_esc = back_on_esc  # opened from the fleet view: esc goes back there
 
     # --- the stream and the snapshots ---------------------------------------------------------
 
@@ -267,6 +268,8 @@ class App:
             model.selected = min(max(0, len(names) - 1), model.selected + 1)
         elif key == "enter" and names:
             self.open_detail()
+        elif key == "esc" and self.back_on_esc and not model.detail and not model.filter:
+            self.quit.set()
         elif key == "esc":
             self.close_detail()
             model.filter = ""

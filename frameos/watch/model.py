@@ -24,7 +24,7 @@ WATCHED = frozenset(
         ev.VmLaunched, ev.VmExited, ev.VmRestartScheduled, ev.VmGaveUp,
         ev.VmShutdownRequested, ev.VmShutdownComplete, ev.VmOverlayPrepared,
         ev.VmCooperativeAttempted, ev.VmCooperativeSucceeded, ev.VmCooperativeTimedOut,
-        ev.VmShutdownEscalated, ev.VmLayerDiscarded,
+        ev.VmShutdownEscalated, ev.VmLayerDiscarded, ev.VmReady, ev.VmHealth,
         ev.BootstrapStarted, ev.BootstrapStep, ev.BootstrapCompleted, ev.BootstrapFailed,
         ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled,
     )
@@ -37,6 +37,8 @@ VM_EVENTS = 50  # recent events kept per VM (the detail screen)
 LOG_LINES = 200  # output log lines kept for the detail screen
 PROBLEMS = ("warn", "error", "blocker")
 STOPPED = ("idle", "finished", "gave_up", "stopped")
+# The HEALTH column (7 wide) of each snapshot `health.status`; events move it on (`_vm_event`).
+HEALTH_WORDS = {"ready": "ready", "starting": "waiting", "unhealthy": "failing", "down": "down"}
 
 
 class Msg:
@@ -171,7 +173,8 @@ class Model:
             last = snap.get("last_exit")
             vm.last_exit = exit_text(last.get("exit_code"), last.get("signal")) if last else "-"
             health = snap.get("health")
-            vm.health = str(health.get("status", "?")) if isinstance(health, dict) else "-"
+            status = str(health.get("status", "?")) if isinstance(health, dict) else "-"
+            vm.health = HEALTH_WORDS.get(status, status)
             boot = snap.get("bootstrap") or {}
             vm.bootstrap = str(boot.get("status", "none"))
             vm.steps = [[str(s["name"]), str(s["status"])] for s in boot.get("steps", [])]
@@ -230,9 +233,15 @@ class Model:
     def _vm_event(self, vm: Vm, event: ev.Event, at: float) -> None:
         if isinstance(event, ev.VmLaunched):
             vm.state, vm.pid, vm.started = "running", event.pid, at
+            vm.health = "waiting"
             self._resolve(vm.name)
+        elif isinstance(event, ev.VmReady):
+            vm.health = "ready"
+        elif isinstance(event, ev.VmHealth):  # healthy: the snapshot says whether it is ready
+            vm.health = "failing" if event.status == "unhealthy" else vm.health
+            self.stale = self.stale or event.status == "healthy"
         elif isinstance(event, ev.VmExited):
-            vm.pid, vm.started = None, None
+            vm.pid, vm.started, vm.health = None, None, "down"
             vm.last_exit = exit_text(event.exit_code, event.signal)
             vm.state = "stopping" if event.expected else "backoff"
             self.stale = True  # the policy decides what comes next; the snapshot says

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class PoolCollector(Collector):
-    """`frameos_vm_state`, `frameos_vm_restarts`, `frameos_vm_uptime_seconds` per VM."""
+    """`frameos_vm_state`, `frameos_vm_restarts`, `frameos_vm_uptime_seconds`,
+    `frameos_vm_probe_failures` per VM."""
 
     def __init__(self, pool: VmPool) -> None:
         self.pool = pool
@@ -29,11 +30,18 @@ class PoolCollector(Collector):
         uptime = GaugeMetricFamily(
             "frameos_vm_uptime_seconds", "Seconds since the running VM was launched", labels=["vm"]
         )
+        failures = CounterMetricFamily(
+            "frameos_vm_probe_failures",
+            "Failed readiness/liveness probe attempts and missed watchdog pings of each VM",
+            labels=["vm"],
+        )
         for worker in self.pool.workers:
             for value in VmState:
                 state.add_metric([worker.name, value.value], 1 if worker.state is value else 0)
             restarts.add_metric([worker.name], worker.restarts)
             uptime.add_metric([worker.name], uptime_s(worker))
+            failures.add_metric([worker.name], worker.probe_failures)
         yield state
         yield restarts
         yield uptime
+        yield failures

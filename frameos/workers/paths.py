@@ -2,6 +2,8 @@
 
 state_dir/vms/NAME.pid        pidfile (pidfile.py)
 state_dir/vms/NAME.qmp        QMP unix socket (`{qmp_socket}`)
+state_dir/vms/NAME.notify     the VM's NOTIFY_SOCKET (datagrams; notify.py)
+state_dir/vms/NAME.serial     the guest's notify port (`{notify_chardev}`; notify.py)
 state_dir/vms/NAME.log        the VM's stdout and stderr
 state_dir/procs/PID.pid       pidfile of a running bootstrap step or stop command (child.py)
 state_dir/overlays/NAME.qcow2 overlay on `base_image` (`{overlay}`; `overlay_dir` overrides)
@@ -32,6 +34,8 @@ class VmPaths:
     name: str
     pidfile: Path
     qmp_socket: Path
+    notify_socket: Path
+    serial_socket: Path
     log: Path
     overlay: Path | None
     stamp: Path
@@ -46,6 +50,8 @@ class VmPaths:
             name=vm.name,
             pidfile=state_dir / "vms" / f"{vm.name}.pid",
             qmp_socket=state_dir / "vms" / f"{vm.name}.qmp",
+            notify_socket=state_dir / "vms" / f"{vm.name}.notify",
+            serial_socket=state_dir / "vms" / f"{vm.name}.serial",
             log=state_dir / "vms" / f"{vm.name}.log",
             overlay=overlay,
             stamp=state_dir / "bootstrap" / f"{vm.name}.stamp",
@@ -58,12 +64,14 @@ class VmPaths:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
 
-    def check_socket(self) -> None:
-        """Raise LaunchError when the QMP socket path does not fit in a unix socket address."""
-        size = len(os.fsencode(self.qmp_socket))
+    def check_socket(self, path: Path | None = None, what: str = "QMP socket") -> None:
+        """Raise LaunchError when a socket path (the QMP socket's by default) does not fit in a
+        unix socket address."""
+        path = self.qmp_socket if path is None else path
+        size = len(os.fsencode(path))
         if size > UNIX_PATH_MAX:
             raise LaunchError(
-                f"QMP socket path {self.qmp_socket} is {size} bytes; unix socket paths must be "
+                f"{what} path {path} is {size} bytes; unix socket paths must be "
                 f"under 108 bytes: choose a shorter state_dir or VM name"
             )
 
@@ -73,8 +81,13 @@ def procs_dir(state_dir: Path) -> Path:
     return state_dir / "procs"
 
 
+NOTIFY_CHARDEV = "{notify_chardev}"
+
+
 def substitute(argv: list[str], paths: VmPaths) -> list[str]:
-    """Fill in `{overlay}` and `{qmp_socket}`; a `{overlay}` without `base_image` is an error."""
+    """Fill in `{overlay}`, `{qmp_socket}` and `{notify_chardev}` (a QEMU `-chardev` value: a
+    client of frameos's listener at NAME.serial); a `{overlay}` without `base_image` is an
+    error."""
     out = []
     for arg in argv:
         if "{overlay}" in arg:
@@ -84,12 +97,17 @@ def substitute(argv: list[str], paths: VmPaths) -> list[str]:
                     f"set base_image or remove the placeholder"
                 )
             arg = arg.replace("{overlay}", str(paths.overlay))
+        arg = arg.replace(NOTIFY_CHARDEV, f"socket,id=frameos-notify,path={paths.serial_socket}")
         out.append(arg.replace("{qmp_socket}", str(paths.qmp_socket)))
     return out
 
 
 def uses_qmp(argv: list[str]) -> bool:
     return any("{qmp_socket}" in arg for arg in argv)
+
+
+def uses_notify_chardev(argv: list[str]) -> bool:
+    return any(NOTIFY_CHARDEV in arg for arg in argv)
 
 
 def child_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

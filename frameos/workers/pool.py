@@ -359,7 +359,7 @@ class VmPool:
                     for step in steps
                 ],
             ),
-            health=None,
+            health=worker.health_snapshot(),
             config=redacted_config(worker.vm),
             output_log=str(worker.paths.log),
         )

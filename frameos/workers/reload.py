@@ -2,9 +2,10 @@
 
     removed    in the running config only: stopped through its ladder, overlay discarded
     added      in the new config only: launched (its bootstrap follows the launch)
-    restarted  `command`, `env`, `cwd`, `base_image` or `overlay_dir` changed: the ladder, then a
-               launch with the new config
-    updated    anything else changed (restart policy, timeouts, cooperative, bootstrap, ...):
+    restarted  `command`, `env`, `cwd`, `base_image`, `overlay_dir` or `watchdog_ms` (the VM
+               gets it as WATCHDOG_USEC) changed: the ladder, then a launch with the new config
+    updated    anything else changed (restart policy, timeouts, cooperative, bootstrap, health:
+               the probes start over with the new settings, ...):
                applied without touching the process; the running process keeps the ladder it
                was launched with (its timeouts, its stop method), the next launch uses the new
                ones; the restart policy decides the next exit
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from frameos.config import FrameConfig, VmConfig
 
 # A change to any of these needs a new process; any other VM key is applied live.
-PROCESS_KEYS = ("command", "env", "cwd", "base_image", "overlay_dir")
+PROCESS_KEYS = ("command", "env", "cwd", "base_image", "overlay_dir", "watchdog_ms")
 
 
 class ReloadDiff(BaseModel):

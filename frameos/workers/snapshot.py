@@ -43,6 +43,29 @@ class BootstrapSnapshot(_Model):
     steps: list[StepSnapshot]
 
 
+class ProbeSnapshot(_Model):
+    kind: Literal["exec", "http", "tcp", "notify", "watchdog"]
+    status: Literal["unknown", "healthy", "unhealthy"] = Field(
+        description="`unknown` until its thresholds decide (or before its initial delay)"
+    )
+    failures: int = Field(description="failed attempts in a row")
+    detail: str = Field(description="the last attempt's outcome (bounded, control chars removed)")
+
+
+class HealthSnapshot(_Model):
+    status: Literal["ready", "starting", "unhealthy", "down"] = Field(
+        description="`ready`; `starting`: running, not ready yet; `unhealthy`: a probe fails; "
+        "`down`: not running"
+    )
+    ready: bool = Field(description="running, bootstrapped, readiness passed (SPEC §5.2)")
+    readiness: ProbeSnapshot | None
+    liveness: ProbeSnapshot | None = Field(description="the liveness probe, or `watchdog_ms`")
+    status_text: str | None = Field(description="the last STATUS= on the notify socket")
+    stopping: bool = Field(description="the VM said STOPPING=1 in this launch")
+    probe_failures: int = Field(description="failed probe attempts so far, every launch")
+    notify_dropped: int = Field(description="notify messages dropped (foreign sender, oversize)")
+
+
 class VmSnapshot(_Model):
     name: str
     state: Literal[
@@ -56,7 +79,7 @@ class VmSnapshot(_Model):
     backoff_until: float | None = Field(description="when the next launch is due (backoff)")
     operator_stopped: bool = Field(description="stopped by an operator: no policy restarts it")
     bootstrap: BootstrapSnapshot
-    health: dict[str, Any] | None = None
+    health: HealthSnapshot = Field(description="readiness, liveness and the notify socket")
     config: dict[str, Any] = Field(description="the effective VmConfig; secret env values ***")
     output_log: str = Field(description="the file with the VM's stdout and stderr")
 

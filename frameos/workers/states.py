@@ -5,6 +5,8 @@
               │            └─────► gave_up    (more than max_restarts in window_s)
               └─ (a failed launch counts as an abnormal exit)
     any of them ─► stopping ─► stopped        (stop() or cancellation: the ladder)
+    running ─► stopping ─► backoff | finished | gave_up
+                                              (a liveness failure: the ladder, then the policy)
     finished, gave_up ─► starting             (relaunch: an operator's start)
     stopped ─► starting                       (a new session: an operator's start)
 
@@ -38,7 +40,7 @@ TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPING}),
     _S.FINISHED: frozenset({_S.STARTING, _S.STOPPING}),
     _S.GAVE_UP: frozenset({_S.STARTING, _S.STOPPING}),
-    _S.STOPPING: frozenset({_S.STOPPED}),
+    _S.STOPPING: frozenset({_S.STOPPED, _S.BACKOFF, _S.FINISHED, _S.GAVE_UP}),
     _S.STOPPED: frozenset({_S.STARTING}),
 }
 

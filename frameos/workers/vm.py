@@ -33,10 +33,13 @@ from frameos.workers.child import Child, Tracking, kill_group, signal_name
 from frameos.workers.cooperative import request_for
 from frameos.workers.ladder import Ladder
 from frameos.workers.launch import LAUNCH_ERRORS, Spawner, default_spawner, why
+from frameos.workers.notify import NotifyChannels
 from frameos.workers.orphans import clean_up_after, discard_overlay, remove_stale_socket
-from frameos.workers.paths import VmPaths, child_env, substitute, uses_qmp
+from frameos.workers.paths import VmPaths, child_env, substitute, uses_notify_chardev, uses_qmp
+from frameos.workers.probes import LaunchHealth, after_ms
 from frameos.workers.publisher import Publisher, RunTagger
 from frameos.workers.restart import Decision, RestartTracker, Verdict
+from frameos.workers.snapshot import HealthSnapshot, ProbeSnapshot
 from frameos.workers.states import BOOT_TRANSITIONS, TRANSITIONS, BootState, VmState
 
 __all__ = ["BootState", "LaunchRecord", "Spawner", "VmState", "VmWorker", "default_spawner"]
@@ -112,6 +115,12 @@ class VmWorker:
         self._forced = False  # `force`: ladders of this session are cut short
         self._changed = trio.Event()
         self._boot_scopes: set[trio.CancelScope] = set()
+        self.health: LaunchHealth | None = None  # the probes of the current (or last) launch
+        self.notify: NotifyChannels | None = None  # the notify socket of the current launch
+        self._ready_armed = False  # this launch has not said `vm.ready` yet
+        self._liveness_kill: str | None = None  # why a liveness failure is stopping the VM
+        self._past_probe_failures = 0  # failed probe attempts of the earlier launches
+        self._past_notify_drops = 0
 
     @property
     def name(self) -> str:
@@ -135,9 +144,13 @@ class VmWorker:
         self._notify()
 
     def _notify(self) -> None:
-        """Wake every `wait_until`: the worker changed."""
+        """Wake every `wait_until`: the worker changed. The first time in a launch that it is
+        ready, say `vm.ready`."""
         self._changed.set()
         self._changed = trio.Event()
+        if self._ready_armed and self.ready:
+            self._ready_armed = False
+            self._say(ev.VmReady(vm=self.name, after_ms=after_ms(self.launched_at)))
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Return once `predicate()` holds, checked at every change of the worker."""
@@ -149,9 +162,24 @@ class VmWorker:
 
     @property
     def ready(self) -> bool:
-        """Ready (SPEC §5.2): launched and bootstrapped (a readiness probe, when configured,
-        decides instead). Every change calls `_notify`, so `wait_until(lambda: w.ready)` works."""
-        return self.state is VmState.RUNNING and self.boot is BootState.OK
+        """Ready (SPEC §5.2): running, bootstrapped, and its readiness probe (if any) healthy in
+        this launch (False again while it fails). Every change calls `_notify`, so
+        `wait_until(lambda: w.ready)` works."""
+        return (
+            self.state is VmState.RUNNING
+            and self.boot is BootState.OK
+            and (self.health is None or self.health.ready)
+        )
+
+    @property
+    def probe_failures(self) -> int:
+        """Failed probe attempts (and missed watchdog pings) so far, every launch."""
+        return self._past_probe_failures + (self.health.failures if self.health else 0)
+
+    @property
+    def notify_drops(self) -> int:
+        """Notify messages dropped (not from the VM's group, oversize) so far, every launch."""
+        return self._past_notify_drops + (self.notify.dropped if self.notify else 0)
 
     def launch_record(self, attempt: int) -> LaunchRecord | None:
         return next((r for r in self.launches if r.attempt == attempt), None)
@@ -339,6 +367,7 @@ class VmWorker:
             if uses_qmp(vm.command):
                 self.paths.check_socket()
                 remove_stale_socket(self.paths.qmp_socket)
+            self.notify = self._open_notify(vm)
             if self.paths.overlay is not None and vm.base_image is not None:
                 await discard_overlay(self.name, self.paths.overlay, "orphan", self.publisher)
                 await overlay.prepare(vm.base_image, self.paths.overlay)
@@ -361,10 +390,12 @@ class VmWorker:
                 if made_overlay:
                     await discard_overlay(self.name, self.paths.overlay, "shutdown", self.publisher)
             finally:
+                self._close_notify()
                 self._settle(record)
                 record.booted.set()
             return None
         except BaseException:
+            self._close_notify()
             record.error = "the launch was interrupted (frameos or the operation was stopping)"
             self._settle(record)
             record.booted.set()
@@ -375,16 +406,39 @@ class VmWorker:
         self._settle(record)
         return child
 
+    def _open_notify(self, vm: VmConfig) -> NotifyChannels | None:
+        """The VM's notify socket (and serial listener); when its path cannot be bound, the
+        launch fails only if the VM needs it (a notify probe, `watchdog_ms`, a guest port)."""
+        serial = uses_notify_chardev(vm.command)
+        readiness = vm.health.readiness if vm.health else None
+        needed = (
+            serial or vm.watchdog_ms is not None or (readiness is not None and readiness.notify)
+        )
+        try:
+            return NotifyChannels.open(self.paths, serial=serial)
+        except LaunchError:
+            if needed:
+                raise
+            return None
+
+    def _close_notify(self) -> None:
+        if self.notify is not None:
+            self._past_notify_drops += self.notify.dropped
+            self.notify.close()
+            self.notify = None
+
     def _settle(self, record: LaunchRecord) -> None:
         record.settled.set()
         self._notify()
 
     async def _start(self, argv: list[str]) -> Child:
         vm = self.launched_vm
-        env = child_env(
-            self.base_env,
-            {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt), **vm.env},
-        )
+        facts = {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt)}
+        if self.notify is not None:
+            facts["NOTIFY_SOCKET"] = str(self.paths.notify_socket)
+        if vm.watchdog_ms is not None:
+            facts["WATCHDOG_USEC"] = str(vm.watchdog_ms * 1000)
+        env = child_env(self.base_env, {**facts, **vm.env})
         return await self.spawner(argv, env, vm.cwd, self.paths.log, self._write_pidfile)
 
     def _write_pidfile(self, child: Child) -> None:
@@ -412,32 +466,72 @@ class VmWorker:
     async def _run_child(self, child: Child) -> float:
         """Bootstrap alongside; the ladder on `stop` or cancellation; the exit reported.
         Returns the uptime."""
+        self._ready_armed = False
+        self._past_probe_failures += self.health.failures if self.health else 0
+        self.health = LaunchHealth(
+            self.vm,
+            self.paths,
+            child_env(self.base_env, self.vm.env),
+            self.publisher,
+            launched_at=self.launched_at,
+            on_change=self._notify,
+            on_liveness_failed=self._liveness_failed,
+        )
         self.set_state(VmState.RUNNING)
         record = self.launches[-1]
         has_steps = self.vm.bootstrap is not None and bool(self.vm.bootstrap.steps)
         self.set_boot(BootState.PENDING if has_steps else BootState.OK)
         if not has_steps:
             self._booted(record, True)
-        boot_scope = trio.CancelScope()
+        boot_scope, probe_scope = trio.CancelScope(), trio.CancelScope()
         try:
             self._say(ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt))
+            self._ready_armed = True
+            self._notify()  # ready at once without a probe or steps: `vm.ready` follows
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_health, child, probe_scope)
                 if has_steps:
                     nursery.start_soon(self._bootstrap, child, boot_scope, record)
                 await self._interruptible(child.wait)
+                probe_scope.cancel()
                 boot_scope.cancel()
                 for scope in self._boot_scopes:  # a bootstrap_vm in flight: the VM is gone
                     scope.cancel()
-                if not child.exited:  # stop() was called
+                if not child.exited and self._killed_for_liveness():
+                    await self._stop_child(child, self._liveness_kill or "", shielded=False)
+                elif not child.exited:  # stop() was called
                     await self._stop_child(child, self._stop_reason, shielded=False)
         except BaseException as exc:
             if not child.exited and not self._laddered:  # cancelled: still through the ladder
                 await self._stop_child(child, _cancel_reason(exc), shielded=True)
             raise
         finally:
+            self._ready_armed = False
             self._booted(record, False)  # unless the bootstrap already said how it went
             await self._reap(child)
         return trio.current_time() - self.launched_at
+
+    async def _watch_health(self, child: Child, scope: trio.CancelScope) -> None:
+        """The probes and the notify channels of this launch, until the exit or the stop."""
+        health = self.health
+        assert health is not None
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(health.run)
+                if self.notify is not None:
+                    nursery.start_soon(self.notify.serve, child.pid, health, self.publisher)
+
+    def _liveness_failed(self, detail: str) -> None:
+        """A liveness probe failed past its threshold (or a watchdog ping was missed): the
+        VM goes through its ladder, then the restart policy decides as after an abnormal exit."""
+        if self.state is not VmState.RUNNING or self._stop_requested.is_set():
+            return
+        self._liveness_kill = f"liveness failed: {detail}"
+        if self._wake is not None:
+            self._wake.cancel()
+
+    def _killed_for_liveness(self) -> bool:
+        return self._liveness_kill is not None and not self._stop_requested.is_set()
 
     def _booted(self, record: LaunchRecord, ok: bool) -> None:
         if not record.booted.is_set():
@@ -450,7 +544,8 @@ class VmWorker:
         the rungs' timeouts."""
         if self.state is not VmState.STOPPING:
             self.set_state(VmState.STOPPING)
-        self._stop_reason = self._stop_reason or reason
+        if not self._killed_for_liveness():
+            self._stop_reason = self._stop_reason or reason
         self._laddered = True
         ladder = self._ladder(child)
         with trio.CancelScope(shield=shielded) as scope:
@@ -556,9 +651,12 @@ class VmWorker:
         """However the run ended (exit, ladder, cancellation): no process of the group left,
         the exit reported, the pidfile and the overlay gone."""
         await kill_group(child, self.launched_vm.timeouts.sigkill_ms / 1000)
+        self._close_notify()
         self.child = None
         code = child.returncode
-        self.last_abnormal = code != 0
+        for_liveness = self._killed_for_liveness()  # the policy counts it as abnormal
+        self._liveness_kill = None
+        self.last_abnormal = code != 0 or for_liveness
         self.last_exit = ExitRecord(
             exit_code=code if code is None or code >= 0 else None,
             signal=signal_name(-code) if code is not None and code < 0 else None,
@@ -571,10 +669,12 @@ class VmWorker:
                 exit_code=code if code is None or code >= 0 else None,
                 signal=signal_name(-code) if code is not None and code < 0 else None,
                 uptime_ms=int((trio.current_time() - self.launched_at) * 1000),
-                expected=self._stop_requested.is_set() or self._laddered,
+                expected=not for_liveness and (self._stop_requested.is_set() or self._laddered),
             ),
-            None if self._laddered else "warn",
+            None if self._laddered and not for_liveness else "warn",
         )
+        if for_liveness:  # the ladder of a restart, not of a stop
+            self._laddered = False
         pidfile.remove(self.paths.pidfile)
         reclaimed = overlay.discard(self.paths.overlay) if self.paths.overlay else None
         if reclaimed is not None:
@@ -625,10 +725,39 @@ class VmWorker:
         launched with; the restart policy applies from the next exit; process settings
         (command, env, ...) only from the next launch (the pool restarts it for those)."""
         assert vm.name == self.name
+        health_changed = (vm.health, vm.watchdog_ms) != (self.vm.health, self.vm.watchdog_ms)
         self.vm = vm
         self.tracker.config = vm.restart
+        if health_changed and self.health is not None and self.child is not None:
+            self.health.reconfigure(vm)
         if self.child is None and self.state is not VmState.STARTING:  # else: at its launch
             self.paths = VmPaths.of(vm, self.state_dir)
+
+    def health_snapshot(self) -> HealthSnapshot:
+        """The snapshot's `health`: the probes of the current launch (or of the last one, when
+        not running: what they said last)."""
+        health = self.health
+        running = self.state is VmState.RUNNING
+        probes = [health.readiness, health.liveness] if health else [None, None]
+        if not running:
+            status = "down"
+        elif any(p is not None and p.status == "unhealthy" for p in probes):
+            status = "unhealthy"
+        else:
+            status = "ready" if self.ready else "starting"
+        readiness, liveness = (
+            ProbeSnapshot(**p.snapshot()) if p is not None else None for p in probes
+        )
+        return HealthSnapshot(
+            status=status,
+            ready=self.ready,
+            readiness=readiness,
+            liveness=liveness,
+            status_text=health.status_text if health else None,
+            stopping=health.stopping if health else False,
+            probe_failures=self.probe_failures,
+            notify_dropped=self.notify_drops,
+        )
 
     def not_ready_reasons(self) -> list[str]:
         """Why this VM keeps /readyz at 503 (SPEC §7.1)."""
@@ -638,6 +767,12 @@ class VmWorker:
             return [f"vm {self.name}: gave up"]
         if self.state is VmState.RUNNING and self.boot in (BootState.PENDING, BootState.RUNNING):
             return [f"vm {self.name}: bootstrap running"]
+        readiness = self.health.readiness if self.health else None
+        if self.state is VmState.RUNNING and readiness and readiness.status != "healthy":
+            why = readiness.detail or f"waiting for its {readiness.kind} probe"
+            if readiness.kind == "notify" and not readiness.detail:
+                why = "waiting for READY=1 on its notify socket"
+            return [f"vm {self.name}: not ready ({readiness.status}: {why})"]
         if self.vm.restart.policy != "permanent":
             return []
         if self.state is not VmState.RUNNING:

@@ -1,0 +1,190 @@
+"""Notify sockets (SPEC §5.2) with real children: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 from
+the VM's own process group; what another process sends is dropped; a guest's serial port
+(`{notify_chardev}`) read through SO_PEERCRED; bounds on paths and datagrams."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from frameos import events as ev
+from frameos.config import VmConfig
+from frameos.workers import LaunchError
+from frameos.workers.notify import MAX_MESSAGE, NotifyChannels
+from frameos.workers.paths import VmPaths
+from frameos.workers.testing import RecordingPublisher
+from frameos.workers.vm import VmState, VmWorker
+from tests.conftest import require_tools, until
+
+# A VM that says what systemd's sd_notify says: a status, READY=1 after a moment, watchdog
+# pings, and STOPPING=1 when asked to stop (SIGINT).
+CHILD = r"""
+import os, signal, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = os.environ["NOTIFY_SOCKET"]
+def stop(*_):
+    s.sendto(b"STOPPING=1", addr)
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+s.sendto(b"STATUS=warming \x1b[31mup", addr)
+time.sleep(0.2)
+s.sendto(b"READY=1\nSTATUS=serving", addr)
+while True:
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.05)
+"""
+
+
+def vm(command: list[str], name: str = "n", **extra: Any) -> VmConfig:
+    return VmConfig.model_validate(
+        {
+            "name": name,
+            "command": command,
+            "cooperative": {"method": "signal"},
+            "timeouts": {"cooperative_ms": 5000},
+            **extra,
+        }
+    )
+
+
+def statuses(pub: RecordingPublisher) -> list[str]:
+    return [e.text for e in pub.of("vm.status") if isinstance(e, ev.VmStatus)]
+
+
+async def test_a_real_child_says_ready_status_watchdog_and_stopping(tmp_path: Path) -> None:
+    pub = RecordingPublisher()
+    config = vm(
+        [sys.executable, "-c", CHILD],
+        health={"readiness": {"notify": True}},
+        watchdog_ms=1000,
+    )
+    worker = VmWorker(config, tmp_path, pub)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        assert not worker.ready
+        assert worker.not_ready_reasons() == [
+            "vm n: not ready (unknown: waiting for READY=1 on its notify socket)"
+        ]
+        with trio.fail_after(20):
+            await worker.wait_until(lambda: worker.ready)
+        assert (tmp_path / "vms" / "n.notify").exists()
+        await until(lambda: "serving" in statuses(pub))
+        snap = worker.health_snapshot()
+        assert (snap.status, snap.status_text, snap.notify_dropped) == ("ready", "serving", 0)
+        assert snap.readiness is not None and snap.readiness.detail == "READY=1"
+        # watchdog pings keep it alive well past watchdog_ms
+        with trio.move_on_after(1.5):
+            await worker.wait_until(lambda: worker.state is not VmState.RUNNING)
+        assert worker.state is VmState.RUNNING and worker.attempt == 1
+        await worker.stop("test")
+    assert statuses(pub) == ["warming [31mup", "serving", "stopping (STOPPING=1)"]
+    assert worker.health_snapshot().stopping
+    (ready,) = pub.of("vm.ready")
+    assert isinstance(ready, ev.VmReady) and ready.after_ms >= 200
+    assert not (tmp_path / "vms" / "n.notify").exists()  # removed at the exit
+
+
+async def test_a_datagram_from_another_process_is_dropped(tmp_path: Path) -> None:
+    pub = RecordingPublisher()
+    config = vm(["sleep", "1000"], health={"readiness": {"notify": True}})
+    worker = VmWorker(config, tmp_path, pub)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:  # this test's pid
+            sender.sendto(b"READY=1", str(tmp_path / "vms" / "n.notify"))
+            sender.sendto(b"READY=1", str(tmp_path / "vms" / "n.notify"))
+            sender.sendto(b"x" * (MAX_MESSAGE + 1), str(tmp_path / "vms" / "n.notify"))
+        await until(lambda: worker.notify_drops == 3)
+        assert not worker.ready
+        await worker.stop("test")
+    warnings = [(e, sev) for e, sev in pub.events if isinstance(e, ev.Message)]
+    assert len(warnings) == 1  # said once, counted after
+    (message, severity) = warnings[0]
+    assert severity == "warn"
+    assert "not of the VM's process group" in message.text  # type: ignore[attr-defined]
+    assert worker.health_snapshot().notify_dropped == 3
+
+
+GUEST = r"""
+import socket, sys, time
+path = sys.argv[1].split("path=", 1)[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+s.sendall(b"STATUS=booting\nREA")
+time.sleep(0.1)
+s.sendall(b"DY=1\n")
+time.sleep(1000)
+"""
+
+
+async def test_a_guest_serial_port_is_read_from_the_vm_process(tmp_path: Path) -> None:
+    pub = RecordingPublisher()
+    config = vm(
+        [sys.executable, "-c", GUEST, "{notify_chardev}"],
+        health={"readiness": {"notify": True}},
+    )
+    worker = VmWorker(config, tmp_path, pub)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        # a connection from another process (this test) is closed and counted
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+            other.connect(str(tmp_path / "vms" / "n.serial"))
+            other.sendall(b"READY=1\n")
+        with trio.fail_after(20):
+            await worker.wait_until(lambda: worker.ready)
+        assert statuses(pub) == ["booting"]
+        assert worker.notify_drops == 1
+        await worker.stop("test")
+    assert not (tmp_path / "vms" / "n.serial").exists()
+
+
+def test_notify_chardev_placeholder(tmp_path: Path) -> None:
+    from frameos.workers.paths import substitute
+
+    paths = VmPaths.of(vm(["qemu"]), tmp_path)
+    assert substitute(["-chardev", "{notify_chardev}"], paths) == [
+        "-chardev",
+        f"socket,id=frameos-notify,path={tmp_path}/vms/n.serial",
+    ]
+
+
+def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    paths = VmPaths.of(vm(["x"]), deep)
+    with pytest.raises(LaunchError, match=r"notify socket path .* unix socket paths must be"):
+        NotifyChannels.open(paths, serial=False)
+
+
+async def test_a_long_state_dir_fails_only_the_vms_that_need_the_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    pub = RecordingPublisher()
+    plain = VmWorker(vm(["sleep", "1000"]), deep, pub)
+    needs = VmWorker(vm(["sleep", "1000"], "m", watchdog_ms=1000), deep, pub)
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(plain.run) is not None
+        assert await nursery.start(needs.run) is None  # its launch failed
+        await plain.stop("test")
+        await needs.stop("test")
+    errors = [e.text for e in pub.of("message") if isinstance(e, ev.Message)]
+    assert any("m: launch 1 failed: notify socket path" in text for text in errors)
+
+
+async def test_systemd_notify_run_by_the_vm_is_believed(tmp_path: Path) -> None:
+    require_tools("systemd-notify")
+    pub = RecordingPublisher()
+    script = "sleep 0.2; systemd-notify --ready --status=hello; exec sleep 1000"
+    worker = VmWorker(
+        vm(["sh", "-c", script], health={"readiness": {"notify": True}}), tmp_path, pub
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        with trio.fail_after(20):
+            await worker.wait_until(lambda: worker.ready)
+        await worker.stop("test")
+    assert worker.notify_drops == 0
+    assert statuses(pub) == ["hello"]
