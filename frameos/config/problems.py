@@ -7,7 +7,6 @@ one printable line whatever the file holds.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -155,6 +154,8 @@ def _unknown_key(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     snake = {to_camel(n): n for n in names}
     if key in snake:
         return f"given twice (as {key!r} and {snake[key]!r}); keep one spelling"
+    import difflib  # only for a config with an unknown key: not on every load
+
     close = difflib.get_close_matches(key[:100], names + list(snake), n=1)
     hint = (
         f"did you mean {snake.get(close[0], close[0])!r}?"

@@ -100,7 +100,9 @@ class VmPool:
         self.config = config
         self.state_dir: Path = config.state_dir
         self.publisher = publisher
-        self.on_exhausted, self.base_env, self.spawner = on_exhausted, base_env, spawner
+        self.on_exhausted, self.spawner = on_exhausted, spawner
+        # what every VM's processes start from: os.environ decoded once, not once per VM
+        self.base_env = dict(os.environ if base_env is None else base_env)
         self._workers: dict[str, VmWorker] = {vm.name: self._worker_for(vm) for vm in config.vms}
         self._nursery: trio.Nursery | None = None  # the VMs' tasks (stopped in order, shielded)
         self._tasks: trio.Nursery | None = None  # the pool's own: gates, log rotation
