@@ -153,7 +153,7 @@ def cmd_contract(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from frameos import events as ev
-    from frameos.config import event_log_path, find_config, load_config
+    from frameos.config import event_log_path, find_config, load_config, runnable
     from frameos.emit import SyncEmitter, choose_output
 
     output = choose_output(args.output)
@@ -162,6 +162,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         config_path = find_config(args.config, os.environ)
         config = load_config(config_path)
         apps, scenes = _load_manifests(args)
+        # what cannot run on this host (missing programs, directories, images): check only
+        if host_problems := runnable.problems(config, str(config_path), os.environ):
+            raise ConfigError(host_problems)
     except ConfigError as exc:
         emitter = SyncEmitter(output, Path(args.event_log) if args.event_log else None)
         emitter.emit(ev.RuntimeCheckFailed(error=str(exc), problems=[str(p) for p in exc.problems]))
@@ -181,10 +184,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     )
     if args.plan:
+        from frameos.config.graph import start_order
         from frameos.workers.plan import plans
 
         for planned in plans(config):
             emitter.emit(planned)
+        for line in start_order(config.vms):
+            emitter.emit(ev.Message(text=line))
     emitter.close()
     return 0
 

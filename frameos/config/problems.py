@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
-from frameos.config.models import PATTERN_HINTS, PathError
+from frameos.config.models import PATTERN_HINTS, PathError, PathErrors
 from frameos.errors import MAX_PROBLEMS, Problem
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -103,6 +103,9 @@ def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> 
         exc = (item.get("ctx") or {}).get("error")
         if isinstance(exc, PathError):
             problems.append(Problem(source, exc.path, str(exc)))
+            continue
+        if isinstance(exc, PathErrors):
+            problems.extend(Problem(source, e.path, str(e)) for e in exc.errors)
             continue
         path = json_path(loc)
         if item["type"] == "extra_forbidden":
