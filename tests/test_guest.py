@@ -95,10 +95,13 @@ async def test_guest_says_ready_and_powers_off_when_asked(
 ) -> None:
     path = write_config(tmp_path, vms=[guest_vm(guest)], shutdown_timeout_s=60)
     log = tmp_path / "state" / "vms" / "guest.log"
-    async with running_frameos(tmp_path, "run", "--config", str(path), "--output", "json") as fos:
-        pid = (await fos.wait_for(ev.VmLaunched))["fields"]["pid"]
+    argv = ("run", "--config", str(path), "--output", "json")
+    # runtime:ready may wait for the guest's readiness: wait for that first
+    async with running_frameos(tmp_path, *argv, ready=False) as fos:
+        pid = (await fos.wait_for(ev.VmLaunched, timeout=30))["fields"]["pid"]
         # a TCG boot under load; the deadline only bounds a failure
         await fos.wait_for(ev.VmReady, timeout=180)
+        await fos.wait_for(ev.RuntimeReady, timeout=30)  # its server's URL, for `frameos stop`
         said = of_guest(fos.events, ev.VmStatus.NAME, ev.VmHealth.NAME, ev.VmReady.NAME)
         assert [e["event"] for e in said] == [
             ev.VmStatus.NAME,
