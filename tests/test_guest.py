@@ -5,6 +5,8 @@ off by itself: the cooperative rung succeeds, no signal is sent."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 import os
 import re
@@ -84,6 +86,33 @@ def guest_vm(guest: dict[str, str]) -> dict[str, Any]:
         "health": {"readiness": {"notify": True}},
         "timeouts": {"cooperative_ms": 20000, "sigterm_ms": 5000, "sigkill_ms": 1000},
     }
+
+
+def test_the_initramfs_holds_init_busybox_and_modules_after_their_dependencies(
+    guest: dict[str, str], tmp_path: Path
+) -> None:
+    """busybox's own cpio reads the archive the builder wrote (newc, gzip), and each module is
+    loaded after the modules its .modinfo says it depends on."""
+    archive = gzip.decompress(Path(guest["initrd"]).read_bytes())
+    subprocess.run(["busybox", "cpio", "-id"], input=archive, cwd=tmp_path, check=True)
+    assert os.access(tmp_path / "init", os.X_OK)
+    assert (tmp_path / "bin" / "sh").readlink() == Path("busybox")
+    order = (tmp_path / "lib" / "modules" / "load").read_text().split()
+    loaded: list[str] = []
+    for name in order:
+        info = builder().modinfo((tmp_path / "lib" / "modules" / name).read_bytes())
+        depends = [d.replace("-", "_") for d in info.get("depends", "").split(",") if d]
+        assert all(f"{d}.ko" in loaded for d in depends), (name, depends, loaded)
+        loaded.append(name)
+    assert {"virtio_console.ko", "virtio_pci.ko"} <= set(order)
+
+
+def builder() -> Any:
+    spec = importlib.util.spec_from_file_location("build_guest", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def of_guest(events: list[dict[str, Any]], *names: str) -> list[dict[str, Any]]:
