@@ -378,7 +378,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         print(json.dumps(build(args.cache_dir.resolve(), args.deb)))
-    except BuildError as e:
+    except (BuildError, OSError) as e:  # OSError: a cache dir that cannot be written, a full disk
         print(f"build_guest: {e}", file=sys.stderr)
         return 1
     return 0
