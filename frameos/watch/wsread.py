@@ -220,6 +220,10 @@ def _reason(exc: BaseException) -> str:
     `open_tcp_stream` chains a group of them, one per address tried)."""
     seen: list[BaseException] = [exc]
     for candidate in seen:
+        if isinstance(candidate, ssl.SSLCertVerificationError):  # an OSError, errno 1
+            return f"certificate verify failed: {candidate.verify_message}"
+        if isinstance(candidate, ssl.SSLError):
+            return f"TLS: {candidate.reason or candidate}"
         if isinstance(candidate, OSError) and candidate.errno:
             return os.strerror(candidate.errno).lower()  # not strerror: trio adds the address
         if isinstance(candidate, BaseExceptionGroup):
