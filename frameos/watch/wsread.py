@@ -2,8 +2,8 @@
 complete message one read brings handed on together (`async for batch in ws:`).
 
 trio-websocket's `get_message` hands on one message a call, through a channel from its reader
-task: a trio wakeup and a hand-off for every event, which at 1,000 events/s was most of the
-view's CPU (docs/performance.md, B12). This client sends nothing but the handshake, the pongs
+task: a trio wakeup and a hand-off for every event, a quarter of the view's CPU at 1,000
+events/s, and seconds behind after a burst on a busy machine (docs/performance.md, B12). This client sends nothing but the handshake, the pongs
 the server's pings ask for and, when it leaves, a close frame.
 
 `connect(...)` raises `Rejected` (the handshake's HTTP status and body) or `WsError` (with the
@@ -192,7 +192,7 @@ async def connect(
 
 async def _handshake(stream: trio.abc.Stream, conn: WSConnection, receive_bytes: int) -> None:
     """Reads until the server switches (AcceptConnection) or refuses (Rejected with the body).
-    Frames that came in the same read as the 101 stay in `conn` for the first `read`."""
+    Frames that came in the same read as the 101 stay in `conn`: the first `__anext__` has them."""
     status: int | None = None
     body = b""
     while True:
