@@ -3,8 +3,9 @@ complete message one read brings handed on together (`async for batch in ws:`).
 
 trio-websocket's `get_message` hands on one message a call, through a channel from its reader
 task: a trio wakeup and a hand-off for every event, a quarter of the view's CPU at 1,000
-events/s, and seconds behind after a burst on a busy machine (docs/performance.md, B12). This client sends nothing but the handshake, the pongs
-the server's pings ask for and, when it leaves, a close frame.
+events/s, and seconds behind after a burst on a busy machine (docs/performance.md, B12). This
+client sends nothing but the handshake, the pongs the server's pings ask for and, when it
+leaves, a close frame.
 
 `connect(...)` raises `Rejected` (the handshake's HTTP status and body) or `WsError` (with the
 cause chained, an OSError when there is one) and, while reading, `WsError` when the
