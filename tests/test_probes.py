@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from frameos.workers.paths import VmPaths
 from frameos.workers.probes import LaunchHealth, ProbeStatus, clean
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState, VmWorker
-from tests.conftest import until
+from tests.conftest import require_tools, until
 
 SIGINT = int(signal.SIGINT)
 
@@ -90,7 +91,7 @@ def test_clean_strips_control_characters_and_bounds() -> None:
         (
             {"readiness": {"http": {"url": "ftp://host/x"}}},
             "vms[0].health.readiness.http.url",
-            "expected an http:// or https:// URL",
+            "expected an http:// or https:// URL with a host",
         ),
         ({"liveness": {"notify": True}}, "vms[0].health", "set the VM's `watchdog_ms`"),
         ({"readiness": {"tcp": {"port": 1}, "period_ms": 5}}, "period_ms", "≥ 100"),
@@ -394,7 +395,8 @@ async def test_http_probe_statuses(tmp_path: Path) -> None:
     refused, _ = await probe_once(tmp_path, {"http": {"url": url}})
     assert refused.readiness is not None
     assert refused.readiness.status == "unhealthy"
-    assert refused.readiness.detail.startswith(f"GET {url}: ConnectError")
+    assert refused.readiness.detail.startswith(f"GET {url}: ")
+    assert refused.readiness.detail.endswith("Connection refused")
 
 
 async def test_tcp_probe_connects(tmp_path: Path) -> None:
@@ -427,3 +429,31 @@ def test_reload_applies_health_live_and_restarts_for_watchdog_ms() -> None:
     assert (live.updated, live.restarted, live.changed) == (["a"], [], ["vms[0].health"])
     again = classify(frame(), frame(watchdog_ms=1000))
     assert (again.updated, again.restarted) == ([], ["a"])
+
+
+async def test_https_probe_does_not_verify_the_certificate(tmp_path: Path) -> None:
+    require_tools("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await trio.run_process(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    assert made.returncode == 0
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            partial(trio.serve_ssl_over_tcp, serve, 0, context, host="127.0.0.1")
+        )
+        port = listener.transport_listener.socket.getsockname()[1]
+        ok, _ = await probe_once(tmp_path, {"http": {"url": f"https://127.0.0.1:{port}/"}})
+        nursery.cancel_scope.cancel()
+    assert ok.readiness is not None
+    assert (ok.readiness.status, ok.readiness.detail) == ("healthy", "HTTP 204")

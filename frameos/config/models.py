@@ -14,6 +14,7 @@ import os
 import signal as _signal
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -435,11 +436,20 @@ class HttpProbe(Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        scheme, _, rest = value.partition("://")
-        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        url = urlsplit(value)
+        try:
+            port_ok = url.port is None or url.port > 0
+        except ValueError:
+            port_ok = False
+        if url.scheme.lower() not in ("http", "https") or not url.hostname or not port_ok:
             raise ValueError(
-                f"expected an http:// or https:// URL such as http://127.0.0.1:8080/healthz, "
-                f"found {value!r}; use a tcp probe for other protocols"
+                f"expected an http:// or https:// URL with a host (and a port 1-65535) such as "
+                f"http://127.0.0.1:8080/healthz, found {value!r}; use a tcp probe for other "
+                "protocols"
+            )
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError(
+                f"the URL {value!r} contains spaces or control characters; remove them"
             )
         return value
 
