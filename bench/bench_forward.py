@@ -4,23 +4,27 @@ Each round starts its own `nats-server -js` (free loopback port, temporary store
 frameos's `Bus` + `Forwarder` in this process (no stdout sink), three phases:
 
 - catch-up: `--events` (100,000; --quick 20,000) events are logged flat out with no forwarder
-  (that rate is the baseline of the next phase), then a
-  forwarder starts from cursor 0; the figure is events / (start → the broker acknowledged the
-  last), i.e. the forwarder's own throughput, reading the log and waiting for acks.
+  (that rate is the baseline of the next phase), then a forwarder starts from cursor 0; the
+  figure is events / (connected → the broker acknowledged the last), i.e. the forwarder's own
+  throughput, reading the log and waiting for acks; `start_s` is the time to connected.
 - flat out: the B1 publisher (bursts of 100, `--seconds`) with the forwarder attached; the
   figure is the publish rate (the log's, what B1 measures) and how far the forwarder was behind
   at the end. The forwarder must not limit the pipeline: publishing never waits on it.
+  `alone_cpu_us` / `flat_cpu_us`: this process's CPU per published event (every thread) without
+  and with the forwarder catching up; `sender_cpu_us`: the sender process's CPU per forwarded
+  event over the round (0 where the forwarder has no process of its own).
 - paced: 1,000 events/s (10 every 10 ms) for `--seconds`; a task polls the forwarder's acked
   seq every millisecond; lag = when an event's ack was seen − when it was published (p50, p99).
 
 Afterwards the broker's subject is checked: seq 1..N, each once, in order.
 
-    python bench/bench_forward.py [--runs N] [--quick] [--seconds S] [--events N]
+    python bench/bench_forward.py [--runs N] [--quick] [--seconds S] [--events N] [--code DIR]
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,8 +35,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, emit, free_port, note, parse_args, percentile, result, rnd
-
-sys.path.insert(0, str(REPO))
 
 BENCH = "b13_forward"
 PAD = "x" * 40  # ~150-byte envelopes, as B1
@@ -69,19 +71,22 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
     from frameos.forward import Forwarder
 
     config = ForwardConfig.model_validate({"nats": {"url": url}, "host": HOST})
-    log = EventLog(tmp / "events.jsonl", keep=1000)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = before.ru_utime + before.ru_stime
+    log = EventLog(tmp / "events.jsonl")  # the defaults: 64 MiB files, 5 kept (no rotation here)
     bus = Bus(log, last_seq=log.open().last_seq, fsync="batch")
     out: dict[str, Any] = {}
 
     # catch-up: log first, then forward
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(events):
             await bus.publish(Message(text=f"b13 {i:09d} {PAD}"))
             if i % 100 == 99:
                 await trio.lowlevel.checkpoint()
         out["alone_publish_events_s"] = events / (time.perf_counter() - t0)
+        out["alone_cpu_us"] = (time.process_time() - c0) / events * 1e6
         await bus.aclose()
     head = bus.last_seq
     bus = Bus(log, last_seq=head, fsync="batch")
@@ -90,18 +95,23 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         await nursery.start(bus.run)
         t0 = time.perf_counter()
         await nursery.start(forwarder.run)
+        while not forwarder.connected:
+            await trio.sleep(0.001)
+        t1 = time.perf_counter()
+        out["start_s"] = t1 - t0  # to connected (the sender process starting, where there is one)
         while forwarder.acked < head:
             await trio.sleep(0.001)
-        out["catchup_events_s"] = head / (time.perf_counter() - t0)
+        out["catchup_events_s"] = head / (time.perf_counter() - t1)
 
         # flat out, forwarder attached
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         first = bus.last_seq
         while time.perf_counter() - t0 < seconds:
             for _ in range(100):
                 await bus.publish(Message(text=f"b13 flat {PAD}"))
             await trio.lowlevel.checkpoint()
         out["flat_publish_events_s"] = (bus.last_seq - first) / (time.perf_counter() - t0)
+        out["flat_cpu_us"] = (time.process_time() - c0) / (bus.last_seq - first) * 1e6
         out["flat_behind_at_end"] = bus.last_seq - forwarder.acked
         t1 = time.perf_counter()
         while forwarder.acked < bus.last_seq:
@@ -142,6 +152,8 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         await bus.aclose()
     log.close()
     out["total"] = bus.last_seq
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sender, reaped by now
+    out["sender_cpu_us"] = (children.ru_utime + children.ru_stime - cpu_before) / out["total"] * 1e6
     return out
 
 
@@ -166,8 +178,12 @@ def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--seconds", type=float, default=10.0)
         parser.add_argument("--events", type=int, default=100_000)
+        parser.add_argument("--code", type=Path, default=REPO,
+                            help="the frameos tree to measure (a checkout of another commit: "
+                            "before/after in one run)")
 
     args = parse_args(__doc__.splitlines()[0], extra)
+    sys.path.insert(0, str(args.code.resolve()))
     if shutil.which("nats-server") is None:
         raise SystemExit("nats-server is missing")
     if args.quick:
@@ -189,10 +205,13 @@ def main() -> None:
         rounds.append(figures)
     ok = all(r["broker_ok"] for r in rounds)
     result(BENCH, "catchup_throughput", [r["catchup_events_s"] for r in rounds], unit="events/s",
-           broker_exactly_once=ok)
+           broker_exactly_once=ok, start_s=[rnd(r["start_s"]) for r in rounds])
     result(BENCH, "flat_out_publish_with_forwarder", [r["flat_publish_events_s"] for r in rounds],
            unit="events/s", bar=">= 50000", ok=lambda v: v >= 50_000,
            without_forwarder=[rnd(r["alone_publish_events_s"]) for r in rounds],
+           cpu_us_per_event_alone=[rnd(r["alone_cpu_us"]) for r in rounds],
+           cpu_us_per_event_with_forwarder=[rnd(r["flat_cpu_us"]) for r in rounds],
+           sender_cpu_us_per_event=[rnd(r["sender_cpu_us"]) for r in rounds],
            behind_at_end=[r["flat_behind_at_end"] for r in rounds],
            drain_s=[rnd(r["flat_drain_s"]) for r in rounds])
     result(BENCH, "lag_p99_at_1000_per_s", [r["lag_p99_ms"] for r in rounds], unit="ms",

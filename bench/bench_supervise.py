@@ -12,6 +12,11 @@ Measured as in shared/notes/peer-supervisors.md, every supervisor in the same ru
     rss_mib        peak RSS (VmHWM) of the supervisor process alone
     idle_cpu_s     utime+stime of the supervisor per 10 s with every child running, no clients
 
+frameos runs with its bytecode cached, as an installed package has it (the peers run from
+site-packages with theirs): a private PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE dropped, and
+one unmeasured start first (`_common.bytecode_env`, as bench_startup.py does). From a checkout
+with PYTHONDONTWRITEBYTECODE=1, frameos would otherwise compile its own sources on every start.
+
 Children: `sh` (traps SIGTERM, sleeps 0.2 s, exits; has a `sleep` grandchild) and `py`
 (the same in Python). Every supervisor signals the whole process group (supervisord
 stopasgroup/killasgroup, circus stop_children), grace 2 s. Medians of `--runs` runs (5; `--quick`
@@ -53,6 +58,9 @@ CHILDREN = {
            "[signal.pause() for _ in iter(int, 1)]", MARKER],
 }
 PHASE_TIMEOUT_S = 30.0
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bytecode_env  # noqa: E402
 
 
 def emit(**record: Any) -> None:
@@ -165,11 +173,14 @@ class Supervisor:
 
 
 class Frameos(Supervisor):
+    pycache: Path | None = None  # the bytecode cache every run shares (see the module docstring)
+
     def env(self) -> dict[str, str]:
         # `python -m frameos` from the temp dir: the checkout's frameos when it is not installed
         root = str(Path(__file__).resolve().parent.parent)
-        path = os.environ.get("PYTHONPATH")
-        return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+        base = bytecode_env(self.pycache) if self.pycache is not None else dict(os.environ)
+        path = base.get("PYTHONPATH")
+        return {**base, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
     def argv(self) -> list[str]:
         vms = [{"name": f"child-{i:02d}", "command": self.child,
@@ -380,9 +391,23 @@ def available(names: list[str]) -> list[str]:
     return out
 
 
+def warm_up(n: int, child: list[str]) -> None:
+    """One unmeasured frameos start and stop: its bytecode cache filled, the page cache warm."""
+    with tempfile.TemporaryDirectory(prefix="bench-frameos-warm-") as tmp:
+        sup = Frameos("frameos", Path(tmp), n, child)
+        proc = sup.start()
+        try:
+            wait_until(sup.all_running, "frameos warm-up: all running")
+            _stop(proc)
+        finally:
+            _kill_everything(proc)
+
+
 def run(names: list[str], kinds: list[str], runs: int, n: int,
         idle_s: float) -> dict[tuple[str, str], dict[str, float]]:
     medians: dict[tuple[str, str], dict[str, float]] = {}
+    if "frameos" in names:
+        warm_up(n, CHILDREN[kinds[0]])
     for kind in kinds:
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in names}
         for index in range(runs):
@@ -443,7 +468,9 @@ def main() -> int:
     runs, idle_s = (2, 2.0) if args.quick else (args.runs, 10.0)
     kinds = [k for k in args.child.split(",") if k]
     names = available([s for s in args.supervisors.split(",") if s])
-    medians = run(names, kinds, runs, args.children, idle_s)
+    with tempfile.TemporaryDirectory(prefix="bench-frameos-pycache-") as cache:
+        Frameos.pycache = Path(cache)
+        medians = run(names, kinds, runs, args.children, idle_s)
     report(medians, kinds)
     return 0
 

@@ -14,7 +14,13 @@ whole way (log, websocket, view) without an HTTP producer's cost in the way.
   (b) `--events` (10,000) events published flat out (the loop yields every 500): the time from
       the last one published to the header showing its seq.
 
+With `--compare DIR` (a checkout of another version, e.g. `git worktree add /tmp/before
+main`), every round also runs that version's view against the same instance, alternating which
+goes first, and a note gives both medians and their ratio: on a shared machine only figures
+measured side by side compare.
+
     python bench/bench_watch.py [--runs N] [--quick] [--seconds S] [--rate N] [--events N]
+                                [--compare DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import frameos_argv, note, parse_args, proc_runtime_s, result
+from _common import frameos_argv, median, note, parse_args, proc_runtime_s, result
 
 BENCH = "b12_watch"
 CPU_BAR_PCT = 15.0
@@ -54,7 +60,7 @@ def _argv() -> list[str]:
 class Screen:
     """`frameos watch` on a pty; a thread drains the screen and keeps the newest seq shown."""
 
-    def __init__(self, url: str, token_file: Path) -> None:
+    def __init__(self, url: str, token_file: Path, root: Path | None = None) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         env = {k: v for k, v in os.environ.items() if k not in ("LINES", "COLUMNS")}
@@ -65,6 +71,7 @@ class Screen:
             stdout=slave,
             stderr=slave,
             env=env,
+            cwd=root,  # `python -m frameos` runs the frameos of its cwd
             start_new_session=True,
         )
         os.close(slave)
@@ -145,36 +152,48 @@ async def burst(bus: Any, screen: Screen, events: int) -> float:
     return time.perf_counter() - done if ok else float("nan")
 
 
-async def rounds(args: Any, directory: Path) -> tuple[list[float], list[float], list[float]]:
+async def measure(served: Any, screen: Screen, args: Any) -> tuple[float, float, float]:
+    """(CPU %, events/s reached, head-on-screen s) of one view."""
+    import trio
+
+    from frameos import events as ev
+
+    seq = served.bus.publish_nowait(ev.Message(text="bench starts"), "info").seq
+    if not await trio.to_thread.run_sync(screen.wait_seq, seq, 20.0):
+        raise RuntimeError("frameos watch never drew its header")
+    pct, reached = await steady(served.bus, screen, args.seconds, args.rate)
+    seconds = await burst(served.bus, screen, args.events)
+    return pct, reached, seconds
+
+
+async def rounds(args: Any, directory: Path) -> dict[str, tuple[list[float], ...]]:
+    """{label: (cpu, rates, heads)} for this tree ("this") and the `--compare` one ("other")."""
+    import trio
+
     from tests.api_helpers import ADMIN, serving_api
 
     token_file = directory / "token"
     token_file.write_text(ADMIN)
-    cpu, rates, heads = [], [], []
+    views: list[tuple[str, Path | None]] = [("this", None)]
+    if args.compare:
+        views.append(("other", Path(args.compare).resolve()))
+    figures: dict[str, tuple[list[float], ...]] = {label: ([], [], []) for label, _ in views}
     async with serving_api(directory) as served:
         for round_ in range(args.runs):
-            screen = Screen(served.url, token_file)
-            try:
-                from frameos import events as ev
-
-                served.bus.publish_nowait(ev.Message(text="bench starts"), "info")
-                import trio
-
-                if not await trio.to_thread.run_sync(screen.wait_seq, 1, 20.0):
-                    raise RuntimeError("frameos watch never drew its header")
-                pct, reached = await steady(served.bus, screen, args.seconds, args.rate)
-                seconds = await burst(served.bus, screen, args.events)
+            for label, root in views if round_ % 2 == 0 else views[::-1]:
+                screen = Screen(served.url, token_file, root)
+                try:
+                    pct, reached, seconds = await measure(served, screen, args)
+                finally:
+                    await trio.to_thread.run_sync(screen.close)
                 note(
-                    f"round {round_ + 1}: cpu {pct:.1f} % at {reached:.0f} ev/s; "
-                    f"head on screen {seconds * 1000:.0f} ms after the burst; "
-                    f"{screen.drops} draws said disconnected"
+                    f"round {round_ + 1}{f' ({label})' if args.compare else ''}: cpu "
+                    f"{pct:.1f} % at {reached:.0f} ev/s; head on screen {seconds * 1000:.0f} ms "
+                    f"after the burst; {screen.drops} draws said disconnected"
                 )
-                cpu.append(pct)
-                rates.append(reached)
-                heads.append(seconds)
-            finally:
-                await trio.to_thread.run_sync(screen.close)
-    return cpu, rates, heads
+                for values, value in zip(figures[label], (pct, reached, seconds), strict=True):
+                    values.append(value)
+    return figures
 
 
 def main() -> int:
@@ -186,12 +205,21 @@ def main() -> int:
             p.add_argument("--seconds", type=float, default=5.0),
             p.add_argument("--rate", type=int, default=1000),
             p.add_argument("--events", type=int, default=10_000),
+            p.add_argument("--compare", metavar="DIR", help="another checkout's view, alongside"),
         ),
     )
     if args.quick:
         args.seconds = 2.0
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
-        cpu, rates, heads = trio.run(rounds, args, Path(tmp))
+        figures = trio.run(rounds, args, Path(tmp))
+    cpu, rates, heads = figures["this"]
+    if args.compare:
+        other_cpu, _, other_heads = figures["other"]
+        note(
+            f"cpu: this {median(cpu):.1f} %, {args.compare} {median(other_cpu):.1f} % "
+            f"(ratio {median(cpu) / median(other_cpu):.2f}); head: this {median(heads):.2f} s, "
+            f"{args.compare} {median(other_heads):.2f} s"
+        )
     result(
         BENCH,
         "view_cpu_pct_of_a_core",

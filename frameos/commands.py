@@ -105,7 +105,9 @@ COMMANDS: tuple[Command, ...] = (
             EVENT_LOG,
             OUTPUT,
             Flag(
-                "--plan", "also print bootstrap.planned for every VM (changes nothing)", switch=True
+                "--plan",
+                "also print bootstrap.planned for every VM and the start order (changes nothing)",
+                switch=True,
             ),
         ),
     ),
@@ -175,7 +177,19 @@ COMMANDS: tuple[Command, ...] = (
         "watch",
         "the interactive terminal view of a running instance (keys: ? for help, q quits and "
         "leaves it running); plain lines, one per event, when stdout is not a terminal",
-        (WHERE, CONFIG, DEMO, URL, TOKEN_FILE),
+        (
+            WHERE,
+            Flag(
+                "--from",
+                "the NATS server the hosts forward to (nats://HOST:PORT): one row per host; "
+                "enter opens a host's own view",
+                "URL",
+            ),
+            CONFIG,
+            DEMO,
+            URL,
+            TOKEN_FILE,
+        ),
     ),
     Command(
         "status",
@@ -200,6 +214,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
 
     commands = (ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled)
     start = (
+        ev.VmWaiting,
         ev.VmOverlayPrepared,
         ev.VmLaunched,
         ev.VmReady,
@@ -238,6 +253,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.VmExited,
                 ev.VmRestartScheduled,
                 ev.VmGaveUp,
+                ev.VmWaiting,
                 ev.VmShutdownRequested,
                 ev.VmCooperativeAttempted,
                 ev.VmCooperativeSucceeded,

@@ -4,6 +4,7 @@ real process to show the console script behaves the same."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from frameos import events as ev
 from frameos.cli import main
+from frameos.commands import COMMANDS
 from tests.conftest import frameos_argv
 
 
@@ -53,6 +55,30 @@ def test_a_bad_flag_gets_its_commands_usage_and_one_error_line(
     assert len(errors) == 1
     assert errors[0].startswith("frameos: error: ")
     assert "frameos frameos" not in err
+
+
+@pytest.mark.parametrize("args", [("--help",), ("bogus",), ("-h", "run")])
+def test_the_top_level_still_names_every_command(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """A command's parser alone is built when argv starts with that command (B6); anything
+    else gets the whole parser, whose help and errors list every command."""
+    _, out, err = run_main(capsys, *args)
+    said = out + err
+    for cmd in COMMANDS:
+        assert cmd.name in said
+
+
+@pytest.mark.parametrize(
+    "args", [("contract",), ("check", "--config", "/nonexistent/frame.json"), ("bogus",)]
+)
+def test_the_collector_runs_again_after_start_up(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """`main` starts without cyclic collection (B6); whatever the command did, even a usage
+    error, the process collects again afterwards."""
+    run_main(capsys, *args)
+    assert gc.isenabled()
 
 
 def test_the_console_script_says_the_same(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ import trio
 
 from frameos import events as ev
 from frameos.forward.follow import held
-from tests.conftest import Frameos, frameos_argv, require_tools, running_frameos, write_config
+from tests.conftest import (
+    Frameos,
+    frameos_argv,
+    require_tools,
+    running_frameos,
+    until,
+    write_config,
+)
 from tests.test_e2e_run import http_get
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +129,46 @@ def host_config(tmp_path: Path, url: str, host: str, **more: Any) -> Path:
     )
 
 
+async def metric(
+    instance: Frameos, name: str, ok: Callable[[float], bool], timeout: float = 20
+) -> None:
+    """Poll /metrics until the value of `name` is `ok`, with a deadline."""
+    body = b""
+    with trio.move_on_after(timeout):
+        while True:
+            status, body = await http_get(instance.url + "/metrics")
+            assert status == 200
+            values = [
+                float(line.split()[1])
+                for line in body.splitlines()
+                if line.split()[:1] == [name.encode()]
+            ]
+            if values and ok(values[0]):
+                return
+            await trio.sleep(0.02)
+    raise AssertionError(f"{name} never as expected in {timeout} s:\n{body.decode()}")
+
+
+def senders() -> dict[int, int]:
+    """The sender processes on this machine: pid → parent pid (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if b"frameos.forward.sender" in cmdline:
+            found[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    return found
+
+
+def sender_of(instance: Frameos) -> int:
+    mine = [pid for pid, parent in senders().items() if parent == instance.proc.pid]
+    assert len(mine) == 1, senders()
+    return mine[0]
+
+
 def message(instance: Frameos, fragment: str, start: int = 0) -> Any:
     return instance.wait_for(ev.Message, lambda e: fragment in e["fields"]["text"], start=start)
 
@@ -130,11 +178,14 @@ async def test_every_event_reaches_the_subject_in_order_with_its_msg_id(tmp_path
         config = host_config(tmp_path, broker.url, "h1")
         async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
             await fos.wait_for(ev.RuntimeHeartbeat)
-            status, body = await http_get(fos.url + "/metrics")
-            assert status == 200
-            assert b"frameos_forward_connected 1.0" in body, body.decode()
+            await metric(fos, "frameos_forward_connected", lambda v: v == 1)  # the sender is up
+            await metric(fos, "frameos_forward_events_total", lambda v: v >= 3)
+            await metric(fos, "frameos_forward_acked_seq", lambda v: v >= 3)
+            pid = sender_of(fos)
+            assert os.getpgid(pid) == pid  # its own group: a terminal's ^C reaches frameos only
             fos.send(signal.SIGTERM)
             assert await fos.wait_exit() == 0
+            assert pid not in senders()  # it drained and exited before frameos did
         held = await trio.to_thread.run_sync(read_subject, broker.url, "frameos.h1.events")
         human = await trio.to_thread.run_sync(
             lambda: subprocess.run(
@@ -214,8 +265,10 @@ async def test_two_hosts_a_broker_restart_and_a_sigkill_leave_every_seq_once(
             await broker.start()
             for fos in (one, two):
                 await message(fos, "reachable again")
+            orphan = sender_of(one)
             one.send(signal.SIGKILL)  # mid-forward: a heartbeat every 50 ms
             assert await one.wait_exit() == -signal.SIGKILL
+            await until(lambda: orphan not in senders())  # its stdin ended: it left at once
             async with running_frameos(tmp_path / "h1", "run", "--config", configs["h1"]) as again:
                 await again.wait_for(ev.RuntimeHeartbeat)
                 for fos in (again, two):
@@ -234,3 +287,24 @@ async def test_two_hosts_a_broker_restart_and_a_sigkill_leave_every_seq_once(
             events_from, broker.url, "--host", "h2", "--since", "3"
         )
         assert {e["host"] for e in only} == {"h2"} and min(e["seq"] for e in only) == 4
+
+
+async def test_a_killed_sender_is_restarted_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:
+    async with nats_server(tmp_path) as broker:
+        config = host_config(tmp_path, broker.url, "h1")
+        async with running_frameos(tmp_path, "run", "--config", str(config)) as fos:
+            await metric(fos, "frameos_forward_acked_seq", lambda v: v >= 3)
+            first = sender_of(fos)
+            os.kill(first, signal.SIGKILL)  # mid-forward: a heartbeat every 50 ms
+            await message(fos, "restarting it")
+            await message(fos, "runs again")
+            assert sender_of(fos) != first
+            beats = len(fos.events)
+            await fos.wait_for(ev.RuntimeHeartbeat, start=beats)
+            fos.send(signal.SIGTERM)
+            assert await fos.wait_exit() == 0
+        held = await trio.to_thread.run_sync(read_subject, broker.url, "frameos.h1.events")
+    seqs = log_seqs(tmp_path / "h1" / "state")
+    assert [envelope["seq"] for _, envelope in held] == seqs
+    texts = [e["fields"]["text"] for e in fos.events if e["event"] == ev.Message.NAME]
+    assert sum("restarting it" in t for t in texts) == 1, texts

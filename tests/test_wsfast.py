@@ -59,6 +59,53 @@ async def test_a_client_dropped_while_its_sender_waits_does_not_crash(
     peer.close()
 
 
+async def test_a_stuck_client_over_queue_depth_goes_when_its_stall_ends_with_no_more_sends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # R3: the stuck reader is dropped STALL_S after its socket last took bytes, not at some
+    # later event (after a burst that can be the next ping, 20 s on, its backlog held meanwhile)
+    hub, client, peer = client_pair(queue_depth=2)
+    frame = frame_text(b"s" * 150)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        while not client.backlog:  # the kernel's buffer is full
+            client.send(frame * 10)
+        stuck_at = trio.current_time()
+        for _ in range(3):  # over queue_depth, but not stalled yet: kept
+            client.send(frame)
+        assert not client.closed
+        with trio.fail_after(wsfast.STALL_S * 5):
+            await client.gone.wait()
+        assert hub.dropped_slow == 1 and "behind" in client.close_reason
+        assert trio.current_time() - stuck_at == pytest.approx(wsfast.STALL_S, abs=0.01)
+        assert not client.backlog  # nothing held for a client that is gone
+        nursery.cancel_scope.cancel()
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_a_client_under_queue_depth_is_kept_however_long_it_stalls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub, client, peer = client_pair(queue_depth=64)
+    frame = frame_text(b"k" * 150)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        while not client.backlog:
+            client.send(frame * 10)
+        await trio.sleep(wsfast.STALL_S * 30)  # stalled, but only one delivery queued
+        assert not client.closed and hub.dropped_slow == 0
+        received = drain(peer)  # it reads again: the sender writes the rest
+        with trio.fail_after(1):
+            while client.backlog:
+                await trio.sleep(0.01)
+                received += drain(peer)
+        assert not client.closed and received > 0
+        nursery.cancel_scope.cancel()
+    client.stream.socket.close()
+    peer.close()
+
+
 async def test_one_burst_larger_than_the_socket_buffer_keeps_a_healthy_client() -> None:
     hub, client, peer = client_pair()
     hub.clients.add(client)

@@ -6,9 +6,12 @@ The defaults are those of SPEC §2 and §5. docs/configuration.md is generated f
 Keys are snake_case; every key also accepts its legacy FrameOS camelCase spelling. Anything a
 config can say that `run` would later trip over (a NUL byte in a path, an env name with `=`, an
 empty argv[0], a string the kernel would refuse to exec) is refused here, with the fix.
-"""
 
-from __future__ import annotations
+Import cost (`frameos run` validates before any VM launches, BARS B6): the annotations are
+evaluated by the interpreter (no `from __future__ import annotations`, so pydantic evaluates no
+strings), and only `FrameConfig` builds its validator at import; the models inside it are
+validated through its schema and build their own on first use (`defer_build`).
+"""
 
 import os
 import signal as _signal
@@ -27,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from frameos.config import graph
 
 MIB = 1024 * 1024
 # Linux: one argv or environment string may hold at most 32 pages (MAX_ARG_STRLEN) with its NUL.
@@ -49,6 +54,7 @@ class Model(BaseModel):
         extra="forbid",
         populate_by_name=True,
         alias_generator=AliasGenerator(validation_alias=_aliases),
+        defer_build=True,
     )
 
 
@@ -58,6 +64,14 @@ class PathError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class PathErrors(ValueError):
+    """Several model-level problems, each at its own JSON path (one line each)."""
+
+    def __init__(self, errors: list[PathError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.path}: {e}" for e in errors))
 
 
 # --- what the OS accepts ------------------------------------------------------------------------
@@ -248,7 +262,7 @@ class AuthConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _names_unique(self) -> AuthConfig:
+    def _names_unique(self) -> "AuthConfig":
         seen: set[str] = set()
         for index, token in enumerate(self.tokens):
             if token.name in seen:
@@ -299,7 +313,7 @@ class CooperativeConfig(Model):
         return name
 
     @model_validator(mode="after")
-    def _command_given(self) -> CooperativeConfig:
+    def _command_given(self) -> "CooperativeConfig":
         if self.method == "command" and not self.command:
             raise ValueError(
                 "method 'command' needs `command`: the argv that asks the guest to stop"
@@ -350,7 +364,7 @@ class RestartConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _backoff_order(self) -> RestartConfig:
+    def _backoff_order(self) -> "RestartConfig":
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError(
                 f"backoff_max_ms ({self.backoff_max_ms}) must be ≥ backoff_initial_ms "
@@ -488,7 +502,7 @@ class ProbeConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> ProbeConfig:
+    def _one_kind(self) -> "ProbeConfig":
         kinds = [k for k in ("exec", "http", "tcp") if getattr(self, k) is not None]
         kinds += ["notify"] if self.notify else []
         if len(kinds) != 1:
@@ -523,7 +537,7 @@ class HealthConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _liveness_not_notify(self) -> HealthConfig:
+    def _liveness_not_notify(self) -> "HealthConfig":
         if self.liveness is not None and self.liveness.notify:
             raise ValueError(
                 "liveness cannot be a notify probe: notify is for readiness (READY=1); for "
@@ -577,6 +591,13 @@ class VmConfig(Model):
     )
     cwd: AbsPath | None = Field(
         default=None, description="working directory of the VM, its steps and its stop command"
+    )
+    depends_on: dict[Annotated[str, Field(pattern=VM_NAME)], graph.Condition] = Field(
+        default_factory=dict,
+        max_length=10_000,
+        description="VMs this one launches after, each with the state it waits for: `started` "
+        "(its process runs) or `ready` (launched, bootstrapped, its readiness probe passed); "
+        "stop runs in reverse order (see [workers.md](workers.md#start-order-depends_on))",
     )
 
     @property
@@ -661,6 +682,8 @@ class ForwardConfig(Model):
 class FrameConfig(Model):
     """The whole `frame.json`."""
 
+    model_config = ConfigDict(defer_build=False)  # built at import: every load validates it
+
     frame_host: str = Field(
         default="127.0.0.1",
         min_length=1,
@@ -730,7 +753,7 @@ class FrameConfig(Model):
     )
 
     @model_validator(mode="after")
-    def _vms_consistent(self) -> FrameConfig:
+    def _vms_consistent(self) -> "FrameConfig":
         seen: dict[str, int] = {}
         for index, vm in enumerate(self.vms):
             if vm.name in seen:
@@ -748,4 +771,6 @@ class FrameConfig(Model):
                     f"shutdown_timeout_s ({self.shutdown_timeout_s:g} s); raise shutdown_timeout_s "
                     f"above {ladder_s:g} or shorten the timeouts",
                 )
+        if found := graph.problems(self.vms):
+            raise PathErrors([PathError(path, message) for path, message in found])
         return self

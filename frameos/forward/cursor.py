@@ -20,9 +20,10 @@ def load(path: Path) -> int:
 
 
 def save(path: Path, seq: int) -> None:
-    """Atomic: a temp file, fsync, rename; a crash leaves the old cursor or the new one."""
+    """Atomic: a temp file, fsync, rename; a crash leaves the old cursor or the new one. The
+    temp file is named for the process: a sender still exiting may race its successor."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
     try:
         os.write(fd, b"%d\n" % seq)

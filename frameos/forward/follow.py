@@ -59,8 +59,10 @@ async def follow(
     since: int,
     follow: bool,
     prefix: str = PREFIX,
+    on_live: Callable[[], None] | None = None,
 ) -> int:
-    """Print what the broker holds (every host, or `host`), then with `follow` what comes."""
+    """Print what the broker holds (every host, or `host`), then with `follow` what comes.
+    `on_live` is called once subscribed (the fleet view says "connected")."""
 
     try:
         nc = await open_connection(url, None, "frameos events --from")
@@ -79,6 +81,8 @@ async def follow(
                 f"{url}: no JetStream stream holds {subject} ({exc}); is a frameos forwarding "
                 "there (forward.nats)?"
             ) from None
+        if on_live is not None:
+            on_live()
         while follow or pending:
             try:
                 msg = await sub.next_msg(timeout=IDLE_S if follow else REQUEST_S)

@@ -1,37 +1,49 @@
 """The forwarder: a sink that sends every logged event to NATS JetStream, in seq order.
 
-Two tasks. `_watch` reads the forwarder's own bounded bus subscription only to learn the
-newest logged seq and wake the pump; a full subscription drops (nothing is lost: the pump reads
-the log). `_pump` reads the log after the cursor (`EventLog.read_after`) and publishes page by
-page through the bridge's asyncio thread; each acknowledged page moves the cursor, persisted
-in the state dir. A broker outage is one `message` (warn), then one when it is back; meanwhile
-the events wait in the log. On (re)connecting, the broker's own last seq of this host is
-authoritative when it is ahead of the saved cursor (a crash after the ack, before the save),
-and `Nats-Msg-Id: HOST:SEQ` lets JetStream drop what is resent inside its duplicate window.
+The sending happens in a child process, the sender (sender.py): the event log is the hand-over,
+so the NATS client's CPU never competes with the event loop for the GIL. This side owns the
+sender's lifetime and speaks to it through two pipes:
+
+- its own bounded bus subscription only tells the newest logged seq (a full subscription drops;
+  nothing is lost: the sender reads the log); each new head is written to the sender's stdin
+  without waiting (a full pipe already holds a wake-up);
+- the sender's reports (stdout) keep `acked`, `forwarded` and `connected` true and become the
+  `message` events: a broker outage is one warn, then one info when it is back.
+
+The sender runs in its own process group (`start_new_session`: a terminal's ^C reaches frameos
+only). It is restarted with backoff when it exits unexpectedly; at the end of the run, once the
+bus closed, its stdin is closed: it forwards what the log holds (at most `DRAIN_S`), saves
+its cursor and exits; past `STOP_S` the group is killed. When frameos dies, the sender sees the
+end of its stdin with another parent and exits at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import socket
+import sys
 from pathlib import Path
 
+import orjson
 import trio
 
-from frameos.bus import Bus, Wakeup
+import frameos
+from frameos.bus import Bus
 from frameos.config.models import ForwardConfig
-from frameos.envelope import decode
-from frameos.errors import StaleCursorError
-from frameos.events import Message
+from frameos.events import Message, Severity
 from frameos.forward import cursor
-from frameos.forward.bridge import AsyncioThread
-from frameos.forward.jetstream import CONNECT_S, REQUEST_S, BrokerError, JetStreamLink
+from frameos.workers.child import SPAWN_ERRORS, OwnChild, kill_group
 
 DEPTH = 64  # batches: only the newest seq matters, so a small queue is plenty
-PAGE = 1000  # events read from the log and published per window
-SAVE_EVERY_S = 0.2  # the cursor file is written at most this often (and at the end)
-RETRY_FIRST_S, RETRY_MAX_S = 0.25, 5.0
-DRAIN_S = 3.0  # at the end: how long to go on forwarding what the log holds
+RESTART_FIRST_S, RESTART_MAX_S = 0.5, 10.0
+STABLE_S = 30.0  # a sender that ran this long starts the backoff afresh
+DRAIN_S = 3.0  # at the end: how long the sender goes on forwarding what the log holds
+STOP_S = DRAIN_S + 2.0  # then its group is killed
+KILL_S = 2.0
+LAST_WORDS = 300  # characters of the sender's last non-report line kept for its exit message
+SEVERITIES: dict[str, Severity] = {"error": "error", "warn": "warn", "info": "info"}
 
 
 def host_name(configured: str | None) -> str:
@@ -56,11 +68,12 @@ class Forwarder:
         self.head = bus.last_seq  # the newest logged seq this forwarder knows of
         self.forwarded = 0  # events acknowledged by the broker in this run
         self.connected = False
-        self._saved = self.acked
-        self._next_save = 0.0
-        self._wake = Wakeup()
-        self._closing = False
+        self.restarts = 0  # sender processes started after the first
+        self._told = 0  # the last head written to the sender
+        self._stdin: int | None = None  # the write end of the sender's stdin
+        self._closing = trio.Event()
         self._outage: str | None = None  # why the broker is unreachable, while it is
+        self._crashing = False  # the sender exited unexpectedly and was not stable since
 
     @property
     def pending(self) -> int:
@@ -68,119 +81,189 @@ class Forwarder:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         subscription = self.bus.subscribe(self.name, DEPTH)
-        async with AsyncioThread("frameos-nats") as loop:
-            link = JetStreamLink(self.config.nats, self.host)
-            task_status.started()
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, loop, link)
-                    async for batch in subscription:
-                        ready = subscription.take_ready()
-                        self.head = max(self.head, (ready or batch)[-1].seq)
-                        self._wake.set()
-                    self._closing = True  # the bus closed: forward what is left, then end
-                    self._wake.set()
-            finally:
-                self.bus.unsubscribe(subscription)
-                with trio.move_on_after(CONNECT_S, shield=True):
-                    await loop.call(link.close(), CONNECT_S)
-                with trio.CancelScope(shield=True):
-                    await self._save(force=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_sender)
+                task_status.started()
+                async for batch in subscription:
+                    ready = subscription.take_ready()
+                    self.head = max(self.head, (ready or batch)[-1].seq)
+                    self._tell()
+                self._closing.set()  # the bus closed: the sender forwards what is left, then ends
+                self._end_stdin()
+        finally:
+            self.bus.unsubscribe(subscription)
+            self._end_stdin()
 
-    async def _pump(self, loop: AsyncioThread, link: JetStreamLink) -> None:
-        retry = RETRY_FIRST_S
-        while True:
-            if self._closing:
-                with trio.move_on_after(DRAIN_S):
-                    if self.connected:
-                        await self._forward(loop, link)
+    # --- the sender's lifetime -----------------------------------------------------------------
+
+    async def _keep_sender(self) -> None:
+        delay = RESTART_FIRST_S
+        while not self._closing.is_set():
+            started = trio.current_time()
+            why = await self._run_sender()
+            if self._closing.is_set():
                 return
-            if not self.connected:
-                try:
-                    broker_seq = await loop.call(link.connect(), CONNECT_S + REQUEST_S * 3)
-                except (BrokerError, trio.TooSlowError) as exc:
-                    self._down(str(exc) or "no answer in time")
-                    with trio.move_on_after(retry):
-                        await self._wake.wait()
-                    retry = min(retry * 2, RETRY_MAX_S)
-                    continue
-                self.acked = max(self.acked, broker_seq)
-                self._up()
-                retry = RETRY_FIRST_S
-            if await self._forward(loop, link):
-                await self._wake.wait()
-
-    async def _forward(self, loop: AsyncioThread, link: JetStreamLink) -> bool:
-        """Publish what the log holds after the cursor; False when the broker went away."""
-        while True:
-            try:
-                page = await trio.to_thread.run_sync(self.bus.log.read_after, self.acked, PAGE)
-            except StaleCursorError as exc:
+            if trio.current_time() - started >= STABLE_S:
+                delay = RESTART_FIRST_S
+            self.connected = False
+            if not self._crashing and not self.bus.closed:
                 self.bus.publish_nowait(
                     Message(
-                        text=f"{self.name}: events {exc.requested + 1}…{exc.oldest - 1} "
-                        f"rotated out of the event log before {self.url} took them; "
-                        f"forwarding from {exc.oldest}"
+                        text=f"{self.name}: the sender process {why}; restarting it (in "
+                        f"{delay:g} s, then with backoff); events wait in the event log"
                     ),
                     "error",
                 )
-                self.acked = exc.oldest - 1
-                continue
-            if not page.lines:
-                await self._save()
-                return True
-            items = [(envelope.seq, envelope.json) for envelope in map(decode, page.lines)]
-            try:
-                self.acked = await loop.call(link.publish(items), REQUEST_S * 2)
-            except (BrokerError, trio.TooSlowError) as exc:
-                with trio.move_on_after(CONNECT_S, shield=True):
-                    await loop.call(link.close(), CONNECT_S)
-                self.connected = False
-                self._down(str(exc) or "no acknowledgement in time")
-                return False
-            self.forwarded += len(items)
-            self.head = max(self.head, self.acked)
-            await self._save()
+            self._crashing = True
+            with trio.move_on_after(delay):
+                await self._closing.wait()
+            delay = min(delay * 2, RESTART_MAX_S)
+            self.restarts += 1
 
-    async def _save(self, *, force: bool = False) -> None:
-        if self.acked == self._saved:
-            return
-        now = trio.current_time()
-        if not force and now < self._next_save:
-            return
-        self._next_save = now + SAVE_EVERY_S
-        seq = self.acked
+    def _argv(self) -> list[str]:
+        spec = {
+            "forward": self.config.model_dump(mode="json"),
+            "host": self.host,
+            "log": str(self.bus.log.path),
+            "keep": self.bus.log.keep,
+            "cursor": str(self.cursor_file),
+            "parent": os.getpid(),
+            "drain_s": DRAIN_S,
+        }
+        return [sys.executable, "-m", "frameos.forward.sender", orjson.dumps(spec).decode()]
+
+    def _env(self) -> dict[str, str]:
+        """This environment, with frameos importable wherever the sender's cwd is."""
+        env = dict(os.environ)
+        root = str(Path(frameos.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        return env
+
+    async def _run_sender(self) -> str:
+        """Start the sender and follow it until it exits; what happened, in words."""
+        stdin_read, stdin_write = os.pipe()
+        out_read, out_write = os.pipe()
         try:
-            await trio.to_thread.run_sync(cursor.save, self.cursor_file, seq)
-        except OSError as exc:
-            self._saved = seq  # reported once per failure; the broker's last seq covers it
-            self.bus.publish_nowait(
-                Message(text=f"{self.name}: cannot save the cursor {self.cursor_file}: {exc}"),
-                "warn",
+            process = await trio.lowlevel.open_process(
+                self._argv(),
+                env=self._env(),
+                stdin=stdin_read,
+                stdout=out_write,
+                stderr=out_write,
+                start_new_session=True,
             )
+        except BaseException as exc:
+            for fd in (stdin_write, out_read):
+                os.close(fd)
+            if isinstance(exc, SPAWN_ERRORS):
+                return f"could not be started ({exc})"
+            raise
+        finally:
+            os.close(stdin_read)
+            os.close(out_write)
+        child = OwnChild(process)
+        os.set_blocking(stdin_write, False)
+        self._stdin, self._told = stdin_write, 0
+        if self._closing.is_set():
+            self._end_stdin()
+        else:
+            self._tell()
+        last_words: list[str] = []
+        stopper = trio.CancelScope()
+        try:
+            async with trio.lowlevel.FdStream(out_read) as reports, trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_reports, reports, last_words)
+                nursery.start_soon(self._stop_at_the_end, child, stopper)
+                await child.wait()
+                stopper.cancel()
+                nursery.cancel_scope.deadline = trio.current_time() + KILL_S  # the last reports
+        finally:
+            self._end_stdin()
+            await kill_group(child, KILL_S)
+        code = child.returncode
+        said = f": {last_words[-1]}" if last_words else ""
+        return f"exited with status {code}{said}"
+
+    async def _stop_at_the_end(self, child: OwnChild, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._closing.wait()
+            self._end_stdin()
+            with trio.move_on_after(STOP_S):
+                await child.wait()
+            await kill_group(child, KILL_S, sigterm_s=KILL_S)
+
+    def _tell(self) -> None:
+        """Write the head to the sender's stdin, never waiting: a full pipe holds a wake-up
+        already, and a sender that is gone is restarted (and reads the log from its cursor)."""
+        if self._stdin is None or self.head <= self._told:
             return
-        self._saved = seq
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self._stdin, b"%d\n" % self.head)
+            self._told = self.head
+
+    def _end_stdin(self) -> None:
+        fd, self._stdin = self._stdin, None
+        if fd is not None:
+            os.close(fd)
+
+    # --- the sender's reports ------------------------------------------------------------------
+
+    async def _read_reports(self, stream: trio.lowlevel.FdStream, last_words: list[str]) -> None:
+        rest = b""
+        async for chunk in stream:
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                self._report(line, last_words)
+        if rest:
+            self._report(rest, last_words)
+
+    def _report(self, line: bytes, last_words: list[str]) -> None:
+        try:
+            record = orjson.loads(line) if line.startswith(b"{") else None
+        except orjson.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            text = line.decode(errors="replace").strip()
+            if text:  # a traceback's last line says most
+                last_words[:] = [text[:LAST_WORDS]]
+            return
+        if "acked" in record:
+            self.acked = max(self.acked, int(record["acked"]))
+            self.forwarded += int(record.get("n", 0))
+            self.head = max(self.head, self.acked)
+        elif "up" in record:
+            self.acked = max(self.acked, int(record["up"]))
+            self._up()
+        elif "down" in record:
+            self._down(str(record["down"]))
+        elif "message" in record:
+            self._say(str(record["message"]), SEVERITIES.get(str(record.get("severity")), "warn"))
+
+    def _say(self, text: str, severity: Severity) -> None:
+        if not self.bus.closed:
+            self.bus.publish_nowait(Message(text=text), severity)
 
     def _down(self, why: str) -> None:
         self.connected = False
-        if self._outage is None and not self.bus.closed:
-            self.bus.publish_nowait(
-                Message(
-                    text=f"{self.name}: broker {self.url} unreachable ({why}); events wait in "
-                    f"the event log from seq {self.acked + 1} and go out when it is back"
-                ),
+        if self._outage is None:
+            self._say(
+                f"{self.name}: broker {self.url} unreachable ({why}); events wait in the event "
+                f"log from seq {self.acked + 1} and go out when it is back",
                 "warn",
             )
         self._outage = why
 
     def _up(self) -> None:
         self.connected = True
-        if self._outage is not None and not self.bus.closed:
-            self.bus.publish_nowait(
-                Message(
-                    text=f"{self.name}: broker {self.url} reachable again; forwarding from seq "
-                    f"{self.acked + 1}"
-                ),
+        if self._outage is not None:
+            self._say(
+                f"{self.name}: broker {self.url} reachable again; forwarding from seq "
+                f"{self.acked + 1}",
                 "info",
             )
+        elif self._crashing:
+            self._say(f"{self.name}: the sender process runs again", "info")
         self._outage = None
+        self._crashing = False

@@ -77,8 +77,6 @@ class FrontDoor:
         self.upstream = Upstream(app, graceful_s=graceful_s, keep_alive_s=keep_alive_s)
         self.budget = fd_budget(vms)
         self.fds = trio.CapacityLimiter(self.budget)  # a token per descriptor a connection holds
-        self._stop = trio.Event()
-        self._idle_waits: set[trio.CancelScope] = set()
         self._warned = False  # in an episode at the budget (warned once)
 
     async def run(
@@ -95,7 +93,6 @@ class FrontDoor:
         ServerError before anything is accepted.
         """
         bound = listeners[0].socket.getsockname()[:2]
-        self._stop = stop
         async with trio.open_nursery() as outer:
             await outer.start(self.upstream.run)
             await outer.start(self.hub.run)
@@ -108,12 +105,11 @@ class FrontDoor:
                     await stop.wait()
                     accepting.cancel_scope.cancel()
                 # Stop: no new connections, no new requests; idle keep-alive connections end
-                # now (hypercorn closes them on its shutdown), requests in flight get graceful_s;
-                # leaving this block waits for every connection.
+                # now (hypercorn closes them on its shutdown, which ends their splices),
+                # requests in flight get graceful_s; leaving this block waits for every
+                # connection.
                 for listener in listeners:
                     await listener.aclose()
-                for scope in tuple(self._idle_waits):
-                    scope.cancel()
                 self.hub.close_all()
                 self.upstream.shutdown()
                 connections.cancel_scope.deadline = trio.current_time() + self.graceful_s
@@ -303,19 +299,12 @@ class FrontDoor:
     async def _next_head(self, client: trio.SocketStream, buffer: bytes) -> bytes:
         """The next complete head: idle as long as hypercorn keeps the connection, then bounded.
 
-        The keep-alive timeout is hypercorn's (it closes the idle connection, which ends
-        `_responses` and this task); the stop cancels the idle wait at once.
+        Idle is hypercorn's to end: when it closes the connection (the keep-alive timeout, or
+        at once on the stop), `_responses` ends and cancels the splice, this wait with it.
         """
         if not buffer:
-            if self._stop.is_set():
-                raise _NoMore
-            with trio.CancelScope() as idle:
-                self._idle_waits.add(idle)
-                try:
-                    buffer = await read_fd(client.socket.fileno())
-                finally:
-                    self._idle_waits.discard(idle)
-            if idle.cancelled_caught or not buffer:
+            buffer = await read_fd(client.socket.fileno())
+            if not buffer:
                 raise _NoMore
         with trio.move_on_after(HEAD_TIMEOUT_S):
             buffer = await _read_head(client, buffer)

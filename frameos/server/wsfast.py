@@ -122,16 +122,20 @@ class WsClient:
             data = data[written:]
         self.backlog.append(data)
         self.backlog_bytes += len(data)
-        limits = self.hub.limits
         stalled = trio.current_time() - self.last_progress > STALL_S
         if not replay and (
-            (len(self.backlog) > limits.queue_depth and stalled)
-            or self.backlog_bytes > limits.queue_bytes
+            (stalled and self._over_depth()) or self.backlog_bytes > self.hub.limits.queue_bytes
         ):
-            self.hub.dropped_slow += 1
-            self.abort(f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind")
+            self._drop_slow()
             return
         self._has_backlog.set()
+
+    def _over_depth(self) -> bool:
+        return len(self.backlog) > self.hub.limits.queue_depth
+
+    def _drop_slow(self) -> None:
+        self.hub.dropped_slow += 1
+        self.abort(f"fell {len(self.backlog)} deliveries / {self.backlog_bytes} bytes behind")
 
     def _flush(self) -> None:
         """Write as much of the backlog as the socket takes; the rest stays as one entry."""
@@ -156,12 +160,21 @@ class WsClient:
     async def run_sender(self) -> None:
         """The one task that waits for the socket: flush the backlog whenever it is writable.
 
-        Runs until cancelled; after `finish` it still flushes what is queued (the close frame).
+        The wait has the stall's deadline: a client over `queue_depth` that has taken no bytes
+        for STALL_S is dropped then, not at whatever `send` comes next (after a burst, maybe
+        the next ping). Runs until cancelled; after `finish` it still flushes what is queued
+        (the close frame).
         """
         while True:
             await self._has_backlog.wait()
             while self.backlog:
-                await trio.lowlevel.wait_writable(self.fd)
+                with trio.move_on_at(self.last_progress + STALL_S) as stall:
+                    await trio.lowlevel.wait_writable(self.fd)
+                if stall.cancelled_caught:
+                    if self._over_depth() and not self.closed:
+                        self._drop_slow()
+                        break
+                    await trio.lowlevel.wait_writable(self.fd)  # `send` checks from now on
                 self._flush()
             self._drained.set()
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 from frameos.client.api import Api, ClientError
 from frameos.client.discover import Target
 from frameos.client.output import Printer, warn
 from frameos.envelope import Envelope, decode
 from frameos.errors import FrameosError
+from frameos.watch import wsread
 from frameos.watch.model import STOPPED, Model, Run
 
 REDRAW_HZ = 10
@@ -52,14 +52,18 @@ async def head(api: Api) -> int:
 
 
 async def snapshots(api: Api, model: Model, *, everything: bool) -> None:
-    """The VMs (and, with `everything`, health, readiness and workers) as the instance says."""
-    model.snapshot_seq = await head(api)
-    _, vms = await api.call("GET", "/v1/vms")
-    model.set_vms(vms.get("vms", []))
+    """The VMs when an event made them stale, the external workers when an event said they
+    changed, and with `everything` those, health and readiness, as the instance says."""
+    if everything or model.stale:
+        model.snapshot_seq = await head(api)
+        _, vms = await api.call("GET", "/v1/vms")
+        model.set_vms(vms.get("vms", []))
     if everything:
         _, health = await api.call("GET", "/healthz")
         response = await api.send("GET", "/readyz")
         model.set_health(health, api.parse(response, "GET", "/readyz"))
+    if everything or model.workers_stale:
+        model.workers_stale = False  # before asking: a change meanwhile asks again
         _, workers = await api.call("GET", "/v1/workers")
         model.set_workers(workers.get("workers", []))
 
@@ -81,24 +85,24 @@ async def stream(
         try:
             await on_connect()
             url = f"{api.target.ws_url}/ws/events?since={cursor()}"
-            async with open_websocket_url(
+            async with wsread.connect(
                 url,
-                extra_headers=headers,
+                headers,
                 connect_timeout=WS_CONNECT_S,
-                disconnect_timeout=WS_CLOSE_S,
-                receive_buffer_size=RECEIVE_BYTES,  # a burst: many events to a read
+                close_timeout=WS_CLOSE_S,
+                receive_bytes=RECEIVE_BYTES,  # a burst: many events to a read
             ) as ws:
                 delay = BACKOFF_FIRST_S
                 say("connected")
-                while True:
-                    message = await ws.get_message()
-                    try:
-                        envelope = decode(message.encode() if isinstance(message, str) else message)
-                    except ValueError:
-                        continue
-                    handle(envelope)
-        except ConnectionRejected as exc:
-            response = httpx.Response(exc.status_code, content=exc.body or b"")
+                async for batch in ws:  # every event one read brought, with no wakeup each
+                    for message in batch:
+                        try:
+                            envelope = decode(message)
+                        except ValueError:
+                            continue
+                        handle(envelope)
+        except wsread.Rejected as exc:
+            response = httpx.Response(exc.status_code, content=exc.body)
             if exc.status_code in (401, 403):
                 raise await api.refusal(response, "GET", "/ws/events") from None
             if exc.status_code == 410:
@@ -106,7 +110,7 @@ async def stream(
                 jump(int(details["oldest_available_cursor"]))
                 continue
             why = f"/ws/events refused with HTTP {exc.status_code}"
-        except (ConnectionClosed, HandshakeError, OSError, ClientError) as exc:
+        except (wsread.WsError, ClientError) as exc:
             why = _why(exc)
         say(f"disconnected ({why}); retrying in {delay:.1f}s")
         await trio.sleep(delay)
@@ -118,11 +122,7 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         text = str(exc)
         return text.split(" (", 1)[1].split(")", 1)[0] if " (" in text else "unreachable"
-    cause = exc.__cause__ or exc.__context__
-    for candidate in (cause, exc):
-        if isinstance(candidate, OSError) and candidate.strerror:
-            return candidate.strerror.lower()
-    return "the connection closed" if isinstance(exc, ConnectionClosed) else type(exc).__name__
+    return str(exc)
 
 
 async def watch(target: Target) -> int:
@@ -169,7 +169,7 @@ async def plain(api: Api) -> int:
 class App:
     """The interactive view; `run()` returns when `q` is pressed."""
 
-    def __init__(self, api: Api, console: Any = None) -> None:
+    def __init__(self, api: Api, console: Any = None, *, back_on_esc: bool = False) -> None:
         from rich.console import Console
 
         self.api = api
@@ -181,6 +181,7 @@ class App:
         self.nursery: trio.Nursery | None = None
         self.log_scope: trio.CancelScope | None = None
         self.quit = trio.Event()
+        self.back_on_esc = back_on_esc  # opened from the fleet view: esc goes back there
 
     # --- the stream and the snapshots ---------------------------------------------------------
 
@@ -201,7 +202,7 @@ class App:
             if self.model.connection != "connected":
                 continue
             every = trio.current_time() - since >= REFRESH_S
-            if not (self.model.stale or every):
+            if not (self.model.stale or self.model.workers_stale or every):
                 continue
             try:
                 await snapshots(self.api, self.model, everything=every)
@@ -267,6 +268,8 @@ class App:
             model.selected = min(max(0, len(names) - 1), model.selected + 1)
         elif key == "enter" and names:
             self.open_detail()
+        elif key == "esc" and self.back_on_esc and not model.detail and not model.filter:
+            self.quit.set()
         elif key == "esc":
             self.close_detail()
             model.filter = ""
