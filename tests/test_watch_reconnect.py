@@ -89,7 +89,7 @@ async def test_a_cut_resumes_from_the_last_seq_nothing_missed_nothing_twice(
             model = app.model
             before = publish(50, "before")  # the view replays the last ones at start
             nursery.start_soon(app.run, keys_until(app.quit))
-            await until(lambda: model.seq >= before and model.connection == "connected")
+            await until(lambda: model.seq >= before and model.connection == "connected", 30)
 
             for round_ in range(3):
                 head = publish(60, f"live {round_}")
