@@ -326,7 +326,8 @@ async def probe_once(
     tmp_path: Path, probe: dict[str, Any], which: str = "readiness"
 ) -> tuple[LaunchHealth, RecordingPublisher]:
     """Run `probe` until its status is decided; the health and what it published."""
-    vm = vm_with(**{which: {**probe, "failure_threshold": 1}})
+    # a generous timeout unless the test sets one: a busy machine may take a second to fork
+    vm = vm_with(**{which: {"timeout_ms": 10_000, **probe, "failure_threshold": 1}})
     pub, changes = RecordingPublisher(), Changes()
     health = LaunchHealth(
         vm,
