@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from frameos import events as ev
 from frameos.config import VmConfig
@@ -189,3 +190,17 @@ async def test_systemd_notify_run_by_the_vm_is_believed(tmp_path: Path) -> None:
         await worker.stop("test")
     assert worker.notify_drops == 0
     assert statuses(pub) == ["hello"]
+
+
+async def test_the_rate_bound_waits_for_the_next_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from frameos.workers.notify import _Rate
+
+    rate = _Rate(3)
+    start = trio.current_time()
+    times = []
+    for _ in range(7):
+        await rate.take()
+        times.append(round(trio.current_time() - start, 3))
+    assert times == [0, 0, 0, 1.0, 1.0, 1.0, 2.0]

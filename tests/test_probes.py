@@ -458,3 +458,61 @@ async def test_https_probe_does_not_verify_the_certificate(tmp_path: Path) -> No
         nursery.cancel_scope.cancel()
     assert ok.readiness is not None
     assert (ok.readiness.status, ok.readiness.detail) == ("healthy", "HTTP 204")
+
+
+async def test_an_attempt_that_raises_is_a_failure_not_a_crash(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(probe: object) -> tuple[bool, str]:
+        raise RuntimeError("boom\x1b[2J")
+
+    monkeypatch.setattr(probes, "tcp_attempt", broken)
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as nursery:
+        worker = VmWorker(
+            vm_with(readiness={**TCP, "failure_threshold": 2}),
+            tmp_path,
+            pub,
+            spawner=FakeSpawner(nursery, {SIGINT: 0}),
+        )
+        await nursery.start(worker.run)
+        with trio.fail_after(60):
+            await worker.wait_until(lambda: worker.health_snapshot().status == "unhealthy")
+        assert worker.state is VmState.RUNNING
+        await worker.stop("test")
+    readiness = worker.health_snapshot().readiness
+    assert readiness is not None
+    assert readiness.detail == "probe error: RuntimeError: boom[2J"
+
+
+async def test_a_pool_reload_of_health_keeps_the_pid_and_probes_anew(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.config import validate_config as validate
+    from frameos.workers.pool import VmPool
+
+    Script(monkeypatch, forever(False))
+
+    def frame(**health: Any) -> Any:
+        data = {"name": "a", "command": ["x"], "cooperative": {"method": "signal"}}
+        if health:
+            data["health"] = health
+        config = validate({"state_dir": str(tmp_path), "vms": [data]}, "test")
+        return config.model_copy(update={"state_dir": tmp_path})
+
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as outer:
+        spawner = FakeSpawner(outer, {SIGINT: 0})
+        pool = VmPool(frame(), pub, spawner=spawner, base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            worker = pool.worker("a")
+            assert worker.ready
+            diff = await pool.apply(frame(readiness={**TCP, "failure_threshold": 1}))
+            assert (diff.updated, diff.restarted) == (["a"], [])
+            assert not worker.ready  # a readiness probe now decides, and it fails
+            with trio.fail_after(10):
+                await worker.wait_until(lambda: worker.health_snapshot().status == "unhealthy")
+            assert pool.snapshot("a").health is not None
+            assert len(spawner.launches) == 1
+            await pool.stop("test")
