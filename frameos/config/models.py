@@ -579,7 +579,8 @@ class VmConfig(Model):
         ge=100,
         le=3_600_000,
         description="the VM sends `WATCHDOG=1` on its notify socket at least this often (it "
-        "gets `WATCHDOG_USEC`); a missed ping is a liveness failure: restarted as above",
+        "gets `WATCHDOG_USEC`); a missed ping is a liveness failure: the VM is restarted through "
+        "its ladder. A reload that changes it restarts the VM",
     )
     bootstrap: BootstrapConfig | None = Field(
         default=None, description="host-side steps after each launch"
