@@ -127,10 +127,11 @@ class LaunchHealth:
             self.readiness = None
         elif self.readiness is None or self.readiness.kind != ready.kind:
             self.readiness = ProbeStatus("readiness", ready.kind)
+        kind = live.kind if live else "watchdog"
         if live is None and vm.watchdog_ms is None:
             self.liveness = None
-        elif self.liveness is None:
-            self.liveness = ProbeStatus("liveness", live.kind if live else "watchdog")
+        elif self.liveness is None or self.liveness.kind != kind:
+            self.liveness = ProbeStatus("liveness", kind)
 
     @property
     def ready(self) -> bool:
