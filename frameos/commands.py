@@ -105,7 +105,9 @@ COMMANDS: tuple[Command, ...] = (
             EVENT_LOG,
             OUTPUT,
             Flag(
-                "--plan", "also print bootstrap.planned for every VM (changes nothing)", switch=True
+                "--plan",
+                "also print bootstrap.planned for every VM and the start order (changes nothing)",
+                switch=True,
             ),
         ),
     ),
@@ -212,6 +214,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
 
     commands = (ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled)
     start = (
+        ev.VmWaiting,
         ev.VmOverlayPrepared,
         ev.VmLaunched,
         ev.VmReady,
@@ -250,6 +253,7 @@ def emitted_by(command: str) -> tuple[type[Event], ...]:
                 ev.VmExited,
                 ev.VmRestartScheduled,
                 ev.VmGaveUp,
+                ev.VmWaiting,
                 ev.VmShutdownRequested,
                 ev.VmCooperativeAttempted,
                 ev.VmCooperativeSucceeded,

@@ -252,6 +252,14 @@ class VmGaveUp(Event):
     window_s: float
 
 
+class VmWaiting(Event):
+    NAME = "vm.waiting"
+    TEMPLATE = "{vm}: waiting for {on} ({condition}) before its launch"
+    vm: str
+    on: str  # the VM it depends on (`depends_on`, SPEC §5.2)
+    condition: Literal["started", "ready"]
+
+
 class VmShutdownRequested(Event):
     NAME = "vm.shutdown_requested"
     TEMPLATE = "{vm}: shutdown requested ({reason}; at most {deadline_ms} ms)"

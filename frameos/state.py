@@ -63,12 +63,15 @@ class RuntimeState:
         self.phase = self.phase.advance(phase)
 
     def not_ready_reasons(self) -> list[str]:
-        """Why /readyz is 503; empty when ready."""
-        if self.phase is Phase.STARTING:
-            return ["starting"]
-        if self.phase is not Phase.READY:
+        """Why /readyz is 503; empty when ready. The one list of reasons: /readyz, `frameos
+        status` (which reads /readyz) and the systemd STATUS line all show it. While starting,
+        "starting" first, then what the VMs are waiting for."""
+        if self.phase not in (Phase.STARTING, Phase.READY):
             return [f"shutdown in progress ({self.phase.value})"]
-        reasons: list[str] = []
-        for provider in self.not_ready_providers:
-            reasons.extend(provider())
-        return reasons
+        return (
+            ["starting", *self.vm_reasons()] if self.phase is Phase.STARTING else self.vm_reasons()
+        )
+
+    def vm_reasons(self) -> list[str]:
+        """What the components (the VMs) hold readiness back for, whatever the phase."""
+        return [reason for provider in self.not_ready_providers for reason in provider()]

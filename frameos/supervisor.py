@@ -7,15 +7,17 @@ shutdown order").
                   └── work nursery ── VM pool ── run service (runs in flight)
                         └── running nursery ── heartbeat ── metrics ── reloader
 
-Start-up: runtime:start, the VMs, the server, runtime:ready. The first SIGTERM or SIGINT begins
-a graceful stop (runtime:stopping): the running nursery ends (tickers, a reload in flight), then
-the work nursery is cancelled with the reason, which stops every VM through its ladder while the
-server still answers (`/healthz` says "stopping"); then the front door drains under a deadline
-(hypercorn's idea), runtime:stop and summary are logged, and `bus.aclose` drains every
-subscriber. A second SIGTERM/SIGINT cuts the ladders short (`pool.force`) and cancels the stop
-scope (exit 1). A fault (an unexpected exception) of a ticker or the reloader is logged and
-stops like a signal; one of the server unwinds the nurseries, the VMs again through their
-ladders; either way runtime:stop and summary close the log (exit 1).
+Start-up: runtime:start, the VMs (those with `depends_on` behind their gates), the server,
+runtime:ready once every permanent VM is ready or gave up (SPEC §9). The first SIGTERM or SIGINT
+begins a graceful stop (runtime:stopping): the running nursery ends (tickers, a reload in
+flight, a wait for readiness), then the work nursery is cancelled with the reason, which stops
+every VM through its ladder (dependants first) while the server still answers (`/healthz` says
+"stopping"); then the front door drains under a deadline (hypercorn's idea), runtime:stop and
+summary are logged, and `bus.aclose` drains every subscriber. A second SIGTERM/SIGINT cuts the
+ladders short (`pool.force`) and cancels the stop scope (exit 1). A fault (an unexpected
+exception) of a ticker or the reloader is logged and stops like a signal; one of the server
+unwinds the nurseries, the VMs again through their ladders; either way runtime:stop and summary
+close the log (exit 1).
 
 Signals are blocked from the first line of `python -m frameos` (and of `cli.main`) until
 `signal_inbox` has its handlers in, so a SIGHUP during start-up waits instead of killing. Every
@@ -70,6 +72,8 @@ RELOAD_TIMEOUT_S = 10.0
 SIGNAL_BACKLOG = 64
 # The front door's drain after its `graceful_s`: the last bound on the server nursery.
 SERVER_DRAIN_MARGIN_S = 1.0
+# Reasons named in the "serving …; runtime:ready waits for" message.
+MAX_REASONS = 4
 # Keys a reload cannot apply to a running process: they take effect after a restart.
 RESTART_KEYS = (
     "frame_host",
@@ -358,7 +362,7 @@ class Supervisor:
                 running.start_soon(metrics, bus, state, self._watchers)
                 running.start_soon(self._reloader)
                 if not self.shutdown.requested.is_set():  # a stop during start-up: never ready
-                    await self._ready()
+                    running.start_soon(self._ready)
                 await self.shutdown.requested.wait()
                 running.cancel_scope.cancel()  # tickers and a reload in flight
         except Exception as exc:  # a fault of a ticker or the reloader: stop like on SIGTERM
@@ -375,7 +379,20 @@ class Supervisor:
         work.cancel_scope.cancel(reason=self.shutdown.reason)
 
     async def _ready(self) -> None:
+        """RuntimeReady (READY=1, SPEC §9) once the server is bound (it is, here) and every
+        permanent VM is ready or gave up with `on_exhausted: stay` (then /readyz stays 503 and
+        STATUS says "degraded"). A VM that never gets there holds it back: the stop request
+        cancels this wait, and under systemd TimeoutStartSec ends it."""
         state = self.state
+        if waiting := state.vm_reasons():  # say where to look meanwhile (frame_port 0, say)
+            await self.bus.publish(
+                ev.Message(
+                    text=f"serving {state.server_url}; {ev.RuntimeReady.NAME} (READY=1) waits for: "
+                    + "; ".join(waiting[:MAX_REASONS])
+                    + (" …" if len(waiting) > MAX_REASONS else "")
+                )
+            )
+        await self.pool.wait_ready()
         state.set_phase(Phase.READY)
         await self.bus.publish(
             ev.RuntimeReady(

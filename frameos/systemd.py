@@ -4,9 +4,12 @@
     reload ── before_reload ─► "RELOADING=1 MONOTONIC_USEC=…" ───┼─► bounded channel ─► sender
     watchdog task ── LoopHealth says healthy ──► "WATCHDOG=1" ───┘     (one writer: NotifySocket)
 
-- `READY=1` at runtime:ready (the server is bound and every VM launched), and again after a
-  reload; `STOPPING=1` at runtime:stopping; `STATUS=` whenever the line an operator would read
-  changes ("3/3 VMs running · 2 watchers", "stopping (received SIGTERM) · 1 VM left: db (SIGTERM)").
+- `READY=1` at runtime:ready (the server is bound and every permanent VM is ready or gave up,
+  SPEC §9), and again after a reload; `STOPPING=1` at runtime:stopping; `STATUS=` whenever the
+  line an operator would read changes ("3/3 VMs running · 2 watchers", "stopping (received
+  SIGTERM) · 1 VM left: db (SIGTERM)"); while ready it begins "degraded: " with the reasons of
+  /readyz whenever /readyz answers 503 (a VM gave up, say); while starting it says what the
+  VMs wait for.
 - `EXTEND_TIMEOUT_USEC=` on every stop-ladder event (while starting or stopping): the longest
   remaining rung of the VMs still in their ladder, plus `EXTEND_MARGIN_S`. Each rung's budget is
   the ladder event's own (`deadline_ms`, `timeout_ms`: the timeouts that VM was launched with),
@@ -198,9 +201,11 @@ class ServiceView:
     def _status_parts(self) -> list[str]:
         if self.phase is Phase.STARTING:
             total = len(self.state.config.vms)
+            waiting = self.state.vm_reasons()
             return [
                 "starting",
                 f"{len(self.launched)}/{total} VMs launched" if total else "",
+                f"not ready: {_first(waiting)}" if waiting else "",
                 self._ladder_text("stopping"),
             ]
         if self.reloading:
@@ -220,7 +225,9 @@ class ServiceView:
             return ["stopped", "flushing the event log"]
         counts = self.state.worker_counts()
         vms = f"{counts.running}/{counts.total} VMs running" if counts.total else "running · no VMs"
+        reasons = self.state.vm_reasons()  # what /readyz says once ready: 503 is "degraded"
         return [
+            f"degraded: {_first(reasons)}" if reasons else "",
             vms,
             plural(self.watchers(), "watcher"),
             f"{counts.failed} failed" if counts.failed else "",
@@ -235,6 +242,12 @@ class ServiceView:
         shown = ", ".join(f"{vm} ({self.ladder[vm][0]})" for vm in names[:MAX_NAMES])
         more = ", …" if len(names) > MAX_NAMES else ""
         return f"{prefix} {shown}{more}".strip() if prefix else f"{shown}{more}"
+
+
+def _first(reasons: list[str]) -> str:
+    """The first few reasons of /readyz, for a STATUS line."""
+    more = ", …" if len(reasons) > MAX_NAMES else ""
+    return ", ".join(reasons[:MAX_NAMES]) + more
 
 
 class LoopHealth:

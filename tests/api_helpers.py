@@ -24,7 +24,7 @@ from frameos.server.listen import bind
 from frameos.server.metrics import Metrics
 from frameos.server.wsfast import WsHub
 from frameos.state import Phase, RuntimeState
-from frameos.workers.snapshot import BootstrapSnapshot, VmSnapshot
+from frameos.workers.snapshot import BootstrapSnapshot, HealthSnapshot, VmSnapshot
 from tests.runs_helpers import FakePool, Harness
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -66,6 +66,16 @@ class SnapshotPool(FakePool):
             backoff_until=None,
             operator_stopped=False,
             bootstrap=BootstrapSnapshot(status="ok", steps=[]),
+            health=HealthSnapshot(
+                status="ready",
+                ready=True,
+                readiness=None,
+                liveness=None,
+                status_text=None,
+                stopping=False,
+                probe_failures=0,
+                notify_dropped=0,
+            ),
             config={"name": name, "env": {"API_TOKEN": "***"}},
             output_log=str(self.log_dir / f"{name}.log"),
         )

@@ -4,6 +4,7 @@ real process to show the console script behaves the same."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 from pathlib import Path
@@ -66,6 +67,18 @@ def test_the_top_level_still_names_every_command(
     said = out + err
     for cmd in COMMANDS:
         assert cmd.name in said
+
+
+@pytest.mark.parametrize(
+    "args", [("contract",), ("check", "--config", "/nonexistent/frame.json"), ("bogus",)]
+)
+def test_the_collector_runs_again_after_start_up(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    """`main` starts without cyclic collection (B6); whatever the command did, even a usage
+    error, the process collects again afterwards."""
+    run_main(capsys, *args)
+    assert gc.isenabled()
 
 
 def test_the_console_script_says_the_same(tmp_path: Path) -> None:

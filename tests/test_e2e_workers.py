@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -139,8 +140,15 @@ async def test_crash_loop_bad_input_and_bystanders(tmp_path: Path, reaper: list[
             },
         },
     ]
-    path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10)
-    async with running_frameos(tmp_path, *run_args(path)) as fos:
+    # hangboot's bootstrap fails: never ready, so runtime:ready never comes (SPEC §9): the port
+    # is chosen here, and `serving …` says the server is up
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    path = write_config(tmp_path, vms=vms, shutdown_timeout_s=10, frame_port=port)
+    async with running_frameos(tmp_path, *run_args(path), ready=False) as fos:
+        await fos.wait_for("message", lambda e: e["fields"]["text"].startswith(f"serving {url}"))
         launched_pids(fos, reaper)
         await fos.wait_for("vm.gave_up")
         await fos.wait_for("bootstrap.failed")
@@ -163,12 +171,17 @@ async def test_crash_loop_bad_input_and_bystanders(tmp_path: Path, reaper: list[
         (step,) = fields(fos, "bootstrap.step", "hangboot")
         assert step["detail"] == "timed out after 500 ms; last output:\nwaiting"
         assert len(fields(fos, "vm.launched", "steady")) == 1
-        status, ready = await get(fos.url + "/readyz")
+        status, ready = await get(url + "/readyz")
         assert status == 503
-        assert sorted(ready["reasons"]) == ["vm crashy: gave up", "vm hangboot: bootstrap failed"]
-        _, health = await get(fos.url + "/healthz")
+        assert ready["reasons"] == [
+            "starting",
+            "vm crashy: gave up",
+            "vm hangboot: bootstrap failed",
+        ]
+        assert "runtime:ready" not in fos.names()
+        _, health = await get(url + "/healthz")
         assert health["workers"] == {"total": 5, "running": 2, "failed": 3}
-        metrics = await get_text(fos.url + "/metrics")
+        metrics = await get_text(url + "/metrics")
         assert 'frameos_vm_restarts_total{vm="crashy"} 4.0' in metrics
         assert 'frameos_vm_state{state="running",vm="steady"} 1.0' in metrics
         fos.send(signal.SIGTERM)

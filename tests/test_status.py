@@ -56,16 +56,22 @@ async def test_status_of_an_instance_that_is_not_ready_exits_1_and_says_why(
     tmp_path: Path,
 ) -> None:
     vm = {"name": "crashy", "command": FAILING, "restart": {"backoff_initial_ms": 30_000}}
-    path = write_config(tmp_path, vms=[vm])
-    async with running_frameos(tmp_path, "run", "--config", str(path)) as fos:
+    with socket.socket() as sock:  # a VM in backoff holds runtime:ready back: the port given
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write_config(tmp_path, vms=[vm], frame_port=port)
+    async with running_frameos(tmp_path, "run", "--config", str(path), ready=False) as fos:
         await fos.wait_for(ev.VmRestartScheduled)
-        result = await status(fos.url, "--config", str(path))
+        url = f"http://127.0.0.1:{port}"
+        await fos.wait_for(ev.Message, lambda e: url in e["fields"]["text"])  # serving
+        result = await status(url, "--config", str(path))
         assert result.returncode == 1, result.stderr
         text = result.stdout.decode()
-        assert "NOT READY: vm crashy: not running" in text
+        assert "NOT READY: starting; vm crashy: not running" in text
         assert "exit 3" in text  # the last exit
-        as_json = json.loads((await status(fos.url, "--config", str(path), "--json")).stdout)
+        as_json = json.loads((await status(url, "--config", str(path), "--json")).stdout)
         assert as_json["ready"]["status"] == "not_ready"
+        assert as_json["ready"]["reasons"] == ["starting", "vm crashy: not running"]
 
 
 async def test_status_of_nothing_exits_2_with_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from frameos.client.discover import Target
 from frameos.envelope import Envelope, encode
 from frameos.watch.app import App
 from frameos.watch.keys import parse
-from frameos.watch.model import Model
+from frameos.watch.model import Model, Run
 from frameos.watch.view import STATE_STYLE, screen, vm_table
 
 LONG = "v" * 59 + "Z"  # a VM name of 60 characters; its last one shows whether it was cut
@@ -188,6 +188,36 @@ def test_the_filter_keeps_matching_messages() -> None:
     m.filter = "DISK"
     assert [msg.text for msg in m.visible_messages()] == ["disk almost full"]
     assert "all good" not in text_of(m, 100)
+
+
+def test_a_worker_event_asks_for_the_workers_again() -> None:
+    m = model(snap("alpha"))
+    feed = Feed(m)
+    feed(ev.Message(text="not about workers"))
+    assert not m.workers_stale
+    feed(ev.WorkerRegistered(worker_id="renderer-1", owner="ops"))
+    assert m.workers_stale
+    m.workers_stale = False
+    feed(
+        ev.WorkerStatus.model_validate(
+            {"worker_id": "renderer-1", "from": "starting", "to": "running"}
+        )
+    )
+    assert m.workers_stale
+
+
+def test_a_failed_run_says_why_on_a_line_of_its_own() -> None:
+    m = model(snap("alpha"))
+    feed = Feed(m)
+    m.run = Run("bootstrap", "alpha", run_id="r1", state="accepted")
+    why = "vm alpha: bootstrap failed: step 'check' failed after 1 attempt(s): exited with status 1"
+    feed(ev.CommandFailed(run_id="r1", error=why))
+    assert (m.run.state, m.run.detail) == ("failed", why)
+    lines = text_of(m, 120).splitlines()
+    assert f"bootstrap alpha: failed — {why}" in lines  # whole, not cut by the keys after it
+    assert lines[-1].startswith("↑/↓ j/k select")
+    console = recording(120)
+    assert Style.parse("bold red") in styles_of(console, screen(m, 120, 40), f"— {why}")
 
 
 def test_keys_parse_arrows_escape_enter_and_text() -> None:

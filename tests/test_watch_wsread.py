@@ -155,3 +155,14 @@ async def test_a_ping_is_answered_and_eof_ends_it() -> None:
     assert pongs == [b"are you there"]
     assert got == [b"x"]
     assert why == "the connection closed"
+
+
+async def test_the_messages_in_the_read_that_ends_it_are_handed_on_first() -> None:
+    async def script(stream: trio.SocketStream, conn: WSConnection) -> None:
+        last = conn.send(TextMessage("one")) + conn.send(TextMessage("two"))
+        await stream.send_all(last + conn.send(CloseConnection(code=1001)))  # one write
+        conn.receive_data(await stream.receive_some(65536))
+
+    got, why = await scripted(script)
+    assert got == [b"one", b"two"]  # then the view says it is disconnected, showing them
+    assert why == "the server closed the connection (1001)"

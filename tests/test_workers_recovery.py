@@ -65,14 +65,16 @@ async def test_steps_and_stop_commands_of_a_killed_frameos_are_stopped(
     ]
     path = write_config(tmp_path, vms=vms, shutdown_timeout_s=20)
     args = ("run", "--config", str(path), "--output", "json")
-    async with running_frameos(tmp_path, *args) as first:
+    async with running_frameos(tmp_path, *args, ready=False) as first:  # boot never ready
         step = await recorded(state, "step")
         first.send(signal.SIGKILL)  # frameos dies while a bootstrap step runs
         await first.wait_exit()
     reaper.append(step.pid)
     assert step.alive()  # an orphan now
 
-    async with running_frameos(tmp_path, *args) as second:
+    async with running_frameos(tmp_path, *args, ready=False) as second:
+        for vm in ("boot", "cmd"):  # launched: what the killed instance left is cleaned up
+            await second.wait_for(ev.VmLaunched, lambda e, vm=vm: e["fields"]["vm"] == vm)
         assert not live(step.pid)
         assert f"boot: step pid {step.pid} was left running" in messages(second.events)
         await recorded(state, "step")
@@ -89,7 +91,9 @@ async def test_steps_and_stop_commands_of_a_killed_frameos_are_stopped(
     assert command.alive()
     assert procfs.is_alive(cmd_vm)
 
-    async with running_frameos(tmp_path, *args) as third:
+    async with running_frameos(tmp_path, *args, ready=False) as third:
+        for vm in ("boot", "cmd"):  # launched: what the killed instance left is cleaned up
+            await third.wait_for(ev.VmLaunched, lambda e, vm=vm: e["fields"]["vm"] == vm)
         assert not live(command.pid)
         assert not live(cmd_vm)
         texts = messages(third.events)

@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from frameos.config import graph
+
 MIB = 1024 * 1024
 # Linux: one argv or environment string may hold at most 32 pages (MAX_ARG_STRLEN) with its NUL.
 MAX_ARG_BYTES = 128 * 1024 - 1
@@ -61,6 +63,14 @@ class PathError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class PathErrors(ValueError):
+    """Several model-level problems, each at its own JSON path (one line each)."""
+
+    def __init__(self, errors: list[PathError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.path}: {e}" for e in errors))
 
 
 # --- what the OS accepts ------------------------------------------------------------------------
@@ -572,6 +582,13 @@ class VmConfig(Model):
     cwd: AbsPath | None = Field(
         default=None, description="working directory of the VM, its steps and its stop command"
     )
+    depends_on: dict[Annotated[str, Field(pattern=VM_NAME)], graph.Condition] = Field(
+        default_factory=dict,
+        max_length=10_000,
+        description="VMs this one launches after, each with the state it waits for: `started` "
+        "(its process runs) or `ready` (launched, bootstrapped, its readiness probe passed); "
+        "stop runs in reverse order (see [workers.md](workers.md#start-order-depends_on))",
+    )
 
     @property
     def cooperative_method(self) -> CooperativeMethod:
@@ -744,4 +761,6 @@ class FrameConfig(Model):
                     f"shutdown_timeout_s ({self.shutdown_timeout_s:g} s); raise shutdown_timeout_s "
                     f"above {ladder_s:g} or shorten the timeouts",
                 )
+        if found := graph.problems(self.vms):
+            raise PathErrors([PathError(path, message) for path, message in found])
         return self

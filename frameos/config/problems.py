@@ -7,7 +7,6 @@ one printable line whatever the file holds.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
-from frameos.config.models import PATTERN_HINTS, PathError
+from frameos.config.models import PATTERN_HINTS, PathError, PathErrors
 from frameos.errors import MAX_PROBLEMS, Problem
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,6 +104,9 @@ def problems_from(err: ValidationError, source: str, model: type[BaseModel]) -> 
         if isinstance(exc, PathError):
             problems.append(Problem(source, exc.path, str(exc)))
             continue
+        if isinstance(exc, PathErrors):
+            problems.extend(Problem(source, e.path, str(e)) for e in exc.errors)
+            continue
         path = json_path(loc)
         if item["type"] == "extra_forbidden":
             problems.append(Problem(source, path, _unknown_key(model, loc)))
@@ -152,6 +154,8 @@ def _unknown_key(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     snake = {to_camel(n): n for n in names}
     if key in snake:
         return f"given twice (as {key!r} and {snake[key]!r}); keep one spelling"
+    import difflib  # only for a config with an unknown key: not on every load
+
     close = difflib.get_close_matches(key[:100], names + list(snake), n=1)
     hint = (
         f"did you mean {snake.get(close[0], close[0])!r}?"

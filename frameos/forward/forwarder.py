@@ -123,7 +123,7 @@ class Forwarder:
 
     def _argv(self) -> list[str]:
         spec = {
-            "forward": self.config.model_dump(mode="json"),
+            "nats": self.config.nats.model_dump(mode="json"),
             "host": self.host,
             "log": str(self.bus.log.path),
             "keep": self.bus.log.keep,

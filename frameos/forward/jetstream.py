@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import nats
 import orjson
@@ -28,7 +29,8 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from frameos.config.models import NatsConfig
+if TYPE_CHECKING:
+    from frameos.config.models import NatsConfig
 
 CONNECT_S = 3.0
 REQUEST_S = 5.0  # one JetStream API call, or the acks of one window of publishes

@@ -52,14 +52,18 @@ async def head(api: Api) -> int:
 
 
 async def snapshots(api: Api, model: Model, *, everything: bool) -> None:
-    """The VMs (and, with `everything`, health, readiness and workers) as the instance says."""
-    model.snapshot_seq = await head(api)
-    _, vms = await api.call("GET", "/v1/vms")
-    model.set_vms(vms.get("vms", []))
+    """The VMs when an event made them stale, the external workers when an event said they
+    changed, and with `everything` those, health and readiness, as the instance says."""
+    if everything or model.stale:
+        model.snapshot_seq = await head(api)
+        _, vms = await api.call("GET", "/v1/vms")
+        model.set_vms(vms.get("vms", []))
     if everything:
         _, health = await api.call("GET", "/healthz")
         response = await api.send("GET", "/readyz")
         model.set_health(health, api.parse(response, "GET", "/readyz"))
+    if everything or model.workers_stale:
+        model.workers_stale = False  # before asking: a change meanwhile asks again
         _, workers = await api.call("GET", "/v1/workers")
         model.set_workers(workers.get("workers", []))
 
@@ -198,7 +202,7 @@ class App:
             if self.model.connection != "connected":
                 continue
             every = trio.current_time() - since >= REFRESH_S
-            if not (self.model.stale or every):
+            if not (self.model.stale or self.model.workers_stale or every):
                 continue
             try:
                 await snapshots(self.api, self.model, everything=every)

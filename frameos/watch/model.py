@@ -29,6 +29,9 @@ WATCHED = frozenset(
         ev.CommandAccepted, ev.CommandCompleted, ev.CommandFailed, ev.CommandCanceled,
     )
 )  # fmt: skip  # the events that move a VM row, the header, or a run on
+WORKER_EVENTS = frozenset(
+    cls.NAME for cls in (ev.WorkerRegistered, ev.WorkerStatus, ev.WorkerStale)
+)  # the external workers pane is asked for again after these
 MESSAGES = 500  # recent messages kept
 VM_EVENTS = 50  # recent events kept per VM (the detail screen)
 LOG_LINES = 200  # output log lines kept for the detail screen
@@ -144,6 +147,7 @@ class Model:
         self.confirm: tuple[str, str] | None = None  # (op, vm) waiting for y/n
         self.run: Run | None = None
         self.stale = True  # the VM snapshots need asking for again
+        self.workers_stale = False  # the external workers need asking for again
         self.snapshot_seq = 0  # the head seq when the VM snapshots were taken
         self.dirty = True
 
@@ -198,6 +202,8 @@ class Model:
             return
         self.seq = envelope.seq
         self.dirty = True
+        if envelope.name in WORKER_EVENTS:
+            self.workers_stale = True
         event = None
         if envelope.name in WATCHED:  # decoding a model is the costly part: only when it matters
             try:
@@ -272,10 +278,10 @@ class Model:
             self.run.state = "succeeded"
         elif isinstance(event, ev.CommandFailed):
             self.run.state = "failed"
-            self.run.detail = describe_event(event)
+            self.run.detail = event.error  # the why itself: the footer names the run already
         elif isinstance(event, ev.CommandCanceled):
             self.run.state = "canceled"
-            self.run.detail = describe_event(event)
+            self.run.detail = event.reason
         elif event is not None:
             self.run.detail = describe_event(event)
 

@@ -23,6 +23,7 @@ STATE_STYLE = {
     "finished": "blue",
     "gave_up": "bold red",
 }
+RUN_STYLE = {"succeeded": "green", "failed": "bold red", "canceled": "yellow"}
 KEYS = (
     "↑/↓ j/k select · enter detail · s stop/start · r restart · b bootstrap · / filter · "
     "? help · q quit"
@@ -162,22 +163,27 @@ def workers_table(model: Model) -> Table:
     return table
 
 
+def run_line(model: Model) -> Text | None:
+    """The run the keys started, on a line of its own (a failure's reason needs the room)."""
+    run = model.run
+    if run is None:
+        return None
+    style = RUN_STYLE.get(run.state, "cyan")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{run.op} {run.vm}: {run.state}", style=style)
+    if run.detail:
+        text.append(f" — {run.detail}", style=style if run.state == "failed" else "")
+    return text
+
+
 def footer(model: Model) -> Text:
+    """The last line: a question, the filter being typed, or the keys."""
     if model.confirm is not None:
         op, vm = model.confirm
         return Text(f"{op} {vm}? y/n", style="bold reverse")
     if model.editing_filter:
         return Text(f"filter: {model.filter}▏", style="bold")
     text = Text(no_wrap=True, overflow="ellipsis")
-    run = model.run
-    if run is not None:
-        style = {"succeeded": "green", "failed": "bold red", "canceled": "yellow"}.get(
-            run.state, "cyan"
-        )
-        text.append(f"{run.op} {run.vm}: {run.state}", style=style)
-        if run.detail:
-            text.append(f" — {run.detail}", style=style if run.state == "failed" else "")
-        text.append("   ")
     if model.filter:
         text.append(f"[filter: {model.filter}] ", style="bold")
     text.append(KEYS, style="dim")
@@ -202,6 +208,9 @@ def screen(model: Model, width: int, height: int) -> RenderableType:
     used = 3 + len(model.vms) + 1 + 1  # header, gap, table, the messages' title, footer
     if model.workers:
         used += len(model.workers) + 3
+    run = run_line(model)
+    if run is not None:
+        used += 1
     parts.append(
         Text(
             "messages" + (f" (filter: {model.filter})" if model.filter else ""),
@@ -214,6 +223,8 @@ def screen(model: Model, width: int, height: int) -> RenderableType:
         parts.append(Text("\n", no_wrap=True, overflow="ellipsis").join(lines))
     if model.workers:
         parts += [Text(""), workers_table(model)]
+    if run is not None:
+        parts.append(run)
     parts.append(footer(model))
     return Group(*parts)
 
@@ -249,7 +260,8 @@ def detail(model: Model, vm: Vm, now: float, height: int) -> RenderableType:
     if vm.steps:
         summary.add_row("bootstrap", bootstrap_cell(vm))
     events = list(vm.events)[-8:]
-    room = max(3, height - 10 - len(events) - summary.row_count)
+    run = run_line(model)
+    room = max(3, height - 10 - len(events) - summary.row_count - (run is not None))
     log = [Text(line, no_wrap=True, overflow="ellipsis") for line in list(model.log)[-room:]]
     return Group(
         header(model, now),
@@ -259,7 +271,8 @@ def detail(model: Model, vm: Vm, now: float, height: int) -> RenderableType:
         *(message_line(m) for m in events),
         Text("output log (following)", style="bold underline"),
         *log,
+        *([run] if run is not None else []),
         footer(model)
-        if model.confirm or model.run
+        if model.confirm
         else Text("esc back · s/r/b act on this VM · q quit", style="dim"),
     )

@@ -56,46 +56,50 @@ class Reader:
         self.stream, self.conn, self.receive_bytes = stream, conn, receive_bytes
         self.partial: list[bytes] = []
         self.partial_size = 0
-        self.closed = False
-        self.fresh = True
+        self.closed = False  # a close frame was sent or received: none is sent on the way out
+        self.fresh = True  # what came with the handshake's answer is not parsed yet
+        self.ended: WsError | None = None  # raised once the messages before it are handed on
 
     def __aiter__(self) -> Reader:
         return self
 
     async def __anext__(self) -> list[bytes]:
-        """The next read's messages (a read that completed none is not handed on). The first
-        call hands on what came in the same read as the handshake's answer, if anything."""
-        if self.fresh:
-            self.fresh = False
-            first = await self._events()
-            if first:
-                return first
+        """The messages completed by the next read (a read that completed none, a frame in
+        parts or a ping, is not handed on); WsError once the connection has ended and every
+        message before the end was handed on."""
         while True:
-            batch = await self.read()
-            if batch:
-                return batch
+            if self.ended is not None:
+                raise self.ended
+            if self.fresh:
+                self.fresh = False
+            else:
+                await self._receive()
+            messages: list[bytes] = []
+            try:
+                await self._parse(messages)
+            except RemoteProtocolError as exc:
+                self.ended = WsError(f"a protocol error from the server: {exc}")
+            except WsError as exc:
+                self.ended = exc
+            if messages:
+                return messages
 
-    async def read(self) -> list[bytes]:
-        """The messages completed by one read of the socket (maybe none: a frame in parts, a
-        ping). WsError once the connection has ended."""
+    async def _receive(self) -> None:
+        """One read of the socket into `conn`, or `ended` set."""
         try:
             data = await self.stream.receive_some(self.receive_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise WsError(_reason(exc)) from exc
+            self.ended = WsError(_reason(exc))
+            self.ended.__cause__ = exc
+            return
         if not data:
             self.closed = True
-            raise WsError("the connection closed")
+            self.ended = WsError("the connection closed")
+            return
         self.conn.receive_data(bytes(data))
-        return await self._events()
 
-    async def _events(self) -> list[bytes]:
-        try:
-            return await self._parse()
-        except RemoteProtocolError as exc:
-            raise WsError(f"a protocol error from the server: {exc}") from exc
-
-    async def _parse(self) -> list[bytes]:
-        messages: list[bytes] = []
+    async def _parse(self, messages: list[bytes]) -> None:
+        """The events `conn` has, the complete messages appended to `messages` as they come."""
         for event in self.conn.events():
             if isinstance(event, TextMessage | BytesMessage):
                 piece = event.data.encode() if isinstance(event, TextMessage) else bytes(event.data)
@@ -117,7 +121,6 @@ class Reader:
                     await self._send(self.conn.send(event.response()))
                 why = f"the server closed the connection ({event.code}"
                 raise WsError(why + (f": {event.reason})" if event.reason else ")"))
-        return messages
 
     async def _send(self, data: bytes) -> None:
         try:

@@ -1,14 +1,19 @@
-"""All the VMs of one instance (SPEC §5, §5.1, §7.1): started together, stopped together, and
-operated one by one (R2: start_vm, stop_vm, restart_vm, bootstrap_vm, clean_vm, apply).
+"""All the VMs of one instance (SPEC §5, §5.1, §5.2, §7.1): started together (in the order of
+`depends_on`), stopped together (in reverse), and operated one by one (R2: start_vm, stop_vm,
+restart_vm, bootstrap_vm, clean_vm, apply).
 
 `run` goes in the supervisor's work nursery (`await work.start(pool.run)` returns once every
-VM has launched or failed to launch) and keeps running (a VM may be started later) until
-`stop` or its cancellation. `stop` runs every VM's ladder in parallel and returns when all are
-down. Cancelling the nursery that runs `run` does the same (each ladder shielded and bounded by
-its rungs' timeouts), so shutdown can be done by nesting; `force` cuts the running ladders
-short (SIGKILL, bounded). The pool also answers /healthz (`workers`), /readyz (reasons per VM)
-and /metrics (`frameos_vm_*`), and stops what a killed instance left: bootstrap steps, stop
-commands, and VMs under names no longer in the config.
+VM without `depends_on` has launched or failed to launch; each other VM waits behind its gate,
+`vm.waiting`, and launches once every VM it names is started or ready) and keeps running (a VM
+may be started later) until `stop` or its cancellation. `stop` stops every VM through its
+ladder, a VM once its dependants are down (VMs that do not depend on each other in parallel),
+within shutdown_timeout_s, and returns when all are down. Cancelling the nursery that runs
+`run` does the same, so shutdown can be done by nesting; `force` cuts the running ladders short
+(SIGKILL, bounded) and ends the waits for dependants. `wait_ready` returns once every permanent
+VM is ready or gave up (the supervisor's runtime:ready, READY=1). The pool also answers
+/healthz (`workers`), /readyz (reasons per VM) and /metrics (`frameos_vm_*`), and stops what a
+killed instance left: bootstrap steps, stop commands, and VMs under names no longer in the
+config.
 
 Operations run in the caller's task; each raises `OperationFailed` (a message saying why) when
 it did not do its job. An operator's stop holds: the VM's session ends, no restart policy runs,
@@ -26,6 +31,7 @@ The VM's stdout and stderr go to `state_dir/vms/NAME.log` (`VmSnapshot.output_lo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -34,7 +40,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from frameos import events as ev
-from frameos.config import FrameConfig, VmConfig
+from frameos.config import FrameConfig, VmConfig, graph
+from frameos.config.graph import Condition
 from frameos.state import RuntimeState, WorkerCounts
 from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile
 from frameos.workers.launch import LOG_MAX_BYTES, rotate_if_large
@@ -52,7 +59,16 @@ from frameos.workers.snapshot import (
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
-from frameos.workers.vm import PARKED, LaunchRecord, Spawner, VmState, VmWorker, default_spawner
+from frameos.workers.vm import (
+    LADDER_SLACK_S,
+    PARKED,
+    STOP_REASON,
+    LaunchRecord,
+    Spawner,
+    VmState,
+    VmWorker,
+    default_spawner,
+)
 
 # The exit status of `frameos run` when a VM with `on_exhausted: exit` gave up.
 EXIT_EXHAUSTED = 3
@@ -62,6 +78,8 @@ OPERATOR_REASON = "operator"
 REMOVED_REASON = "removed from the config by a reload"
 CHANGED_REASON = "its process settings changed in a reload"
 NO_PROCESS = (VmState.IDLE, VmState.STOPPED)
+# A dependency in one of these states comes back only when an operator starts it (or never).
+DEAD_ENDS = (VmState.STOPPED, VmState.GAVE_UP, VmState.FINISHED)
 
 __all__ = ["EXIT_EXHAUSTED", "LOG_MAX_BYTES", "ReloadDiff", "VmPool", "VmSnapshot"]
 
@@ -82,9 +100,17 @@ class VmPool:
         self.config = config
         self.state_dir: Path = config.state_dir
         self.publisher = publisher
-        self.on_exhausted, self.base_env, self.spawner = on_exhausted, base_env, spawner
+        self.on_exhausted, self.spawner = on_exhausted, spawner
+        # what every VM's processes start from: os.environ decoded once, not once per VM
+        self.base_env = dict(os.environ if base_env is None else base_env)
         self._workers: dict[str, VmWorker] = {vm.name: self._worker_for(vm) for vm in config.vms}
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # the VMs' tasks (stopped in order, shielded)
+        self._tasks: trio.Nursery | None = None  # the pool's own: gates, log rotation
+        self._stopping = trio.Event()  # `run` was cancelled: the ordered stop begins
+        self._stop_reason = STOP_REASON
+        self._gates: dict[str, trio.CancelScope] = {}  # launches waiting on depends_on
+        self._waiting: dict[str, int] = {}  # VMs whose launch waits on depends_on (→ gates)
+        self._hurry: set[trio.CancelScope] = set()  # waits of the ordered stop (`force` ends)
         self._closed = trio.Event()  # set as `run` begins to stop: no operation starts a VM
         self._run_scope: trio.CancelScope | None = None
         self._run_done = trio.Event()
@@ -130,7 +156,34 @@ class VmPool:
         return WorkerCounts(total=len(states), running=states.count(VmState.RUNNING), failed=failed)
 
     def not_ready_reasons(self) -> list[str]:
-        return [reason for w in self.workers for reason in w.not_ready_reasons()]
+        """Why /readyz is 503 (and what STATUS names), VM by VM: the one source of both."""
+        out: list[str] = []
+        for w in self.workers:
+            permanent = w.vm.restart.policy == "permanent" and not w.operator_stopped
+            if permanent and w.name in self._waiting and (waiting := self._unmet(w)):
+                out.append(f"vm {w.name}: waiting for {_conditions(waiting)}")
+                continue
+            reasons = w.not_ready_reasons()
+            if not reasons and permanent and not w.ready:
+                reasons = [f"vm {w.name}: not ready"]
+            out.extend(reasons)
+        return out
+
+    def _settled(self, worker: VmWorker) -> bool:
+        """Nothing more to wait for before READY=1 (SPEC §9): the VM is ready, or gave up with
+        `on_exhausted: stay`, or does not count (not permanent, stopped by an operator, gone)."""
+        if self._workers.get(worker.name) is not worker or worker.operator_stopped:
+            return True
+        if worker.vm.restart.policy != "permanent" or worker.ready:
+            return True
+        return worker.state is VmState.GAVE_UP and worker.vm.restart.on_exhausted == "stay"
+
+    async def wait_ready(self) -> None:
+        """Return once every permanent VM is ready or gave up with `on_exhausted: stay` (all at
+        one moment). A VM in backoff, waiting on its dependencies or bootstrapping is not."""
+        while pending := [w for w in self.workers if not self._settled(w)]:
+            worker = pending[0]
+            await worker.wait_until(functools.partial(self._settled, worker))
 
     def attach(self, state: RuntimeState) -> None:
         """Answer /healthz `workers` and /readyz for these VMs."""
@@ -140,15 +193,16 @@ class VmPool:
     # --- the pool's own task ----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Supervise every VM until cancelled; `started` once each launched or failed to launch.
+        """Supervise every VM until cancelled; `started` once each VM without `depends_on`
+        launched or failed to launch (the others launch behind their gates).
 
         First, whatever a killed instance left running is stopped: its bootstrap steps and
         stop commands (a forced ladder), VMs no longer configured (their ladder); each
         configured VM's worker stops its own orphan before launching.
         Cancellation is the one way the pool stops (the supervisor cancels its work nursery;
         `stop` cancels this): operations fail from then on ("frameos is stopping"), those in
-        flight are cancelled, and every VM goes through its ladder (shielded, bounded; see
-        `force`). `run` returns once every VM has stopped.
+        flight are cancelled, and every VM goes through its ladder, dependants first (shielded,
+        bounded by shutdown_timeout_s; see `force`). `run` returns once every VM has stopped.
         """
         try:
             with trio.CancelScope() as self._run_scope:
@@ -157,22 +211,88 @@ class VmPool:
             self._run_done.set()
 
     async def _run(self, task_status: trio.TaskStatus[int]) -> None:
+        """Two nurseries: `tasks` (the caller's cancellation reaches it: the launches, the gates
+        of depends_on, log rotation, and `_sentinel`, which turns that cancellation into
+        `_stopping`) around a shielded one holding the VMs' tasks, which the pool itself stops,
+        dependants first (`_stop_in_order`, bounded by shutdown_timeout_s)."""
         async with trio.open_nursery() as cleaning:
             cleaning.start_soon(stop_helpers, self.state_dir, self.publisher)
             cleaning.start_soon(self._stop_unknown_orphans)
+        launched = trio.Event()
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            tasks.start_soon(self._sentinel, launched)
+            with trio.CancelScope(shield=True) as shelter:
+                async with trio.open_nursery() as vms:
+                    self._nursery = vms
+                    try:
+                        tasks.start_soon(self._launch_all, vms, tasks, launched)
+                        await launched.wait()
+                        if not self._stopping.is_set():
+                            task_status.started(len(self._workers))
+                            tasks.start_soon(self._rotate_logs)
+                        await self._stopping.wait()
+                    finally:
+                        self._nursery = None
+                        self._closed.set()
+                        for scope in [*self._ops.values(), *self._gates.values()]:
+                            scope.cancel()
+                        budget_s = self.config.shutdown_timeout_s
+                        shelter.deadline = trio.current_time() + budget_s + LADDER_SLACK_S
+                        await self._stop_in_order(self._stop_reason, budget_s)
+
+    async def _sentinel(self, launched: trio.Event) -> None:
+        """Sleep until `run` is cancelled; then start the ordered stop with the reason."""
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled as exc:
+            self._stop_reason = exc.reason or STOP_REASON
+            raise
+        finally:
+            self._stopping.set()
+            launched.set()
+
+    async def _launch_all(
+        self, vms: trio.Nursery, tasks: trio.Nursery, launched: trio.Event
+    ) -> None:
+        """The first launches: every VM without dependencies at once (each `vms.start` from a
+        task of this cancellable nursery, so a stop cancels a launch under way), the others
+        behind their gates. `launched` once each VM without dependencies launched or failed."""
+        try:
+            async with trio.open_nursery() as starting:
+                for worker in self.workers:
+                    if worker.vm.depends_on:
+                        tasks.start_soon(self._launch_when_ready, worker)
+                    else:
+                        starting.start_soon(vms.start, worker.run)
+        finally:
+            launched.set()
+
+    async def _stop_in_order(self, reason: str, budget_s: float) -> None:
+        """Every VM through its ladder, each once the VMs that depend on it have stopped (in
+        parallel otherwise). Each waits at most until its own ladder would no longer fit in
+        `budget_s` (shutdown_timeout_s); `force` ends the waits."""
+        now = trio.current_time()
+        after = graph.dependants(self.config.vms)
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                async with trio.open_nursery() as starting:
-                    for worker in self.workers:
-                        starting.start_soon(nursery.start, worker.run)
-                task_status.started(len(self._workers))
-                await self._rotate_logs()  # until cancelled
-            finally:  # cancelled: the workers, cancelled too, run their ladders
-                self._nursery = None
-                self._closed.set()
-                for scope in self._ops.values():
-                    scope.cancel()
+            for worker in self.workers:
+                firsts = [self._workers[name] for name in after.get(worker.name, [])]
+                ladder_s = worker.launched_vm.timeouts.total_ms / 1000
+                latest = now + max(budget_s - ladder_s - LADDER_SLACK_S, 0.0)
+                nursery.start_soon(self._stop_after, worker, firsts, latest, reason)
+
+    async def _stop_after(
+        self, worker: VmWorker, firsts: list[VmWorker], latest: float, reason: str
+    ) -> None:
+        if firsts:
+            with trio.CancelScope(deadline=latest) as scope:
+                self._hurry.add(scope)
+                try:
+                    for first in firsts:
+                        await first.wait_until(functools.partial(_stopped, first))
+                finally:
+                    self._hurry.discard(scope)
+        await worker.stop(reason)
 
     async def stop(self, reason: str) -> None:
         """Cancel `run` with `reason` (the same path as the supervisor's cancellation: every
@@ -183,10 +303,13 @@ class VmPool:
         await self._run_done.wait()
 
     def force(self) -> None:
-        """Cut every running ladder short: each VM's group is SIGKILLed at once (bounded).
+        """Cut every running ladder short: each VM's group is SIGKILLed at once (bounded), and
+        the VMs still waiting for their dependants to stop stop now, all in parallel.
         For a second stop signal while `stop` (or the cancellation of `run`) is under way."""
         for worker in self.workers:
             worker.force()
+        for scope in self._hurry:
+            scope.cancel()
 
     async def _stop_unknown_orphans(self) -> None:
         """Pidfiles of VMs no longer configured: their processes still go through the ladder."""
@@ -215,7 +338,11 @@ class VmPool:
     async def start_vm(self, name: str, *, run_id: str | None = None) -> None:
         """Launch the VM if it has no process (stopped, gave up, finished, backing off) and wait
         for its launch and bootstrap; clears an operator's stop. A running VM: waits for a
-        bootstrap under way. OperationFailed when the launch or the bootstrap failed."""
+        bootstrap under way. OperationFailed when the launch or the bootstrap failed.
+
+        With `depends_on`, the launch waits (vm.waiting) until each dependency is in its state;
+        OperationFailed at once (or as soon as it happens) when a dependency is stopped, gave
+        up or finished: nothing would bring it back, so the operator starts it first."""
         worker = self.worker(name)
         with self._tagged(worker, run_id), self._cancellable(worker) as scope:
             await self._start(worker)
@@ -230,8 +357,9 @@ class VmPool:
         worker = self.worker(name)
         with self._tagged(worker, run_id):
             worker.operator_stopped = True
-            if (scope := self._ops.get(name)) is not None:
-                scope.cancel()
+            for scope in (self._ops.get(name), self._gates.get(name)):
+                if scope is not None:
+                    scope.cancel()
             await worker.stop(reason)
 
     async def restart_vm(self, name: str, *, run_id: str | None = None) -> None:
@@ -307,6 +435,10 @@ class VmPool:
                     restarted.append(name)
             for name in planned.updated + planned.restarted:
                 self._workers[name].reconfigure(wanted[name])
+                if (gate := self._gates.get(name)) is not None:  # waits on the new depends_on
+                    gate.cancel()
+                    if self._tasks is not None and not self._closed.is_set():
+                        self._tasks.start_soon(self._launch_when_ready, self._workers[name])
             removed = [self._workers[name] for name in planned.removed]
             added = [self._worker_for(wanted[name]) for name in planned.added]
             by_name = {**self._workers, **{w.name: w for w in added}}
@@ -362,6 +494,9 @@ class VmPool:
             health=worker.health_snapshot(),
             config=redacted_config(worker.vm),
             output_log=str(worker.paths.log),
+            waiting_for=_conditions(waiting)
+            if name in self._waiting and (waiting := self._unmet(worker))
+            else None,
         )
 
     # --- helpers of the operations ----------------------------------------------------------
@@ -395,6 +530,8 @@ class VmPool:
         """Launch (unless running), wait for the launch and the bootstrap. Cancelled: the VM
         is left stopped through its ladder (shielded; the ladder's rungs bound it)."""
         try:
+            if worker.state is not VmState.RUNNING:
+                await self._gate(worker, refuse=True)
             record = await self._launch(worker)
             if record.error is not None:
                 raise OperationFailed(f"vm {worker.name}: launch failed: {record.error}")
@@ -449,8 +586,9 @@ class VmPool:
 
     async def _remove_vm(self, worker: VmWorker, run_id: str | None) -> None:
         with self._tagged(worker, run_id):
-            if (scope := self._ops.get(worker.name)) is not None:
-                scope.cancel()
+            for scope in (self._ops.get(worker.name), self._gates.get(worker.name)):
+                if scope is not None:
+                    scope.cancel()
             await worker.stop(REMOVED_REASON)
             await discard_overlay(worker.name, worker.paths.overlay, "shutdown", worker.publisher)
 
@@ -470,8 +608,82 @@ class VmPool:
                 raise
 
     async def _launch_added(self, worker: VmWorker, run_id: str | None) -> None:
+        if self._unmet(worker) and self._tasks is not None:  # the reload does not wait on it
+            self._tasks.start_soon(self._launch_when_ready, worker)
+            return
         with self._tagged(worker, run_id), contextlib.suppress(OperationFailed):
             await self._launch(worker)
+
+    # --- depends_on (SPEC §5.2) -------------------------------------------------------------
+
+    def _holds(self, on: str, condition: Condition) -> bool:
+        """Is VM `on` in `condition` (started: its process runs; ready: `VmWorker.ready`)?
+        A VM no longer configured holds nothing back."""
+        worker = self._workers.get(on)
+        if worker is None:
+            return True
+        return worker.ready if condition == "ready" else worker.state is VmState.RUNNING
+
+    def _unmet(self, worker: VmWorker) -> list[tuple[str, Condition]]:
+        return [(on, c) for on, c in worker.vm.depends_on.items() if not self._holds(on, c)]
+
+    async def _gate(self, worker: VmWorker, *, refuse: bool) -> None:
+        """Return once every VM `worker` depends on is in its state, all at one moment;
+        `vm.waiting` once for each it waits on. `refuse` (an operator's start): OperationFailed
+        when a dependency is at a dead end (stopped, gave up, finished)."""
+        said: set[str] = set()
+        self._waiting[worker.name] = self._waiting.get(worker.name, 0) + 1
+        try:
+            while unmet := self._unmet(worker):
+                for on, condition in unmet:
+                    if on not in said:
+                        said.add(on)
+                        await worker.publisher.publish(
+                            ev.VmWaiting(vm=worker.name, on=on, condition=condition)
+                        )
+                if refuse and (stuck := [on for on, _ in unmet if self._dead_end(on)]):
+                    raise OperationFailed(
+                        f"vm {worker.name} depends on {_conditions(unmet)}; "
+                        f"{', '.join(stuck)} is {self._workers[stuck[0]].state.value}: "
+                        f"start {stuck[0]} first"
+                    )
+                on, condition = unmet[0]
+                dependency = self._workers[on]
+
+                def moved(
+                    on: str = on, condition: Condition = condition, dep: VmWorker = dependency
+                ) -> bool:
+                    return (
+                        self._holds(on, condition)
+                        or self._workers.get(on) is not dep
+                        or (refuse and self._dead_end(on))
+                    )
+
+                await dependency.wait_until(moved)
+        finally:
+            self._waiting[worker.name] -= 1
+            if not self._waiting[worker.name]:
+                del self._waiting[worker.name]
+
+    def _dead_end(self, name: str) -> bool:
+        worker = self._workers.get(name)
+        return worker is not None and (worker.operator_stopped or worker.state in DEAD_ENDS)
+
+    async def _launch_when_ready(self, worker: VmWorker) -> None:
+        """A launch behind its gate, in the pool's task nursery (cancelled by a stop, by an
+        operator's stop of the VM, or by a reload that changes it)."""
+        with trio.CancelScope() as scope:
+            previous = self._gates.get(worker.name)
+            self._gates[worker.name] = scope
+            if previous is not None:
+                previous.cancel()
+            try:
+                await self._gate(worker, refuse=False)
+                with contextlib.suppress(OperationFailed):  # reported by its events
+                    await self._launch(worker)
+            finally:
+                if self._gates.get(worker.name) is scope:
+                    del self._gates[worker.name]
 
     def collector(self) -> Collector:
         """The VMs' Prometheus collector (prometheus_client loads with the HTTP stack, after the
@@ -489,6 +701,15 @@ def _canceled_because(exc: BaseException) -> str:
     if isinstance(exc, trio.Cancelled) and exc.reason:
         return f"the start was canceled: {exc.reason}"
     return "the start was canceled"
+
+
+def _stopped(worker: VmWorker) -> bool:
+    return worker.state is VmState.STOPPED
+
+
+def _conditions(pairs: list[tuple[str, Condition]]) -> str:
+    """`db (ready), cache (started)`."""
+    return ", ".join(f"{on} ({condition})" for on, condition in pairs)
 
 
 def _raise_if_canceled(scope: trio.CancelScope, name: str, op: str) -> None:

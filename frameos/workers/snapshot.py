@@ -82,6 +82,11 @@ class VmSnapshot(_Model):
     health: HealthSnapshot = Field(description="readiness, liveness and the notify socket")
     config: dict[str, Any] = Field(description="the effective VmConfig; secret env values ***")
     output_log: str = Field(description="the file with the VM's stdout and stderr")
+    waiting_for: str | None = Field(
+        default=None,
+        description="while its launch waits on `depends_on`: what it waits for, e.g. "
+        "`db (ready), cache (started)`",
+    )
 
 
 def redacted_config(vm: VmConfig) -> dict[str, Any]:
