@@ -87,7 +87,9 @@ async def test_connection_close_and_http10_end_the_connection(tmp_path: Path) ->
 
 
 async def test_keep_alive_timeout_is_enforced(tmp_path: Path) -> None:
-    async with serving(tmp_path, keep_alive_s=0.3) as server:
+    # 1 s, not less: hypercorn times a connection idle from its start, so a loop stalled for
+    # longer than the keep-alive (a loaded machine) closes it before the request is forwarded
+    async with serving(tmp_path, keep_alive_s=1) as server:
         streams = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(20)]
         for stream in streams:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -553,3 +555,80 @@ async def test_every_listener_accepts_again_after_the_budget_was_reached(
             for port in ports:  # each listener answers again
                 answer = await talk(port, b"GET /healthz HTTP/1.0\r\n\r\n")
                 assert answer.startswith(b"HTTP/1.1 200 "), port
+
+
+# --- edges of the front door's own code ------------------------------------------------------
+
+
+def test_the_descriptor_budget_with_an_unlimited_or_a_tiny_rlimit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import resource
+
+    from frameos.server import frontdoor
+
+    limit = resource.RLIM_INFINITY
+    monkeypatch.setattr(frontdoor.resource, "getrlimit", lambda _: (limit, limit))
+    assert frontdoor.fd_budget(vms=2) == (1 << 20) - frontdoor.FD_RESERVE - 2 * frontdoor.FDS_PER_VM
+    limit = 64  # less than frameos keeps for itself: still room for a few connections
+    assert frontdoor.fd_budget() == 4 * frontdoor.HTTP_FDS
+
+
+def test_a_client_going_away_is_not_a_failure_but_anything_else_is() -> None:
+    from frameos.server.frontdoor import _unexpected
+
+    gone = trio.BrokenResourceError("reset")
+    bug = ValueError("a bug")
+    assert _unexpected(gone) is None
+    assert _unexpected(bug) is bug
+    assert _unexpected(ExceptionGroup("x", [gone, trio.ClosedResourceError()])) is None
+    nested = ExceptionGroup("outer", [gone, ExceptionGroup("inner", [bug])])
+    assert _unexpected(nested) is bug  # the one failure itself, for its type and text
+    two = _unexpected(ExceptionGroup("x", [gone, bug, KeyError("k")]))
+    assert isinstance(two, ExceptionGroup) and len(two.exceptions) == 2
+
+
+async def test_an_app_that_cannot_be_reached_is_a_503_json_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.server.upstream import Upstream
+
+    async with serving(tmp_path) as server:
+
+        async def refused(self: Upstream) -> trio.SocketStream:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        monkeypatch.setattr(Upstream, "connect", refused)  # hypercorn's socket went away
+        error = one_error(await talk(server.port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"), 503)
+        assert error["error"] == "unavailable" and "cannot reach the app" in str(error["message"])
+        no_errors(server)
+
+
+async def test_a_second_head_that_never_completes_ends_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.server import frontdoor
+
+    # the partial head is given up after HEAD_TIMEOUT_S; hypercorn then ends the connection
+    # when its keep-alive runs out (it is not told that no request follows)
+    monkeypatch.setattr(frontdoor, "HEAD_TIMEOUT_S", 0.3)
+    async with serving(tmp_path, keep_alive_s=1) as server:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(
+                b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /readyz HTTP/1.1\r\nho"
+            )
+            answers = responses(await until_eof(stream))
+        assert [status for status, _, _ in answers] == [200]
+        no_errors(server)
+
+
+async def test_a_websocket_handshake_during_the_stop_is_refused_503(tmp_path: Path) -> None:
+    async with serving(tmp_path) as server:
+        server.hub.close_all()  # the stop has begun (the front door calls it first)
+        error = one_error(
+            await talk(server.port, b"GET /ws/events HTTP/1.1\r\nhost: x\r\n" + UPGRADE + b"\r\n"),
+            503,
+        )
+        assert error["error"] == "shutting_down"
+        assert not server.hub.clients and server.hub.active == 0

@@ -105,6 +105,16 @@ def test_repeated_progress_is_one_line_with_a_count() -> None:
     assert "(×5)" in text
 
 
+def test_two_bootstrap_steps_are_two_lines_and_a_step_again_one() -> None:
+    m = model(snap("alpha"))
+    feed = Feed(m)
+    for step in ("prepare", "check", "check"):
+        feed(ev.BootstrapStep(vm="alpha", step=step, status="success", duration_ms=5, attempt=1))
+    assert [(msg.step, msg.count) for msg in m.messages] == [("prepare", 1), ("check", 2)]
+    text = text_of(m, 120)
+    assert "step prepare success" in text and "step check success in 5 ms (attempt 1) (×2)" in text
+
+
 def test_a_problem_is_dimmed_once_resolved() -> None:
     m = model(snap("alpha"), snap("beta"))
     feed = Feed(m)

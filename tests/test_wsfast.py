@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
+import wsproto.events
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 
 from frameos.config import validate_config
 from frameos.envelope import encode
@@ -197,3 +200,124 @@ async def test_a_hub_overflow_during_the_stop_does_not_admit_clients_again() -> 
             await hub_ran.wait()
     assert hub.hub_dropped == 5 and hub.delivered_seq == 9
     assert hub.closing  # new clients still get 503 shutting_down
+
+
+# --- error paths of one client's socket and protocol -----------------------------------------
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """One final client frame (clients must mask; the zero key leaves the payload as is)."""
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+def open_client(**limits: Any) -> tuple[WsHub, WsClient, socket.socket]:
+    """A client past its handshake (wsproto OPEN), as `WsHub.serve` makes it."""
+    hub, client, peer = client_pair(**limits)
+    client.conn.receive_data(
+        b"GET /ws/events HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    list(client.conn.events())
+    client.conn.send(wsproto.events.AcceptConnection())
+    return hub, client, peer
+
+
+async def test_a_write_to_a_peer_that_is_gone_drops_the_client() -> None:
+    _hub, client, peer = client_pair()
+    peer.close()
+    client.send(frame_text(b"to nobody"))
+    assert client.closed and client.close_reason.startswith("write failed")
+    client.send(frame_text(b"after"))  # a closed client takes nothing, and raises nothing
+    assert not client.backlog
+    client.stream.socket.close()
+
+
+async def test_a_backlog_whose_peer_goes_away_is_dropped_by_the_sender() -> None:
+    hub, client, peer = client_pair()
+    frame = frame_text(b"g" * 150)
+    while not client.backlog:
+        client.send(frame * 10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_sender)
+        peer.close()  # unread bytes: the kernel resets; the socket turns writable with an error
+        with trio.fail_after(5):
+            await client.gone.wait()
+        nursery.cancel_scope.cancel()
+    assert client.close_reason.startswith("write failed") and not client.backlog
+    assert hub.dropped_slow == 0  # gone, not slow
+    client.stream.socket.close()
+
+
+async def test_a_flush_into_a_full_socket_keeps_the_backlog_whole() -> None:
+    _hub, client, peer = client_pair()
+    frame = frame_text(b"f" * 150)
+    while not client.backlog:
+        client.send(frame * 10)
+    client.send(frame)
+    queued = (len(client.backlog), client.backlog_bytes)
+    client._flush()  # the kernel takes nothing: nothing is lost or reordered
+    assert (len(client.backlog), client.backlog_bytes) == queued and not client.closed
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_a_batch_the_hub_already_delivered_is_not_sent_again() -> None:
+    hub, client, peer = client_pair()
+    hub.clients.add(client)
+    batch = [encode(Message(text=f"once {i}"), i, 1.0) for i in (1, 2)]
+    hub.deliver(batch)
+    hub.deliver(batch)  # the same batch again (a second wiring of the hub)
+    hub.deliver(batch[1:])
+    peer.setblocking(False)
+    assert peer.recv(65536) == b"".join(frame_text(e.json) for e in batch)
+    assert hub.frames_sent == 2 and hub.delivered_seq == 2
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_the_reader_ends_the_client_when_its_stream_is_closed_under_it() -> None:
+    _hub, client, peer = open_client()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await client.stream.aclose()  # the connection task closed it: the read fails
+        with trio.fail_after(5):
+            await client.gone.wait()
+    assert client.close_reason == "connection lost"
+    peer.close()
+
+
+async def test_pongs_and_client_messages_are_accepted_and_ignored() -> None:
+    hub, client, peer = open_client()
+    peer.sendall(masked(0xA, b"unsolicited") + masked(0x1, b"hello") + masked(0x2, b"\x00"))
+    peer.shutdown(socket.SHUT_WR)
+    with trio.fail_after(5):
+        await client.run_reader()
+    assert hub.client_messages == 2 and hub.protocol_errors == 0
+    assert client.close_reason == "peer closed the connection"
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_a_frame_after_the_close_handshake_is_a_protocol_error() -> None:
+    hub, client, peer = open_client()
+    client.close(1001, "going")
+    client._process(masked(0x8, b"\x03\xe9"))  # the client's answer: the handshake is done
+    assert client.conn.state is ConnectionState.CLOSED
+    client.close(1000, "twice")  # closing a closed client changes nothing
+    client._process(masked(0x1, b"late"))  # wsproto refuses data on a closed connection
+    assert hub.protocol_errors == 1 and client.close_reason.startswith("protocol error")
+    client.stream.socket.close()
+    peer.close()
+
+
+async def test_a_partial_upgrade_head_is_refused_with_400() -> None:
+    hub = WsHub(None, validate_config({}, "x").websocket)  # type: ignore[arg-type]
+    ours, peer = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    await hub.serve(stream, b"GET /ws/events HTTP/1.1\r\nhost: x\r\n")
+    answer = peer.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"incomplete" in answer and hub.active == 0 and not hub.clients
+    peer.close()

@@ -51,8 +51,6 @@ from frameos.errors import EventLogError, StaleCursorError
 from frameos.eventlog import Page
 from frameos.server.replay import CursorError, error_body, parse_cursor, read_page, stale_body
 
-HANDSHAKE_TIMEOUT_S = 10.0
-HANDSHAKE_MAX_BYTES = 16 * 1024
 CLOSE_FLUSH_S = 1.0
 HUB_DEPTH = 4096  # bus batches the hub's subscription may hold before it counts drops
 SNDBUF = 256 * 1024  # bound the kernel's share of a slow client's backlog
@@ -380,10 +378,9 @@ class WsHub:
 
     async def _serve(self, stream: trio.SocketStream, head: bytes) -> None:
         conn = WSConnection(ConnectionType.SERVER)
-        handshake = await _handshake(stream, conn, head)
-        if handshake is None:
+        request = await _handshake(stream, conn, head)
+        if request is None:
             return
-        request, raw = handshake
         refusal = self.authorize(request.extra_headers) if self.authorize is not None else None
         if refusal is not None:
             await _reject_http(stream, *refusal)
@@ -412,7 +409,7 @@ class WsHub:
         _tune(stream)
         await stream.send_all(conn.send(AcceptConnection()))
         # wsproto's server side drops bytes that followed the handshake in the same read
-        trailing = raw[raw.index(b"\r\n\r\n") + 4 :]
+        trailing = head[head.index(b"\r\n\r\n") + 4 :]
         if trailing:
             conn.receive_data(trailing)
         client = WsClient(self, stream, conn, _peer(stream))
@@ -471,44 +468,27 @@ class _Reject(Exception):
         self.status, self.body = status, body
 
 
-async def _handshake(
-    stream: trio.SocketStream, conn: WSConnection, head: bytes
-) -> tuple[Request, bytes] | None:
-    """Read until wsproto has the upgrade request; returns it with every raw byte read."""
-    raw = head
-    data = head
-    with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-        while True:
-            try:
-                conn.receive_data(data)
-                for event in conn.events():
-                    if isinstance(event, Request):
-                        return event, raw
-            except RemoteProtocolError as exc:
-                await _reject_http(
-                    stream,
-                    400,
-                    error_body(
-                        "bad_request",
-                        f"/ws/events needs a websocket upgrade: {exc}",
-                        fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
-                        "Sec-WebSocket-Version: 13",
-                    ),
-                )
-                return None
-            if len(raw) > HANDSHAKE_MAX_BYTES:
-                await _reject_http(
-                    stream, 431, error_body("headers_too_large", "handshake headers exceed 16 KiB")
-                )
-                return None
-            try:
-                data = await stream.receive_some(16_384)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if not data:
-                break
-            raw += data
-    await stream.aclose()
+async def _handshake(stream: trio.SocketStream, conn: WSConnection, head: bytes) -> Request | None:
+    """wsproto's verdict on the request head (complete: the front door read it, httphead.py);
+    anything but a websocket upgrade is answered 400 and closed (None)."""
+    try:
+        conn.receive_data(head)
+        for event in conn.events():
+            if isinstance(event, Request):
+                return event
+        problem = "the request head is incomplete"
+    except RemoteProtocolError as exc:
+        problem = str(exc)
+    await _reject_http(
+        stream,
+        400,
+        error_body(
+            "bad_request",
+            f"/ws/events needs a websocket upgrade: {problem}",
+            fix="send Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Key and "
+            "Sec-WebSocket-Version: 13",
+        ),
+    )
     return None
 
 
