@@ -149,6 +149,7 @@ class Model:
         self.run: Run | None = None
         self.stale = True  # the VM snapshots need asking for again
         self.workers_stale = False  # the external workers need asking for again
+        self.health_stale = False  # readiness needs asking for again (/readyz says why)
         self.snapshot_seq = 0  # the head seq when the VM snapshots were taken
         self.dirty = True
 
@@ -219,7 +220,8 @@ class Model:
             self.stale = True  # a new frameos: new pids, maybe new VMs
             self.started_at = envelope.timestamp
         elif isinstance(event, ev.RuntimeReady):
-            self.ready, self.reasons = True, []
+            # READY=1 also goes out "degraded" (a VM gave up with `stay`): /readyz says which
+            self.health_stale = True
         elif isinstance(event, ev.RuntimeStopping):
             self.ready, self.reasons = False, [f"stopping ({event.reason})"]
         elif isinstance(event, ev.RuntimeReload):
