@@ -39,6 +39,7 @@ async def test_blank_lines_are_skipped_and_arguments_are_sent(tmp_path: Path) ->
     [
         (b"<html>oops</html>\r\n", "QMP sent something that is not JSON"),
         (b"x" * 200, "QMP sent a line longer than 64 bytes"),
+        (b"[1, 2]\r\n", "QMP sent a non-object"),
     ],
 )
 async def test_a_reply_that_is_not_qmp_is_one_channel_error(
