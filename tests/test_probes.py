@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from frameos.workers.paths import VmPaths
 from frameos.workers.probes import LaunchHealth, ProbeStatus, clean
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState, VmWorker
-from tests.conftest import until
+from tests.conftest import require_tools, until
 
 SIGINT = int(signal.SIGINT)
 
@@ -90,7 +91,7 @@ def test_clean_strips_control_characters_and_bounds() -> None:
         (
             {"readiness": {"http": {"url": "ftp://host/x"}}},
             "vms[0].health.readiness.http.url",
-            "expected an http:// or https:// URL",
+            "expected an http:// or https:// URL with a host",
         ),
         ({"liveness": {"notify": True}}, "vms[0].health", "set the VM's `watchdog_ms`"),
         ({"readiness": {"tcp": {"port": 1}, "period_ms": 5}}, "period_ms", "≥ 100"),
@@ -325,7 +326,8 @@ async def probe_once(
     tmp_path: Path, probe: dict[str, Any], which: str = "readiness"
 ) -> tuple[LaunchHealth, RecordingPublisher]:
     """Run `probe` until its status is decided; the health and what it published."""
-    vm = vm_with(**{which: {**probe, "failure_threshold": 1}})
+    # a generous timeout unless the test sets one: a busy machine may take a second to fork
+    vm = vm_with(**{which: {"timeout_ms": 10_000, **probe, "failure_threshold": 1}})
     pub, changes = RecordingPublisher(), Changes()
     health = LaunchHealth(
         vm,
@@ -394,7 +396,8 @@ async def test_http_probe_statuses(tmp_path: Path) -> None:
     refused, _ = await probe_once(tmp_path, {"http": {"url": url}})
     assert refused.readiness is not None
     assert refused.readiness.status == "unhealthy"
-    assert refused.readiness.detail.startswith(f"GET {url}: ConnectError")
+    assert refused.readiness.detail.startswith(f"GET {url}: ")
+    assert refused.readiness.detail.endswith("Connection refused")
 
 
 async def test_tcp_probe_connects(tmp_path: Path) -> None:
@@ -427,3 +430,89 @@ def test_reload_applies_health_live_and_restarts_for_watchdog_ms() -> None:
     assert (live.updated, live.restarted, live.changed) == (["a"], [], ["vms[0].health"])
     again = classify(frame(), frame(watchdog_ms=1000))
     assert (again.updated, again.restarted) == ([], ["a"])
+
+
+async def test_https_probe_does_not_verify_the_certificate(tmp_path: Path) -> None:
+    require_tools("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await trio.run_process(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    assert made.returncode == 0
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def serve(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            partial(trio.serve_ssl_over_tcp, serve, 0, context, host="127.0.0.1")
+        )
+        port = listener.transport_listener.socket.getsockname()[1]
+        ok, _ = await probe_once(tmp_path, {"http": {"url": f"https://127.0.0.1:{port}/"}})
+        nursery.cancel_scope.cancel()
+    assert ok.readiness is not None
+    assert (ok.readiness.status, ok.readiness.detail) == ("healthy", "HTTP 204")
+
+
+async def test_an_attempt_that_raises_is_a_failure_not_a_crash(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(probe: object) -> tuple[bool, str]:
+        raise RuntimeError("boom\x1b[2J")
+
+    monkeypatch.setattr(probes, "tcp_attempt", broken)
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as nursery:
+        worker = VmWorker(
+            vm_with(readiness={**TCP, "failure_threshold": 2}),
+            tmp_path,
+            pub,
+            spawner=FakeSpawner(nursery, {SIGINT: 0}),
+        )
+        await nursery.start(worker.run)
+        with trio.fail_after(60):
+            await worker.wait_until(lambda: worker.health_snapshot().status == "unhealthy")
+        assert worker.state is VmState.RUNNING
+        await worker.stop("test")
+    readiness = worker.health_snapshot().readiness
+    assert readiness is not None
+    assert readiness.detail == "probe error: RuntimeError: boom[2J"
+
+
+async def test_a_pool_reload_of_health_keeps_the_pid_and_probes_anew(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frameos.config import validate_config as validate
+    from frameos.workers.pool import VmPool
+
+    Script(monkeypatch, forever(False))
+
+    def frame(**health: Any) -> Any:
+        data = {"name": "a", "command": ["x"], "cooperative": {"method": "signal"}}
+        if health:
+            data["health"] = health
+        config = validate({"state_dir": str(tmp_path), "vms": [data]}, "test")
+        return config.model_copy(update={"state_dir": tmp_path})
+
+    pub = RecordingPublisher()
+    async with trio.open_nursery() as outer:
+        spawner = FakeSpawner(outer, {SIGINT: 0})
+        pool = VmPool(frame(), pub, spawner=spawner, base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            worker = pool.worker("a")
+            assert worker.ready
+            diff = await pool.apply(frame(readiness={**TCP, "failure_threshold": 1}))
+            assert (diff.updated, diff.restarted) == (["a"], [])
+            assert not worker.ready  # a readiness probe now decides, and it fails
+            with trio.fail_after(10):
+                await worker.wait_until(lambda: worker.health_snapshot().status == "unhealthy")
+            assert pool.snapshot("a").health is not None
+            assert len(spawner.launches) == 1
+            await pool.stop("test")

@@ -105,6 +105,16 @@ def test_repeated_progress_is_one_line_with_a_count() -> None:
     assert "(×5)" in text
 
 
+def test_two_bootstrap_steps_are_two_lines_and_a_step_again_one() -> None:
+    m = model(snap("alpha"))
+    feed = Feed(m)
+    for step in ("prepare", "check", "check"):
+        feed(ev.BootstrapStep(vm="alpha", step=step, status="success", duration_ms=5, attempt=1))
+    assert [(msg.step, msg.count) for msg in m.messages] == [("prepare", 1), ("check", 2)]
+    text = text_of(m, 120)
+    assert "step prepare success" in text and "step check success in 5 ms (attempt 1) (×2)" in text
+
+
 def test_a_problem_is_dimmed_once_resolved() -> None:
     m = model(snap("alpha"), snap("beta"))
     feed = Feed(m)
@@ -325,3 +335,22 @@ def test_the_health_column_follows_snapshots_and_events() -> None:
     assert m.vms["alpha"].health == "down"
     feed(ev.VmLaunched(vm="alpha", pid=101, attempt=2))
     assert m.vms["alpha"].health == "waiting"
+
+
+def test_runtime_ready_asks_readyz_instead_of_claiming_ready() -> None:
+    """READY=1 also goes out degraded (a VM gave up with `stay`): the header believes /readyz."""
+    m = model(snap("a"))
+    m.set_health({"version": "1"}, {"status": "starting", "reasons": ["starting"]})
+    Feed(m)(
+        ev.RuntimeReady(
+            server="127.0.0.1:1",
+            health_endpoint="/healthz",
+            event_stream_transport="websocket",
+            metrics_interval_seconds=60,
+            apps_loaded=0,
+            scenes_loaded=0,
+        )
+    )
+    assert m.health_stale and not m.ready
+    m.set_health({"version": "1"}, {"status": "degraded", "reasons": ["vm a: gave up"]})
+    assert not m.ready and m.reasons == ["vm a: gave up"]

@@ -6,7 +6,10 @@ frame, EOF)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -20,7 +23,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Message, Pong, Req
 from frameos.events import Message as MessageEvent
 from frameos.watch import wsread
 from tests.api_helpers import ADMIN, bearer, serving_api
-from tests.conftest import until
+from tests.conftest import require_tools, until
 from tests.test_server import serving
 
 AUTH = [(k.encode(), v.encode()) for k, v in bearer(ADMIN).items()]
@@ -166,3 +169,56 @@ async def test_the_messages_in_the_read_that_ends_it_are_handed_on_first() -> No
     got, why = await scripted(script)
     assert got == [b"one", b"two"]  # then the view says it is disconnected, showing them
     assert why == "the server closed the connection (1001)"
+
+
+def certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA (ca.pem) and a certificate it signed for 127.0.0.1 (srv.pem, srv.key), by openssl."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, key, csr, cert = (directory / n for n in ("ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", *ec, "-keyout", str(directory / "ca.key"), "-out", str(ca), "-days",
+         "1", "-subj", "/CN=frameos test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign"],
+        ["req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(directory / "ca.key"),
+         "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext)],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+    return ca, cert, key
+
+
+async def test_wss_verifies_the_server_and_reads_over_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tools("openssl")
+    ca, cert, key = certificates(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        conn = WSConnection(ConnectionType.SERVER)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while not any(isinstance(e, Request) for e in conn.events()):
+                conn.receive_data(await stream.receive_some(65536))
+            await stream.send_all(conn.send(AcceptConnection()) + conn.send(TextMessage("tls")))
+            await stream.send_all(conn.send(CloseConnection(code=1000)))
+            await stream.receive_some(65536)
+
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_ssl_over_tcp, handler, 0, server_tls, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        url = f"wss://127.0.0.1:{listeners[0].transport_listener.socket.getsockname()[1]}/ws"
+        with pytest.raises(wsread.WsError) as unknown:  # the system's CAs do not know it
+            async with wsread.connect(url, [], connect_timeout=5, close_timeout=1):
+                pass  # pragma: no cover
+        assert str(unknown.value).startswith("certificate verify failed: ")
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # now they do
+        got: list[bytes] = []
+        with pytest.raises(wsread.WsError, match=r"closed the connection \(1000\)"):  # noqa: PT012
+            async with wsread.connect(url, [], connect_timeout=5, close_timeout=1) as ws:
+                async for batch in ws:
+                    got.extend(batch)
+        assert got == [b"tls"]
+        nursery.cancel_scope.cancel()

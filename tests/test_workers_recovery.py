@@ -33,15 +33,24 @@ def reaper() -> Iterator[list[int]]:
 
 
 async def recorded(state: Path, kind: str) -> pidfile.PidRecord:
-    """The pidfile of a running helper of `kind` (step | command), once it is written."""
+    """The pidfile of a running helper of `kind` (step | command), once it is written and the
+    program runs: the pidfile comes first, then the gate execs the program (`sleep` here), and a
+    frameos killed in between leaves no program running (the gate exits)."""
     with trio.fail_after(10):
         while True:
             for path in pidfile.records(procs_dir(state)):
                 with contextlib.suppress(ValueError):
                     record = pidfile.read(path)
-                    if record is not None and record.kind == kind:
+                    if record is not None and record.kind == kind and _runs_sleep(record.pid):
                         return record
             await trio.sleep(0.01)
+
+
+def _runs_sleep(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
+    except OSError:
+        return False
 
 
 async def test_steps_and_stop_commands_of_a_killed_frameos_are_stopped(

@@ -17,6 +17,7 @@ import os
 import signal as _signal
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -449,11 +450,20 @@ class HttpProbe(Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        scheme, _, rest = value.partition("://")
-        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        url = urlsplit(value)
+        try:
+            port_ok = url.port is None or url.port > 0
+        except ValueError:
+            port_ok = False
+        if url.scheme.lower() not in ("http", "https") or not url.hostname or not port_ok:
             raise ValueError(
-                f"expected an http:// or https:// URL such as http://127.0.0.1:8080/healthz, "
-                f"found {value!r}; use a tcp probe for other protocols"
+                f"expected an http:// or https:// URL with a host (and a port 1-65535) such as "
+                f"http://127.0.0.1:8080/healthz, found {value!r}; use a tcp probe for other "
+                "protocols"
+            )
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError(
+                f"the URL {value!r} contains spaces or control characters; remove them"
             )
         return value
 
@@ -569,7 +579,8 @@ class VmConfig(Model):
         ge=100,
         le=3_600_000,
         description="the VM sends `WATCHDOG=1` on its notify socket at least this often (it "
-        "gets `WATCHDOG_USEC`); a missed ping is a liveness failure: restarted as above",
+        "gets `WATCHDOG_USEC`); a missed ping is a liveness failure: the VM is restarted through "
+        "its ladder. A reload that changes it restarts the VM",
     )
     bootstrap: BootstrapConfig | None = Field(
         default=None, description="host-side steps after each launch"

@@ -58,7 +58,8 @@ async def snapshots(api: Api, model: Model, *, everything: bool) -> None:
         model.snapshot_seq = await head(api)
         _, vms = await api.call("GET", "/v1/vms")
         model.set_vms(vms.get("vms", []))
-    if everything:
+    if everything or model.health_stale:
+        model.health_stale = False  # before asking: a change meanwhile asks again
         _, health = await api.call("GET", "/healthz")
         response = await api.send("GET", "/readyz")
         model.set_health(health, api.parse(response, "GET", "/readyz"))
@@ -202,7 +203,8 @@ class App:
             if self.model.connection != "connected":
                 continue
             every = trio.current_time() - since >= REFRESH_S
-            if not (self.model.stale or self.model.workers_stale or every):
+            model = self.model
+            if not (model.stale or model.workers_stale or model.health_stale or every):
                 continue
             try:
                 await snapshots(self.api, self.model, everything=every)

@@ -53,14 +53,15 @@ class Msg:
         "resolved",
         "seq",
         "severity",
+        "step",
         "timestamp",
         "vm",
     )
 
-    def __init__(self, envelope: Envelope, vm: str | None) -> None:
+    def __init__(self, envelope: Envelope, vm: str | None, step: str | None = None) -> None:
         self.envelope = envelope
         self.seq, self.timestamp = envelope.seq, envelope.timestamp
-        self.severity, self.name, self.vm = envelope.severity, envelope.name, vm
+        self.severity, self.name, self.vm, self.step = envelope.severity, envelope.name, vm, step
         self.count = 1
         self.resolved = False
         self._text: str | None = None
@@ -148,6 +149,7 @@ class Model:
         self.run: Run | None = None
         self.stale = True  # the VM snapshots need asking for again
         self.workers_stale = False  # the external workers need asking for again
+        self.health_stale = False  # readiness needs asking for again (/readyz says why)
         self.snapshot_seq = 0  # the head seq when the VM snapshots were taken
         self.dirty = True
 
@@ -218,7 +220,8 @@ class Model:
             self.stale = True  # a new frameos: new pids, maybe new VMs
             self.started_at = envelope.timestamp
         elif isinstance(event, ev.RuntimeReady):
-            self.ready, self.reasons = True, []
+            # READY=1 also goes out "degraded" (a VM gave up with `stay`): /readyz says which
+            self.health_stale = True
         elif isinstance(event, ev.RuntimeStopping):
             self.ready, self.reasons = False, [f"stopping ({event.reason})"]
         elif isinstance(event, ev.RuntimeReload):
@@ -228,7 +231,8 @@ class Model:
             self._run_event(event)
         if envelope.severity == "debug":
             return
-        self._message(envelope, vm_name if isinstance(vm_name, str) else None, vm)
+        step = event.step if isinstance(event, ev.BootstrapStep) else None
+        self._message(envelope, vm_name if isinstance(vm_name, str) else None, vm, step)
 
     def _vm_event(self, vm: Vm, event: ev.Event, at: float) -> None:
         if isinstance(event, ev.VmLaunched):
@@ -285,7 +289,11 @@ class Model:
         elif event is not None:
             self.run.detail = describe_event(event)
 
-    def _message(self, envelope: Envelope, vm_name: str | None, vm: Vm | None) -> None:
+    def _message(
+        self, envelope: Envelope, vm_name: str | None, vm: Vm | None, step: str | None
+    ) -> None:
+        """A new line, or the last one again when this is the same progress once more (same
+        event, same VM and, for bootstrap steps, the same step: two steps are two lines)."""
         last = self.messages[-1] if self.messages else None
         if (
             last is not None
@@ -293,10 +301,11 @@ class Model:
             and last.severity == "progress"
             and last.name == envelope.name
             and last.vm == vm_name
+            and last.step == step
         ):
             last.again(envelope)
             return
-        msg = Msg(envelope, vm_name)
+        msg = Msg(envelope, vm_name, step)
         self.messages.append(msg)
         if vm is not None:
             vm.events.append(msg)

@@ -2,9 +2,10 @@
 complete message one read brings handed on together (`async for batch in ws:`).
 
 trio-websocket's `get_message` hands on one message a call, through a channel from its reader
-task: a trio wakeup and a hand-off for every event, which at 1,000 events/s was most of the
-view's CPU (docs/performance.md, B12). This client sends nothing but the handshake, the pongs
-the server's pings ask for and, when it leaves, a close frame.
+task: a trio wakeup and a hand-off for every event, a quarter of the view's CPU at 1,000
+events/s, and seconds behind after a burst on a busy machine (docs/performance.md, B12). This
+client sends nothing but the handshake, the pongs the server's pings ask for and, when it
+leaves, a close frame.
 
 `connect(...)` raises `Rejected` (the handshake's HTTP status and body) or `WsError` (with the
 cause chained, an OSError when there is one) and, while reading, `WsError` when the
@@ -192,7 +193,7 @@ async def connect(
 
 async def _handshake(stream: trio.abc.Stream, conn: WSConnection, receive_bytes: int) -> None:
     """Reads until the server switches (AcceptConnection) or refuses (Rejected with the body).
-    Frames that came in the same read as the 101 stay in `conn` for the first `read`."""
+    Frames that came in the same read as the 101 stay in `conn`: the first `__anext__` has them."""
     status: int | None = None
     body = b""
     while True:
@@ -220,6 +221,10 @@ def _reason(exc: BaseException) -> str:
     `open_tcp_stream` chains a group of them, one per address tried)."""
     seen: list[BaseException] = [exc]
     for candidate in seen:
+        if isinstance(candidate, ssl.SSLCertVerificationError):  # an OSError, errno 1
+            return f"certificate verify failed: {candidate.verify_message}"
+        if isinstance(candidate, ssl.SSLError):
+            return f"TLS: {candidate.reason or candidate}"
         if isinstance(candidate, OSError) and candidate.errno:
             return os.strerror(candidate.errno).lower()  # not strerror: trio adds the address
         if isinstance(candidate, BaseExceptionGroup):

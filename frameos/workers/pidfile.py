@@ -1,9 +1,9 @@
 """Pidfiles: how a restarted frameos finds the VMs a killed instance left behind (SPEC §5).
 
 One JSON file per process group frameos starts: `vms/NAME.pid` per running VM, and
-`procs/PID.pid` per bootstrap step or cooperative stop command (`kind` says which). Each is
-written (atomically) right after the spawn, before anything can be awaited, and removed once the
-group is gone; if it cannot be written the group is killed at once (child.record_or_kill).
+`procs/PID.pid` per bootstrap step, cooperative stop command or exec probe (`kind` says which).
+Each is written (atomically) right after the spawn, before anything can be awaited, and removed
+once the group is gone; if it cannot be written the group is killed at once (child.record_or_kill).
 It names the process by pid *and* start time, so a reused pid is never taken
 for the VM, and it keeps what the stop ladder needs (method, signal, command, QMP socket,
 timeouts) so the orphan is stopped the way it was configured when it was started.
@@ -37,7 +37,7 @@ class PidRecord:
     overlay: str | None = None
     timeouts: dict[str, int] = field(default_factory=dict)
     owner_pid: int = 0
-    kind: str = "vm"  # vm | step | command
+    kind: str = "vm"  # vm | step | command | probe
 
     def alive(self) -> bool:
         """True while the recorded leader runs (same pid, same start time, not a zombie)."""

@@ -79,7 +79,9 @@ class VmSnapshot(_Model):
     backoff_until: float | None = Field(description="when the next launch is due (backoff)")
     operator_stopped: bool = Field(description="stopped by an operator: no policy restarts it")
     bootstrap: BootstrapSnapshot
-    health: HealthSnapshot = Field(description="readiness, liveness and the notify socket")
+    health: HealthSnapshot | None = Field(
+        default=None, description="readiness, liveness and the notify socket (SPEC §5.2)"
+    )
     config: dict[str, Any] = Field(description="the effective VmConfig; secret env values ***")
     output_log: str = Field(description="the file with the VM's stdout and stderr")
     waiting_for: str | None = Field(

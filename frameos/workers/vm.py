@@ -484,12 +484,15 @@ class VmWorker:
         if not has_steps:
             self._booted(record, True)
         boot_scope, probe_scope = trio.CancelScope(), trio.CancelScope()
+        notify_scope = trio.CancelScope()
         try:
             self._say(ev.VmLaunched(vm=self.name, pid=child.pid, attempt=self.attempt))
             self._ready_armed = True
             self._notify()  # ready at once without a probe or steps: `vm.ready` follows
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_health, child, probe_scope)
+                nursery.start_soon(self._probe, probe_scope)
+                if self.notify is not None:
+                    nursery.start_soon(self._listen, self.notify, child, notify_scope)
                 if has_steps:
                     nursery.start_soon(self._bootstrap, child, boot_scope, record)
                 await self._interruptible(child.wait)
@@ -501,6 +504,7 @@ class VmWorker:
                     await self._stop_child(child, self._liveness_kill or "", shielded=False)
                 elif not child.exited:  # stop() was called
                     await self._stop_child(child, self._stop_reason, shielded=False)
+                notify_scope.cancel()  # after the ladder: a STOPPING=1 while it ran is read
         except BaseException as exc:
             if not child.exited and not self._laddered:  # cancelled: still through the ladder
                 await self._stop_child(child, _cancel_reason(exc), shielded=True)
@@ -511,15 +515,17 @@ class VmWorker:
             await self._reap(child)
         return trio.current_time() - self.launched_at
 
-    async def _watch_health(self, child: Child, scope: trio.CancelScope) -> None:
-        """The probes and the notify channels of this launch, until the exit or the stop."""
-        health = self.health
-        assert health is not None
+    async def _probe(self, scope: trio.CancelScope) -> None:
+        """The probes of this launch, until the exit or the stop (before its ladder)."""
+        assert self.health is not None
         with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(health.run)
-                if self.notify is not None:
-                    nursery.start_soon(self.notify.serve, child.pid, health, self.publisher)
+            await self.health.run()
+
+    async def _listen(self, notify: NotifyChannels, child: Child, scope: trio.CancelScope) -> None:
+        """The notify channels of this launch, until the exit (after a stop's ladder)."""
+        assert self.health is not None
+        with scope:
+            await notify.serve(child.pid, self.health, self.publisher)
 
     def _liveness_failed(self, detail: str) -> None:
         """A liveness probe failed past its threshold (or a watchdog ping was missed): the
