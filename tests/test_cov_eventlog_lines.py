@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from frameos.envelope import encode
-from frameos.eventlog import _last_line, _line_seq, _parse_seq
+from frameos.eventlog import EventLog, _last_line, _line_seq, _parse_seq
 from frameos.events import Message
 
 
@@ -32,3 +32,14 @@ def test_the_last_line_of_a_rotated_file_is_the_last_that_decodes(tmp_path: Path
     path.write_bytes(b"junk\nmore junk\n")
     assert _last_line(path) is None
     assert _last_line(tmp_path / "gone") is None
+
+
+def test_a_line_longer_than_the_read_window_is_read_whole(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl")
+    log.open()
+    long = encode(Message(text="L" * 100_000), 2, 1.0).line
+    log.append(line(1) + long + line(3))
+    page = log.read_after(1, 1)
+    assert page.lines == [long] and page.next_cursor == 2
+    log.close()
+    log.close()  # closing twice is harmless

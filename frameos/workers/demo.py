@@ -4,7 +4,11 @@ Two small Python programs that speak the same stop protocol as a VM:
 
     demo-polite    stops on the cooperative signal (SIGINT); crashes once, 6 s into its first
                    run, to show a restart; bootstrapped by two quick steps on every launch
-    demo-stubborn  ignores the cooperative signal, so its ladder escalates to SIGTERM
+    demo-stubborn  ignores the cooperative signal, so its ladder escalates to SIGTERM; it
+                   launches once demo-polite is ready (`depends_on`), and stops before it
+
+Both say READY=1 and STATUS= on their notify sockets once their signal handlers are set (a
+`notify` readiness probe), so frameos is ready only when each guest would act on its ladder.
 
 Run one by hand with `python -m frameos.workers.demo polite|stubborn`. At import this module
 needs only the standard library (each demo VM is a fresh interpreter running it); `demo_config`
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -60,6 +65,7 @@ def demo_vm_configs() -> list[dict[str, Any]]:
             "command": [sys.executable, "-m", "frameos.workers.demo", kind],
             "cooperative": {"method": "signal", "signal": "SIGINT"},
             "timeouts": dict(LADDER),
+            "health": {"readiness": {"notify": True}},  # READY=1 once its handlers are set
             "restart": {
                 "policy": "permanent",
                 "backoff_initial_ms": 500,
@@ -75,7 +81,9 @@ def demo_vm_configs() -> list[dict[str, Any]]:
         "ssh": {"user": "demo", "host": "127.0.0.1", "port": 2222},
         "steps": [_step("wait-for-guest", WAIT_FOR_GUEST), _step("provision", PROVISION)],
     }
-    return [polite, vm("demo-stubborn", "stubborn")]
+    stubborn = vm("demo-stubborn", "stubborn")
+    stubborn["depends_on"] = {"demo-polite": "ready"}
+    return [polite, stubborn]
 
 
 def demo_config(env: Mapping[str, str] | None = None) -> FrameConfig:
@@ -113,6 +121,19 @@ def _say(text: str) -> None:
     print(f"[{os.environ.get('FRAMEOS_VM', 'demo')} pid {os.getpid()}] {text}", flush=True)
 
 
+def _notify(line: str) -> None:
+    """One sd_notify line to the VM's own notify socket (SPEC §5.2), when frameos gave one."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(line.encode(), address)
+        except OSError as exc:
+            _say(f"notify socket: {exc}")
+
+
 def _finish(text: str, code: int, linger_s: float) -> None:
     _say(text)
     time.sleep(linger_s)
@@ -121,6 +142,7 @@ def _finish(text: str, code: int, linger_s: float) -> None:
 
 def polite() -> None:
     def on_stop(signum: int, frame: FrameType | None) -> None:
+        _notify("STOPPING=1")
         _finish(f"{signal.Signals(signum).name}: saving state and powering off", 0, 0.3)
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -151,6 +173,11 @@ def main(argv: list[str]) -> int:
         return 2
     kinds[argv[0]]()
     _say(f"{argv[0]} guest up")
+    if argv[0] == "polite":
+        time.sleep(0.3)  # a guest takes a moment to come up
+        _notify("STATUS=serving the demo scene\nREADY=1")
+    else:
+        _notify("STATUS=up, and deaf to SIGINT\nREADY=1")
     while True:
         signal.pause()
 
