@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -32,11 +33,12 @@ class RequestFailed(FrameosError):
 
 def unreachable(target: Target, reason: str) -> ClientError:
     """The one message for an instance that does not answer."""
-    how = (
-        f"`frameos run --config {target.config_path}`"
-        if target.config_path is not None
-        else "`frameos run --config PATH`"
-    )
+    if target.demo:
+        how = "`frameos run --demo`"
+    elif target.config_path is not None:
+        how = f"`frameos run --config {target.config_path}`"
+    else:
+        how = "`frameos run --config PATH`"
     return ClientError(
         f"cannot reach frameos at {target.url} ({reason}): is frameos running? start it with "
         f"{how} (or `systemctl start frameos`), or pass --url with the address it serves"
@@ -149,10 +151,12 @@ class Api:
                     f"{looked}. Pass --token-file PATH, or run as a user who can read the "
                     "instance's state_dir"
                 )
+            # with --token-file nothing else was looked at: name the file, not "nowhere"
+            where = f"; looked at: {looked}" if target.looked else ""
             return ClientError(
                 f"{target.url} refused the token from {target.token_from} (401 {code}): it is "
-                f"not a token of this instance; looked at: {looked}. Pass --token-file with the "
-                "right one"
+                f"not a token of this instance{where}. Pass --token-file with the right one "
+                "(the instance's auth.token_file, or its state_dir/api-token)"
             )
         if status == 403:
             scope = details.get("scope", "?") if isinstance(details, dict) else "?"
@@ -167,6 +171,11 @@ class Api:
             known = ", ".join(names) if names else "none"
             return ClientError(f"unknown VM {vm!r}: {target.url} has these VMs: {known}")
         if status == 404 and code in ("not_found", "unknown_route"):
+            if prefix := urlsplit(target.url).path:
+                return ClientError(
+                    f"{target.url} has no {path} (404 {code}): --url is the instance's base "
+                    f"address (http://HOST:PORT), found the path {prefix}; pass --url without it"
+                )
             return ClientError(
                 f"{target.url} has no {path} (404 {code}): is it a frameos with the /v1 control "
                 "API? upgrade it, or pass --url with the right address"

@@ -41,6 +41,7 @@ class Target:
     looked: tuple[str, ...]  # every place looked at for a token, with what was found
     config: FrameConfig | None
     config_path: Path | None
+    demo: bool = False  # the instance `frameos run --demo` starts
 
     @property
     def ws_url(self) -> str:
@@ -109,7 +110,7 @@ def discover(
     token, source, looked = find_token(cfg, token_file, env)
     if implicit and cfg is None:
         looked[-1] = f"./{DEFAULT_CONFIG} (not valid: `frameos check` says why)"
-    return Target(base, token, source, tuple(looked), cfg, path)
+    return Target(base, token, source, tuple(looked), cfg, path, demo)
 
 
 def normalize_url(url: str) -> str:

@@ -95,13 +95,14 @@ def demo_config(env: Mapping[str, str] | None = None) -> FrameConfig:
 
     env = os.environ if env is None else env
     port = env.get("FRAMEOS_DEMO_PORT", "8787")
-    if not port.isdigit() or len(port) > 5:
+    if not port.isdigit() or len(port) > 5 or int(port) > 65535:
         raise ConfigError(
             [
                 Problem(
                     "demo config",
                     "frame_port",
-                    f"$FRAMEOS_DEMO_PORT is {port!r}; set it to a port number (0: any free port)",
+                    f"$FRAMEOS_DEMO_PORT is {port!r}; set it to a port number from 0 to 65535 "
+                    "(0: any free port)",
                 )
             ]
         )
