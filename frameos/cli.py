@@ -379,7 +379,7 @@ def _events_from_broker(args: argparse.Namespace, broker: str) -> int:
     if args.url is not None or args.event_log:
         raise UsageError("--from excludes --url and --event-log: pick the broker, or one host")
     if not broker.startswith(("nats://", "tls://")):
-        raise UsageError(f"--from must be a nats:// URL, found {broker!r}")
+        raise UsageError(f"--from must be a nats:// or tls:// URL, found {broker!r}")
     show = show_with_host(json=args.json)
     if args.vm is not None:
         inner, vm = show, args.vm
@@ -424,7 +424,7 @@ def _watch_fleet(args: argparse.Namespace, broker: str) -> int:
     if args.where is not None or args.url is not None or args.demo:
         raise UsageError("--from excludes a URL and --demo: pick the broker, or one host")
     if not broker.startswith(("nats://", "tls://")):
-        raise UsageError(f"--from must be a nats:// URL, found {broker!r}")
+        raise UsageError(f"--from must be a nats:// or tls:// URL, found {broker!r}")
     opener = host_opener(args.config, args.token_file)
     try:
         return _trio_run(watch_fleet, broker, opener)

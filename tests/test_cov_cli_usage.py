@@ -22,9 +22,9 @@ def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     [
         (["events", "--host", "h1"], "--host needs --from nats://"),
         (["events", "--from", "nats://x:4222", "--url", "http://h"], "--from excludes --url"),
-        (["events", "--from", "http://broker"], "--from must be a nats:// URL"),
+        (["events", "--from", "http://broker"], "--from must be a nats:// or tls:// URL"),
         (["watch", "--from", "nats://x:4222", "--demo"], "--from excludes a URL and --demo"),
-        (["watch", "--from", "redis://broker"], "--from must be a nats:// URL"),
+        (["watch", "--from", "redis://broker"], "--from must be a nats:// or tls:// URL"),
     ],
 )
 def test_flags_that_do_not_fit_together(
