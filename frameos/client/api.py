@@ -24,11 +24,16 @@ if TYPE_CHECKING:
 
 TIMEOUT_S = 10.0  # one request, connect included; following a run has its own waits
 
-__all__ = ["TIMEOUT_S", "Api", "ClientError", "RequestFailed", "unreachable"]
+__all__ = ["TIMEOUT_S", "Api", "ClientError", "RequestFailed", "TokenRefused", "unreachable"]
 
 
 class RequestFailed(FrameosError):
     """The instance answered and refused the request for a reason of its own (exit 1)."""
+
+
+class TokenRefused(ClientError):
+    """401/403: the token is missing, wrong, or lacks a scope. Not transient: a client that
+    retries (watch) gives up at once (exit 2)."""
 
 
 def unreachable(target: Target, reason: str) -> ClientError:
@@ -146,21 +151,21 @@ class Api:
         if status == 401:
             looked = "; ".join(target.looked) or "nowhere"
             if code == "missing_authorization" or target.token is None:
-                return ClientError(
+                return TokenRefused(
                     f"{target.url} wants an API token (401 {code}) and none was found; looked at: "
                     f"{looked}. Pass --token-file PATH, or run as a user who can read the "
                     "instance's state_dir"
                 )
             # with --token-file nothing else was looked at: name the file, not "nowhere"
             where = f"; looked at: {looked}" if target.looked else ""
-            return ClientError(
+            return TokenRefused(
                 f"{target.url} refused the token from {target.token_from} (401 {code}): it is "
                 f"not a token of this instance{where}. Pass --token-file with the right one "
                 "(the instance's auth.token_file, or its state_dir/api-token)"
             )
         if status == 403:
             scope = details.get("scope", "?") if isinstance(details, dict) else "?"
-            return ClientError(
+            return TokenRefused(
                 f"the token from {target.token_from} lacks the {scope!r} scope for {method} "
                 f"{path} (403 {code}); use a token that has it (auth.tokens scopes, or the "
                 "instance's own token)"

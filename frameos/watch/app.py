@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import trio
 
-from frameos.client.api import Api, ClientError
+from frameos.client.api import Api, ClientError, TokenRefused
 from frameos.client.discover import Target
 from frameos.client.output import Printer, warn
 from frameos.envelope import Envelope, decode
@@ -111,6 +111,8 @@ async def stream(
                 jump(int(details["oldest_available_cursor"]))
                 continue
             why = f"/ws/events refused with HTTP {exc.status_code}"
+        except TokenRefused:
+            raise  # not transient: retrying would wait for ever on a token that will not do
         except (wsread.WsError, ClientError) as exc:
             why = _why(exc)
         say(f"disconnected ({why}); retrying in {delay:.1f}s")
@@ -389,6 +391,8 @@ class App:
         model = self.model
         try:
             last = await head(self.api)
+        except TokenRefused:
+            raise  # before the screen is taken: the one line, exit 2, as off a terminal
         except ClientError:
             last = 0
         model.seq = max(0, last - HISTORY)
