@@ -65,7 +65,7 @@ class FakeFrameos:
     not_accepting: bool = False  # POST /v1/runs answers 503, as while frameos stops
     ws_reject: int | None = None  # refuse websockets with this status
     ws_admitted: threading.Event = field(default_factory=threading.Event)
-    ws_since_ahead: bool = False  # refuse a since ahead of the head (400), as /ws/events does
+    ws_since_ahead: bool = False  # refuse a cursor ahead of the head (400), as frameos does
     hold_runs: bool = False  # runs stay running until `finish_held`
     release_per_connection: bool = False  # each new websocket publishes one held event
     held: list[tuple[str, list[ev.Event]]] = field(default_factory=list)
@@ -143,6 +143,15 @@ class FakeFrameos:
                     "too old",
                     requested_cursor=after,
                     oldest_available_cursor=oldest - 1,
+                    head_cursor=self.head,
+                )
+            if self.ws_since_ahead and after > self.head:
+                return err(
+                    400,
+                    "invalid_cursor",
+                    f"after={after} is ahead of the newest event {self.head}",
+                    parameter="after",
+                    requested_cursor=after,
                     head_cursor=self.head,
                 )
             page = [e for e in self.envelopes if e.seq > after][:limit]

@@ -174,3 +174,32 @@ async def _status(port: int, raw: bytes) -> int:
                     break
                 data += chunk
     return int(data.split(b" ", 2)[1])
+
+
+async def test_a_poll_cursor_ahead_of_the_log_is_refused_as_the_websocket_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """FINDINGS D11: `after` beyond the newest event (a poller whose instance's log was wiped)
+    is 400 invalid_cursor naming the head, like /ws/events?since=, not a silent empty page."""
+    from frameos.watch import wsread
+
+    async with serving_api(tmp_path) as api:
+        head = (await api.call("GET", "/v1/events", params={"after": 0})).json()["head_cursor"]
+        at_head = await api.call("GET", "/v1/events", params={"after": head})
+        assert at_head.status_code == 200 and at_head.json()["events"] == []
+        ahead = await api.call("GET", "/v1/events", params={"after": 99_999_999})
+        assert ahead.status_code == 400
+        body = ahead.json()
+        assert body["error"] == "invalid_cursor"
+        assert body["details"] == {
+            "parameter": "after",
+            "requested_cursor": 99_999_999,
+            "head_cursor": head,
+        }
+        assert f"after=99999999 is ahead of the newest event {head}" in body["message"]
+        ws_url = api.url.replace("http", "ws", 1) + "/ws/events?since=99999999"
+        with pytest.raises(wsread.Rejected) as info:
+            async with wsread.connect(ws_url, [], connect_timeout=5, close_timeout=1):
+                pass
+        assert info.value.status_code == 400
+        assert orjson.loads(info.value.body)["error"] == body["error"]

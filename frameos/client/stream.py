@@ -42,6 +42,8 @@ async def read_http(api: Api, after: int, handle: Handler) -> tuple[int, bool]:
             warn(f"events after {cursor} are no longer retained; from {oldest + 1} on")
             cursor = oldest
             continue
+        if response.status_code == 400 and _ahead(api, response):
+            return cursor, False  # a cursor past the head: nothing to read (yet)
         if response.status_code != 200:
             raise await api.refusal(response, "GET", "/v1/events")
         body = api.parse(response, "GET", "/v1/events")
@@ -52,6 +54,12 @@ async def read_http(api: Api, after: int, handle: Handler) -> tuple[int, bool]:
                 return cursor, True
         if body["replay_complete"] or not body["events"]:
             return cursor, False
+
+
+def _ahead(api: Api, response: httpx.Response) -> bool:
+    """A 400 invalid_cursor: the cursor is ahead of the instance's newest event."""
+    body = api.parse(response, "GET", "/v1/events")
+    return isinstance(body, dict) and body.get("error") == "invalid_cursor"
 
 
 def raw_events(text: str, count: int) -> list[str]:

@@ -226,6 +226,17 @@ class Api:
             page = await read_page(bus.log, query.after, query.limit)
         except StaleCursorError as exc:
             return Reply(410, orjson.dumps(stale_body(exc)))
+        head = max(page.head, bus.last_seq)  # published, perhaps not in the files yet
+        if query.after > head:  # as /ws/events?since=: a poller must not wait on it silently
+            raise ApiError(
+                400,
+                "invalid_cursor",
+                f"after={query.after} is ahead of the newest event {head}; pass a seq you have "
+                "received (the log may have been wiped: start again from 0)",
+                parameter="after",
+                requested_cursor=query.after,
+                head_cursor=head,
+            )
         oldest = (page.oldest - 1) if page.oldest is not None else page.head
         body = (
             b'{"events":[' + b",".join(line[:-1] for line in page.lines) + b'],"next_cursor":%d,'

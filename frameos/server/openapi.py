@@ -30,7 +30,8 @@ HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 ERROR_TEXT = {
-    400: "invalid_parameter (a query parameter or header; details.problems: [{path, message}])",
+    400: "invalid_parameter (a query parameter or header; details.problems: [{path, message}]) "
+    "| invalid_cursor (a cursor ahead of the newest event; details.head_cursor)",
     401: "missing_authorization | invalid_token",
     403: "insufficient_scope (details.scope)",
     404: "unknown_vm | unknown_run | not_found",
