@@ -82,7 +82,9 @@ def demo_not_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 @pytest.mark.usefixtures("demo_not_running")
-@pytest.mark.parametrize("args", [("status", "--demo"), ("stop", "demo-polite", "--demo")])
+@pytest.mark.parametrize(
+    "args", [("status", "--demo"), ("watch", "--demo"), ("stop", "demo-polite", "--demo")]
+)
 def test_the_demo_not_running_is_told_to_start_with_run_demo(
     capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
 ) -> None:
