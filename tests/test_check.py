@@ -264,6 +264,24 @@ def test_a_refused_vm_is_still_checked_as_far_as_it_validates(
     assert "a VM cannot depend on itself" in lines[3]
 
 
+def test_a_bad_depends_on_entry_is_said_once_and_does_not_hide_a_cycle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    lines = problems(
+        capsys,
+        tmp_path,
+        vm("a", depends_on={"B!": "ready", "b": "bogus"}),
+        vm("b", depends_on={"a": "ready"}),
+    )
+    assert [line.split(": ")[0] for line in lines] == [
+        'vms[0].depends_on["B!"]',
+        "vms[0].depends_on.b",
+        "vms[0].depends_on.b",
+    ]
+    assert lines[1].endswith('found "bogus"')
+    assert "dependency cycle a → b → a" in lines[2]
+
+
 def test_launch_problems_and_host_problems_together(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ rest.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -58,6 +59,10 @@ class RawNode:
         ons = entry.get("depends_on", entry.get("dependsOn"))
         if not isinstance(ons, dict):
             ons = {}
+        from frameos.config.models import VM_NAME  # models import this module
+
+        # a key that is no VM name has its problem from the models already
+        ons = {on: c for on, c in ons.items() if re.fullmatch(VM_NAME, on)}
         return cls(name if isinstance(name, str) else "", ons)
 
 
