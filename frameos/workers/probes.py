@@ -211,6 +211,8 @@ class LaunchHealth:
                     ok, detail = False, clean(f"probe error: {type(exc).__name__}: {exc}")
             if deadline.cancelled_caught:
                 ok, detail = False, f"timed out after {probe.timeout_ms} ms"
+            if self.ended:  # finished as the stop began: it counts no more
+                return
             if state.record(ok, detail, probe.success_threshold, probe.failure_threshold):
                 self._changed(state)
             await trio.sleep_until(started + probe.period_ms / 1000)
@@ -223,6 +225,8 @@ class LaunchHealth:
         due = max(self.launched_at, self.last_ping or self.launched_at) + period_s
         while True:
             await trio.sleep_until(due)
+            if self.ended:
+                return
             last = self.last_ping
             if last is not None and last + period_s > trio.current_time():
                 due = last + period_s
@@ -234,8 +238,6 @@ class LaunchHealth:
             return
 
     def _changed(self, state: ProbeStatus) -> None:
-        if self.ended:  # an attempt that finished as its task was being cancelled
-            return
         healthy = state.status == "healthy"
         with contextlib.suppress(trio.ClosedResourceError):
             self.publisher.publish_nowait(
