@@ -17,7 +17,7 @@ from typing import Any
 
 from frameos import __version__
 from frameos.commands import COMMANDS, Flag
-from frameos.errors import ConfigError, FrameosError
+from frameos.errors import ConfigError, FrameosError, Problem
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,18 +153,26 @@ def cmd_contract(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from frameos import events as ev
-    from frameos.config import event_log_path, find_config, load_config, runnable
+    from frameos.config import event_log_path, find_config, runnable
     from frameos.emit import SyncEmitter, choose_output
 
     output = choose_output(args.output)
     config_path: Path | None = None
     try:
         config_path = find_config(args.config, os.environ)
-        config = load_config(config_path)
-        apps, scenes = _load_manifests(args)
-        # what cannot run on this host (missing programs, directories, images): check only
-        if host_problems := runnable.problems(config, str(config_path), os.environ):
-            raise ConfigError(host_problems)
+        # the models', the graph's and this host's problems together, then the manifests'
+        # (issue 13: every problem at once)
+        found: list[Problem] = []
+        try:
+            config = runnable.check_config(config_path, os.environ)
+        except ConfigError as exc:
+            found += exc.problems
+        try:
+            apps, scenes = _load_manifests(args)
+        except ConfigError as exc:
+            found += exc.problems
+        if found:
+            raise ConfigError(found)
     except ConfigError as exc:
         emitter = SyncEmitter(output, Path(args.event_log) if args.event_log else None)
         emitter.emit(ev.RuntimeCheckFailed(error=str(exc), problems=[str(p) for p in exc.problems]))

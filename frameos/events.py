@@ -217,7 +217,7 @@ class VmLayerDiscarded(Event):
 
 class VmLaunched(Event):
     NAME = "vm.launched"
-    TEMPLATE = "{vm}: launched (pid {pid})"  # render.py adds the restart number
+    TEMPLATE = "{vm}: launched (pid {pid})"  # render.py: "launched again (…, attempt N)"
     vm: str
     pid: int
     attempt: int
@@ -237,7 +237,7 @@ class VmExited(Event):
 class VmRestartScheduled(Event):
     NAME = "vm.restart_scheduled"
     SEVERITY = "warn"
-    TEMPLATE = "{vm}: restarting in {backoff_ms} ms"  # render.py numbers it as vm.gave_up counts
+    TEMPLATE = "{vm}: restarting in {backoff_ms} ms"  # render.py adds "(attempt N)"
     vm: str
     attempt: int
     backoff_ms: int

@@ -87,13 +87,12 @@ def sentence(event: Event) -> str:
             return "\n".join(
                 [f"check failed: {len(problems)} problems", *(f"- {p}" for p in problems)]
             )
+        # `attempt` numbers every launch of the VM, an operator's `start` included: it is not
+        # the policy's restart count (RESTARTS, vm.gave_up), so the line says attempt (D2)
         case VmLaunched(vm=vm, pid=pid, attempt=attempt) if attempt > 1:
-            return f"{vm}: launched again (pid {pid}, restart {attempt - 1})"
-        case VmLaunched(vm=vm, pid=pid):
-            return f"{vm}: launched (pid {pid})"
+            return f"{vm}: launched again (pid {pid}, attempt {attempt})"
         case VmRestartScheduled(vm=vm, attempt=attempt, backoff_ms=backoff_ms):
-            # attempt is the launch to come: launch 2 is restart 1, as vm.gave_up counts them
-            return f"{vm}: restart {attempt - 1} in {backoff_ms} ms"
+            return f"{vm}: restarting in {backoff_ms} ms (attempt {attempt})"
     if not event.TEMPLATE:
         return ""
     fields = {

@@ -384,7 +384,8 @@ class Supervisor:
         STATUS says "degraded"). A VM that never gets there holds it back: the stop request
         cancels this wait, and under systemd TimeoutStartSec ends it."""
         state = self.state
-        if waiting := state.vm_reasons():  # say where to look meanwhile (frame_port 0, say)
+        # say where to look meanwhile (frame_port 0, say), naming only what READY=1 waits for
+        if waiting := self.pool.ready_waits_for():
             await self.bus.publish(
                 ev.Message(
                     text=f"serving {state.server_url}; {ev.RuntimeReady.NAME} (READY=1) waits for: "

@@ -152,9 +152,10 @@ def test_an_exec_probe_that_is_not_found_and_a_probe_url_that_is_not_http(
         "readiness": {"http": {"url": "ftp://127.0.0.1/ready"}},
         "liveness": {"exec": {"command": ["/opt/nothing/alive"]}},
     }
-    (line,) = problems(capsys, tmp_path, vm(health=health))
-    assert line.startswith("vms[0].health.readiness.http.url: ")
-    assert "http" in line.split(": ", 1)[1]
+    url, alive = problems(capsys, tmp_path, vm(health=health))
+    assert url.startswith("vms[0].health.readiness.http.url: ")
+    assert "http" in url.split(": ", 1)[1]
+    assert alive.startswith("vms[0].health.liveness.exec.command[0]: '/opt/nothing/alive' ")
     health["readiness"] = {"exec": {"command": ["true"]}}
     (line,) = problems(capsys, tmp_path, vm(health=health))
     assert line == (
@@ -209,6 +210,91 @@ def test_every_problem_at_once_one_line_each(
         "vms[2].bootstrap.steps[0].command[0]",
     ]
     assert all("\n" not in line and "Traceback" not in line for line in lines)
+
+
+def test_the_models_the_graph_and_the_host_problems_in_one_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """D1: a probe URL the models refuse hid the cycle, and the cycle hid the host problems
+    (three rounds of `check` for one config); now one run reports all four."""
+    lines = problems(
+        capsys,
+        tmp_path,
+        vm(
+            "web",
+            command=["pyhton3", "-c", "1"],
+            depends_on={"db": "started"},
+            health={"readiness": {"http": {"url": "ftp://127.0.0.1/ready"}}},
+        ),
+        vm("db", cwd=str(tmp_path / "gone"), depends_on={"worker": "started"}),
+        vm("worker", depends_on={"web": "ready"}),
+    )
+    assert [line.split(": ")[0] for line in lines] == [
+        "vms[0].health.readiness.http.url",
+        "vms[0].depends_on.db",
+        "vms[0].command[0]",
+        "vms[1].cwd",
+    ]
+    assert "dependency cycle web → db → worker → web" in lines[1]
+    assert "'pyhton3' is not on the PATH" in lines[2]
+    assert lines[3] == f"vms[1].cwd: {tmp_path}/gone does not exist; create it or fix `cwd`"
+
+
+def test_a_refused_vm_is_still_checked_as_far_as_it_validates(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What a VM's failed keys make uncheckable is left out (no false problem): a bad `env`
+    or `command` skips its programs; other VMs and its other keys are checked; the graph's
+    problems are reported when another part of the config (`vms[1].name`) fails too."""
+    lines = problems(
+        capsys,
+        tmp_path,
+        vm("a", command=["pyhton3"], env={"A=B": "1"}, cwd=str(tmp_path / "gone")),
+        vm("b b", command=["nope-x"], depends_on={"c": "ready"}),
+        vm("c", command=[], depends_on={"c": "ready"}),
+    )
+    assert [line.split(": ")[0] for line in lines] == [
+        'vms[0].env["A=B"]',
+        "vms[1].name",
+        "vms[2].command",
+        "vms[2].depends_on.c",
+        "vms[0].cwd",
+        "vms[1].command[0]",
+    ]
+    assert "a VM cannot depend on itself" in lines[3]
+
+
+def test_a_bad_depends_on_entry_is_said_once_and_does_not_hide_a_cycle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    lines = problems(
+        capsys,
+        tmp_path,
+        vm("a", depends_on={"B!": "ready", "b": "bogus"}),
+        vm("b", depends_on={"a": "ready"}),
+    )
+    assert [line.split(": ")[0] for line in lines] == [
+        'vms[0].depends_on["B!"]',
+        "vms[0].depends_on.b",
+        "vms[0].depends_on.b",
+    ]
+    assert lines[1].endswith('found "bogus"')
+    assert "dependency cycle a → b → a" in lines[2]
+
+
+def test_launch_problems_and_host_problems_together(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """What `run` refuses after the models (resolve: `{overlay}` with no base_image) no longer
+    hides what the host lacks."""
+    lines = problems(
+        capsys, tmp_path, vm(command=["qemu-nothing", "{overlay}"], cwd=str(tmp_path / "gone"))
+    )
+    assert [line.split(": ")[0] for line in lines] == [
+        "vms[0].command[1]",
+        "vms[0].cwd",
+        "vms[0].command[0]",
+    ]
 
 
 def test_plan_prints_the_start_order(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

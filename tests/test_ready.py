@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -18,6 +19,7 @@ from frameos.systemd import ServiceView
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState
+from tests.conftest import running_frameos, write_config
 
 QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
 
@@ -119,3 +121,71 @@ async def test_wait_ready_waits_through_a_backoff_not_for_an_operators_stop(
                 await pool.stop_vm("crashy")  # stopped on purpose: READY need not wait
             assert pool.not_ready_reasons() == []
             await pool.stop("test")
+
+
+async def test_ready_waits_for_names_only_what_holds_ready_back(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """D3: the "runtime:ready (READY=1) waits for: …" message named a VM that gave up with
+    `on_exhausted: stay`, which READY=1 does not wait for; /readyz (not_ready_reasons) still
+    names it, the message (ready_waits_for) does not."""
+    pub = RecordingPublisher()
+    base = {"command": ["x"], "cooperative": {"method": "signal"}, "timeouts": QUICK}
+    config = frame(
+        tmp_path,
+        [
+            {**base, "name": "gone", "restart": {"max_restarts": 0}},
+            {
+                **base,
+                "name": "crashy",
+                "restart": {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000},
+            },
+        ],
+    )
+    async with trio.open_nursery() as outer:
+        spawner = FakeSpawner(outer, {int(signal.SIGINT): 0.1}, lifetime=0.5, code=1)
+        pool = VmPool(config, pub, spawner=spawner, base_env={})
+        async with trio.open_nursery() as work:
+            await work.start(pool.run)
+            gone, crashy = pool.worker("gone"), pool.worker("crashy")
+            await gone.wait_until(lambda: gone.state is VmState.GAVE_UP)
+            await crashy.wait_until(lambda: crashy.state is VmState.BACKOFF)
+            reasons = pool.not_ready_reasons()
+            assert [r for r in reasons if r.startswith("vm gone:")]  # /readyz: still 503
+            assert pool.ready_waits_for() == ["vm crashy: not running"]
+            await pool.stop_vm("crashy")
+            assert pool.ready_waits_for() == []
+            with trio.fail_after(1):
+                await pool.wait_ready()  # nothing left to wait for: READY=1 goes out
+            await pool.stop("test")
+
+
+@pytest.mark.e2e
+async def test_the_waits_for_message_leaves_out_a_vm_that_gave_up(tmp_path: Path) -> None:
+    """D3 through the real `frameos run`: `gone` (no such program, no restart) gives up at its
+    first launch; `never` is never ready (its readiness probe fails). The message names
+    `never` only; /readyz names both."""
+    path = write_config(
+        tmp_path,
+        vms=[
+            {"name": "gone", "command": ["/nonexistent/prog"], "restart": {"max_restarts": 0}},
+            {
+                "name": "never",
+                "command": ["sh", "-c", "trap 'exit 0' TERM INT; sleep 1000 & wait"],
+                "health": {"readiness": {"exec": {"command": ["false"]}, "period_ms": 100}},
+                "timeouts": {"cooperative_ms": 500, "sigterm_ms": 500, "sigkill_ms": 1000},
+            },
+        ],
+    )
+    async with running_frameos(tmp_path, "run", "--config", str(path), ready=False) as fos:
+        try:
+            await fos.wait_for("vm.gave_up")
+            waits = await fos.wait_for(
+                "message", lambda e: "(READY=1) waits for: " in e["fields"]["text"]
+            )
+            listed = waits["fields"]["text"].split("waits for: ", 1)[1]
+            assert listed.startswith("vm never: "), listed
+            assert "gone" not in listed
+        finally:
+            fos.send(signal.SIGTERM)
+            assert await fos.wait_exit() == 0

@@ -95,18 +95,24 @@ def test_a_good_reload_says_no_error() -> None:
     )
 
 
-def test_restarts_are_counted_with_one_word() -> None:
-    # launch attempt 5 is the 4th restart, and giving up after it says 4 restarts
+def test_a_launch_says_its_attempt_not_a_restart_count() -> None:
+    """D2: `attempt` counts every launch, an operator's `start` included (RESTARTS is the
+    policy's count): `frameos start` after a stop printed "restart 2" beside RESTARTS 1."""
     assert sentence(ev.VmRestartScheduled(vm="db", attempt=5, backoff_ms=800)) == (
-        "db: restart 4 in 800 ms"
+        "db: restarting in 800 ms (attempt 5)"
     )
     assert sentence(ev.VmLaunched(vm="db", pid=9, attempt=5)) == (
-        "db: launched again (pid 9, restart 4)"
+        "db: launched again (pid 9, attempt 5)"
     )
     assert sentence(ev.VmLaunched(vm="db", pid=9, attempt=1)) == "db: launched (pid 9)"
     assert sentence(ev.VmGaveUp(vm="db", restarts=4, window_s=60)) == (
         "db: gave up after 4 restarts in 60 s"
     )
+    for event in (
+        ev.VmLaunched(vm="db", pid=9, attempt=3),
+        ev.VmRestartScheduled(vm="db", attempt=3, backoff_ms=1),
+    ):
+        assert "restart 2" not in sentence(event)
 
 
 def test_a_failed_check_prints_one_problem_per_line() -> None:

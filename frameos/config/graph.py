@@ -15,8 +15,10 @@ rest.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from frameos.config.models import VmConfig
@@ -31,9 +33,42 @@ def _path(index: int, name: str) -> str:
     return json_path(("vms", index, "depends_on", name))
 
 
-def problems(vms: Sequence[VmConfig]) -> list[tuple[str, str]]:
+class Node(Protocol):
+    """What the graph reads of a VM: a VmConfig, or a `RawNode` of a config that failed."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def depends_on(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RawNode:
+    """`vms[i]` as written, for `check` when the models refuse the config (issue 13: the graph's
+    problems are reported with the others). An entry with no string name is named "" (no VM
+    can depend on it: "" is not a VM name)."""
+
+    name: str
+    depends_on: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entry: Any) -> RawNode:
+        if not isinstance(entry, dict):
+            return cls("")
+        name = entry.get("name")
+        ons = entry.get("depends_on", entry.get("dependsOn"))
+        if not isinstance(ons, dict):
+            ons = {}
+        from frameos.config.models import VM_NAME  # models import this module
+
+        # a key that is no VM name has its problem from the models already
+        ons = {on: c for on, c in ons.items() if re.fullmatch(VM_NAME, on)}
+        return cls(name if isinstance(name, str) else "", ons)
+
+
+def problems(vms: Sequence[Node]) -> list[tuple[str, str]]:
     """(JSON path, message) for every unknown name, self-dependency and cycle, in config order."""
-    names = {vm.name: index for index, vm in enumerate(vms)}
+    names = {vm.name: index for index, vm in enumerate(vms) if vm.name}
     out: list[tuple[str, str]] = []
     for index, vm in enumerate(vms):
         for on in vm.depends_on:
@@ -56,13 +91,13 @@ def problems(vms: Sequence[VmConfig]) -> list[tuple[str, str]]:
     return out
 
 
-def _edges(vms: Sequence[VmConfig]) -> dict[str, list[str]]:
+def _edges(vms: Sequence[Node]) -> dict[str, list[str]]:
     """VM → the VMs it depends on that exist (unknown names and itself left out)."""
     names = {vm.name for vm in vms}
     return {vm.name: [on for on in vm.depends_on if on in names and on != vm.name] for vm in vms}
 
 
-def cycles(vms: Sequence[VmConfig]) -> list[list[str]]:
+def cycles(vms: Sequence[Node]) -> list[list[str]]:
     """One cycle per back edge of a depth-first walk in config order, each as its members in
     order with the first repeated at the end (`[a, b, a]`)."""
     edges = _edges(vms)

@@ -115,7 +115,7 @@ def session() -> Model:
         "kiosk-browser",
         "b1c2d3e4f5a60718",
         "succeeded",
-        "kiosk-browser: launched again (pid 40388, restart 1)",
+        "kiosk-browser: launched again (pid 40388, attempt 2)",
     )
     model.snapshot_seq = seq
     return model

@@ -157,17 +157,21 @@ class VmPool:
 
     def not_ready_reasons(self) -> list[str]:
         """Why /readyz is 503 (and what STATUS names), VM by VM: the one source of both."""
-        out: list[str] = []
-        for w in self.workers:
-            permanent = w.vm.restart.policy == "permanent" and not w.operator_stopped
-            if permanent and w.name in self._waiting and (waiting := self._unmet(w)):
-                out.append(f"vm {w.name}: waiting for {_conditions(waiting)}")
-                continue
-            reasons = w.not_ready_reasons()
-            if not reasons and permanent and not w.ready:
-                reasons = [f"vm {w.name}: not ready"]
-            out.extend(reasons)
-        return out
+        return [reason for w in self.workers for reason in self._reasons(w)]
+
+    def ready_waits_for(self) -> list[str]:
+        """The part of `not_ready_reasons` that READY=1 waits for: the reasons of the VMs not
+        settled (a VM that gave up with `on_exhausted: stay` keeps /readyz 503, not READY=1)."""
+        return [reason for w in self.workers if not self._settled(w) for reason in self._reasons(w)]
+
+    def _reasons(self, w: VmWorker) -> list[str]:
+        permanent = w.vm.restart.policy == "permanent" and not w.operator_stopped
+        if permanent and w.name in self._waiting and (waiting := self._unmet(w)):
+            return [f"vm {w.name}: waiting for {_conditions(waiting)}"]
+        reasons = w.not_ready_reasons()
+        if not reasons and permanent and not w.ready:
+            reasons = [f"vm {w.name}: not ready"]
+        return reasons
 
     def _settled(self, worker: VmWorker) -> bool:
         """Nothing more to wait for before READY=1 (SPEC §9): the VM is ready, or gave up with
