@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -144,14 +145,44 @@ async def running_frameos(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(instance.read_stdout)
         try:
-            if ready:
-                await instance.wait_for(RuntimeReady)
+            if ready:  # READY waits for every VM's readiness (a loaded machine: be patient)
+                try:
+                    await instance.wait_for(RuntimeReady, timeout=30)
+                except trio.TooSlowError:
+                    last = "\n".join(
+                        json.dumps(e) for e in instance.events if e["severity"] != "debug"
+                    )
+                    raise AssertionError(
+                        f"no runtime:ready within 30 s; last events:\n{last}\n"
+                        f"stderr: {instance.stderr[-2000:]}"
+                    ) from None
             yield instance
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGKILL)
-            with trio.move_on_after(5, shield=True):
-                await proc.wait()
+            with trio.CancelScope(shield=True):
+                await _end(instance)
+
+
+async def _end(instance: Frameos) -> None:
+    """A frameos the test left running stops as an operator's would, with its VMs: SIGTERM,
+    then (once it is stopping) a second SIGTERM, which cuts every ladder to SIGKILL. SIGKILL and
+    the VMs' process groups only if that fails: a test never leaves a process behind."""
+    proc = instance.proc
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(AssertionError, trio.TooSlowError):  # exited, or wedged
+            await instance.wait_for("runtime:stopping", timeout=3)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(15):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+        with trio.move_on_after(5):
+            await proc.wait()
+        for event in instance.events:  # the VMs lead their own process groups
+            if event["event"] == "vm.launched":
+                with contextlib.suppress(OSError):
+                    os.killpg(event["fields"]["pid"], signal.SIGKILL)
 
 
 def stubborn_vm(armed: Path, *, sigterm_ms: int) -> dict[str, Any]:

@@ -516,3 +516,38 @@ async def test_a_pool_reload_of_health_keeps_the_pid_and_probes_anew(
             assert pool.snapshot("a").health is not None
             assert len(spawner.launches) == 1
             await pool.stop("test")
+
+
+async def test_an_attempt_that_ends_after_the_stop_began_changes_nothing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """D9: once `end` is called (the stop began), an attempt still in flight that passes makes
+    no `vm.health`, and the probe's status stays as it was."""
+    started, gate = trio.Event(), trio.Event()
+
+    async def attempt(probe: object) -> tuple[bool, str]:
+        started.set()
+        await gate.wait()
+        return True, "ok"
+
+    monkeypatch.setattr(probes, "tcp_attempt", attempt)
+    vm = vm_with(readiness={**TCP, "failure_threshold": 1})
+    pub = RecordingPublisher()
+    health = LaunchHealth(
+        vm,
+        VmPaths.of(vm, tmp_path),
+        {},
+        pub,
+        launched_at=trio.current_time(),
+        on_change=lambda: None,
+        on_liveness_failed=lambda detail: None,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(health.run)
+        await started.wait()
+        health.end()
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert health.readiness is not None and health.readiness.status == "unknown"
+    assert not health.ready and pub.of("vm.health") == []

@@ -8,7 +8,8 @@ a QEMU guest. Both carry systemd's newline-separated `KEY=VALUE` lines:
 
 state_dir/vms/NAME.notify  a datagram socket with SO_PASSCRED: each datagram carries its
                            sender's pid, believed only when that pid is in the VM's process
-                           group (pgid == the VM's pid)
+                           group (pgid == the VM's pid); the fds it carries (SCM_RIGHTS, up
+                           to `MAX_FDS`) are held until the datagram is handled, then closed
 state_dir/vms/NAME.serial  with `{notify_chardev}` in the command: a stream socket frameos
                            listens on before the launch; QEMU connects to it at start-up; the
                            peer (SO_PEERCRED) is believed the same way
@@ -19,10 +20,17 @@ bounded: a datagram or line of at most `MAX_MESSAGE` bytes (a longer one is drop
 `RATE` messages a second (the rest wait in the kernel's buffer: a flooding VM slows itself
 down, not the supervisor), `STATUS_CHARS` of status text. A message from outside the group is
 dropped, counted (`dropped`) and said once (a `message` warn).
+
+`systemd-notify` (and `sd_notify_barrier`) ends with a `BARRIER=1` datagram carrying a pipe's
+write end and waits until it is closed: the sender stays alive until frameos has checked and
+handled what it said, and is answered by the close. A sender found gone already (reaped) cannot
+be placed in a group any more: it is believed only when this launch believed that pid before
+(`KNOWN_PIDS` are kept), otherwise dropped with a line saying it exited before it could be checked.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import socket
@@ -41,8 +49,12 @@ MAX_MESSAGE = 4096
 RATE = 200  # messages a second, per channel
 STATUS_CHARS = 200
 MAX_CONNECTIONS = 4  # believed stream connections at once (QEMU makes one)
+MAX_FDS = 16  # fds read with one datagram (a barrier sends 1); the kernel closes any more
+KNOWN_PIDS = 64  # senders believed in this launch, remembered for one that is gone when read
 _UCRED = struct.Struct("iII")  # pid, uid, gid
-_ANCILLARY = socket.CMSG_SPACE(_UCRED.size)
+_FD = array.array("i").itemsize
+_ANCILLARY = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(MAX_FDS * _FD)
+_CLOEXEC = socket.MSG_CMSG_CLOEXEC  # a received fd is never inherited by a launch
 
 
 class NotifyChannels:
@@ -103,20 +115,21 @@ class _Reader:
         self, channels: NotifyChannels, pgid: int, health: LaunchHealth, publisher: Publisher
     ) -> None:
         self.channels, self.pgid, self.health, self.publisher = channels, pgid, health, publisher
+        self.known: dict[int, None] = {}  # pids believed in this launch, oldest first
 
     async def datagrams(self) -> None:
         sock = trio.socket.from_stdlib_socket(self.channels.datagram)
         rate = _Rate(RATE)
         while True:
             await rate.take()
-            self._datagram(*await sock.recvmsg(MAX_MESSAGE, _ANCILLARY))
+            self._datagram(*await sock.recvmsg(MAX_MESSAGE, _ANCILLARY, _CLOEXEC))
 
     def drain(self) -> None:
         """Read what is already queued (said just before the exit), without waiting."""
         for _ in range(RATE):
             try:
                 message = self.channels.datagram.recvmsg(
-                    MAX_MESSAGE, _ANCILLARY, socket.MSG_DONTWAIT
+                    MAX_MESSAGE, _ANCILLARY, socket.MSG_DONTWAIT | _CLOEXEC
                 )
             except OSError:  # EAGAIN: nothing more
                 return
@@ -125,13 +138,29 @@ class _Reader:
     def _datagram(
         self, data: bytes, ancillary: list[tuple[int, int, bytes]], flags: int, _: object
     ) -> None:
-        pid = _sender(ancillary)
-        if flags & socket.MSG_TRUNC:
-            self._drop(f"a notify datagram over {MAX_MESSAGE} bytes from pid {pid}")
-        elif pid is None or not self._believed(pid):
-            self._drop(f"a notify datagram from pid {pid}, not of the VM's process group")
-        else:
-            self._lines(data)
+        """Check the sender, handle the lines, then close the fds it sent (a barrier's answer:
+        its sender waits for that close, so it is still there to be checked)."""
+        fds = _fds(ancillary)
+        try:
+            pid = _sender(ancillary)
+            if flags & socket.MSG_TRUNC:
+                self._drop(f"a notify datagram over {MAX_MESSAGE} bytes from pid {pid}")
+            elif pid is None:
+                self._drop("a notify datagram without its sender's credentials")
+            elif (group := self._group(pid)) is None:
+                self._drop(
+                    f"a notify datagram from pid {pid}, which exited before it could be checked "
+                    "(keep the sender alive until it is read: systemd-notify waits for its "
+                    "barrier)"
+                )
+            elif not group:
+                self._drop(f"a notify datagram from pid {pid}, not of the VM's process group")
+            else:
+                self._lines(data)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     async def connections(self) -> None:
         assert self.channels.stream is not None
@@ -170,12 +199,25 @@ class _Reader:
             self.channels._connections -= 1
 
     def _believed(self, pid: int) -> bool:
+        return bool(self._group(pid))
+
+    def _group(self, pid: int) -> bool | None:
+        """Whether `pid` is of the VM's process group; None when it is gone and was not
+        believed before in this launch (who it was cannot be known any more)."""
         if pid == self.pgid:
             return True
         try:
-            return os.getpgid(pid) == self.pgid
-        except OSError:  # gone already: who it was cannot be known
-            return False
+            believed = os.getpgid(pid) == self.pgid
+        except OSError:  # gone already (reaped): believed when it was before
+            return True if pid in self.known else None
+        if believed:
+            self.known.pop(pid, None)
+            self.known[pid] = None
+            if len(self.known) > KNOWN_PIDS:
+                del self.known[next(iter(self.known))]
+        else:  # the pid is someone else's now
+            self.known.pop(pid, None)
+        return believed
 
     def _drop(self, what: str) -> None:
         self.channels.dropped += 1
@@ -230,6 +272,15 @@ def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             return int(_UCRED.unpack(data[: _UCRED.size])[0])
     return None
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds a datagram carried (SCM_RIGHTS): now this process's, to be closed."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % _FD])
+    return list(fds)
 
 
 def _bound(kind: int, path: Path) -> socket.socket:

@@ -16,6 +16,10 @@ untrusted: bounded and stripped of control characters (`clean`).
 Every change of a probe's status is a `vm.health` event (unhealthy: warn) and calls
 `on_change` (the worker's `_notify`: `ready` may have changed). A liveness probe turning
 unhealthy, or a missed watchdog ping, calls `on_liveness_failed(detail)` once.
+
+`end` (the VM's exit or the beginning of its stop, before the ladder) freezes the statuses: no
+`vm.health` and no readiness change after it (a late `READY=1` read during the ladder changes
+nothing; STATUS= and STOPPING=1 are still said by notify.py).
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class LaunchHealth:
         self.last_ping: float | None = None  # WATCHDOG=1 (trio time)
         self.status_text: str | None = None  # the last STATUS=
         self.stopping = False  # STOPPING=1 was said
+        self.ended = False  # `end`: the statuses stay as they are
         self._failed_liveness = False
         self._scope: trio.CancelScope | None = None
         self._set_statuses(vm)
@@ -147,6 +152,11 @@ class LaunchHealth:
             self._scope.cancel()
         self.on_change()
 
+    def end(self) -> None:
+        """The launch exited or its stop began: no status changes from now on (the probe tasks
+        are being cancelled; what the notify socket still says changes no status)."""
+        self.ended = True
+
     async def run(self) -> None:
         """Run every probe until cancelled (the exit or the stop of this launch)."""
         while True:
@@ -166,6 +176,8 @@ class LaunchHealth:
     def said_ready(self) -> None:
         """READY=1: a `notify` readiness probe passes (once is enough)."""
         state = self.readiness
+        if self.ended:
+            return
         if state is not None and state.kind == "notify" and state.status != "healthy":
             state.record(True, "READY=1", 1, 1)
             self._changed(state)
@@ -199,6 +211,8 @@ class LaunchHealth:
                     ok, detail = False, clean(f"probe error: {type(exc).__name__}: {exc}")
             if deadline.cancelled_caught:
                 ok, detail = False, f"timed out after {probe.timeout_ms} ms"
+            if self.ended:  # finished as the stop began: it counts no more
+                return
             if state.record(ok, detail, probe.success_threshold, probe.failure_threshold):
                 self._changed(state)
             await trio.sleep_until(started + probe.period_ms / 1000)
@@ -211,6 +225,8 @@ class LaunchHealth:
         due = max(self.launched_at, self.last_ping or self.launched_at) + period_s
         while True:
             await trio.sleep_until(due)
+            if self.ended:
+                return
             last = self.last_ping
             if last is not None and last + period_s > trio.current_time():
                 due = last + period_s

@@ -496,6 +496,7 @@ class VmWorker:
                 if has_steps:
                     nursery.start_soon(self._bootstrap, child, boot_scope, record)
                 await self._interruptible(child.wait)
+                self.health.end()
                 probe_scope.cancel()
                 boot_scope.cancel()
                 for scope in self._boot_scopes:  # a bootstrap_vm in flight: the VM is gone
@@ -550,6 +551,8 @@ class VmWorker:
         the rungs' timeouts."""
         if self.state is not VmState.STOPPING:
             self.set_state(VmState.STOPPING)
+        if self.health is not None:  # a cancelled owner: its probes are gone too
+            self.health.end()
         if not self._killed_for_liveness():
             self._stop_reason = self._stop_reason or reason
         self._laddered = True
@@ -704,6 +707,8 @@ class VmWorker:
         if not self._stop_requested.is_set():
             self._stop_reason = reason
             self._stop_requested.set()
+            if self.health is not None:  # the stop begins: no health changes from here
+                self.health.end()
             if self._wake is not None:
                 self._wake.cancel()
         if self.state is VmState.IDLE:  # run() never began: nothing to stop
