@@ -6,12 +6,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -371,20 +369,14 @@ def test_bad_vm_config_is_refused(
 
 
 async def test_demo_shows_the_whole_lifecycle(tmp_path: Path, reaper: list[int]) -> None:
-    # the demo's state goes under TMPDIR; its notify sockets need a path < 108 bytes, which
-    # pytest-xdist's tmp_path is not (frameos says so and the launch fails: tested elsewhere)
-    short = Path(tempfile.mkdtemp(prefix="fos-demo-"))
-    env = {**os.environ, "TMPDIR": str(short), "FRAMEOS_DEMO_PORT": "0"}
-    try:
-        async with running_frameos(tmp_path, "run", "--demo", "--output", "json", env=env) as fos:
-            launched_pids(fos, reaper)
-            await fos.wait_for("bootstrap.completed")
-            status, ready = await get(fos.url + "/readyz")
-            assert (status, ready["reasons"]) == (200, [])
-            fos.send(signal.SIGINT)
-            assert await fos.wait_exit() == 0
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "FRAMEOS_DEMO_PORT": "0"}
+    async with running_frameos(tmp_path, "run", "--demo", "--output", "json", env=env) as fos:
+        launched_pids(fos, reaper)
+        await fos.wait_for("bootstrap.completed")
+        status, ready = await get(fos.url + "/readyz")
+        assert (status, ready["reasons"]) == (200, [])
+        fos.send(signal.SIGINT)
+        assert await fos.wait_exit() == 0
     assert fields(fos, "vm.shutdown_complete", "demo-polite")[0]["outcome"] == "graceful"
     stubborn = fields(fos, "vm.cooperative_timed_out", "demo-stubborn")
     assert stubborn[0]["reason"] == "timeout_expired"

@@ -159,25 +159,37 @@ def test_notify_chardev_placeholder(tmp_path: Path) -> None:
     ]
 
 
-def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_serial_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 100)
     paths = VmPaths.of(vm(["x"]), deep)
-    with pytest.raises(LaunchError, match=r"notify socket path .* unix socket paths must be"):
-        NotifyChannels.open(paths, serial=False)
+    with pytest.raises(LaunchError, match=r"notify serial socket path .* unix socket paths must"):
+        NotifyChannels.open(paths, serial=True)
 
 
-async def test_a_long_state_dir_fails_only_the_vms_that_need_the_socket(tmp_path: Path) -> None:
+SAY_READY = (
+    "import os, socket, sys, time; a = os.environ['NOTIFY_SOCKET']; "
+    "a = '\\0' + a[1:] if a.startswith('@') else a; "
+    "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STATUS=deep\\nREADY=1', a); "
+    "time.sleep(1000)"
+)
+
+
+async def test_a_long_state_dir_gives_an_abstract_notify_socket(tmp_path: Path) -> None:
+    """A state dir too deep for a socket path: NOTIFY_SOCKET is an abstract socket named after
+    it (`@…`, as sd_notify reads it), and the VM is believed as before."""
     deep = tmp_path / ("d" * 100)
     pub = RecordingPublisher()
-    plain = VmWorker(vm(["sleep", "1000"]), deep, pub)
-    needs = VmWorker(vm(["sleep", "1000"], "m", watchdog_ms=1000), deep, pub)
+    worker = VmWorker(
+        vm([sys.executable, "-c", SAY_READY], health={"readiness": {"notify": True}}), deep, pub
+    )
+    assert worker.paths.notify_address.startswith("@frameos-notify-")
     async with trio.open_nursery() as nursery:
-        assert await nursery.start(plain.run) is not None
-        assert await nursery.start(needs.run) is None  # its launch failed
-        await plain.stop("test")
-        await needs.stop("test")
-    errors = [e.text for e in pub.of("message") if isinstance(e, ev.Message)]
-    assert any("m: launch 1 failed: notify socket path" in text for text in errors)
+        assert await nursery.start(worker.run) is not None
+        with trio.fail_after(20):
+            await worker.wait_until(lambda: worker.ready)
+        await worker.stop("test")
+    assert statuses(pub) == ["deep"]
+    assert worker.notify_drops == 0
 
 
 async def test_systemd_notify_run_by_the_vm_is_believed(tmp_path: Path) -> None:

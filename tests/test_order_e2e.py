@@ -54,10 +54,24 @@ def seq_of(events: list[dict[str, Any]], cls: type[ev.Event], vm: str) -> int:
     return next(e["seq"] for e in events if e["event"] == cls.NAME and e["fields"].get("vm") == vm)
 
 
+# A sleeper that says READY=1 once its SIGINT handler is set: ready means it would stop politely.
+READY_SLEEPER = [
+    sys.executable,
+    "-c",
+    "import os, signal, socket, sys, time; signal.signal(signal.SIGINT, lambda *a: sys.exit(0)); "
+    "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', "
+    "os.environ['NOTIFY_SOCKET']); time.sleep(600)",
+]
+
+
+def ready_sleeper(name: str, **kw: Any) -> dict[str, Any]:
+    return sleeper(name, command=READY_SLEEPER, health={"readiness": {"notify": True}}, **kw)
+
+
 async def test_a_vm_starts_after_its_dependencies_and_stops_before_them(tmp_path: Path) -> None:
-    db = sleeper("db", bootstrap={"steps": [step("warm", "import time; time.sleep(0.5)")]})
-    web = sleeper("web", depends_on={"db": "ready", "cache": "started"})
-    path = write_config(tmp_path, vms=[web, db, sleeper("cache")])
+    db = ready_sleeper("db", bootstrap={"steps": [step("warm", "import time; time.sleep(0.5)")]})
+    web = ready_sleeper("web", depends_on={"db": "ready", "cache": "started"})
+    path = write_config(tmp_path, vms=[web, db, ready_sleeper("cache")])
     async with running_frameos(tmp_path, "run", "--config", str(path), "--output", "json") as fos:
         events = fos.events
         assert seq_of(events, ev.VmLaunched, "web") > seq_of(events, ev.BootstrapCompleted, "db")

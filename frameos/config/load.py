@@ -386,30 +386,17 @@ def _launch_problems(vm: VmConfig, index: int, state_dir: Path, source: str) -> 
                 "must be under 108 bytes: choose a shorter state_dir or VM name",
             )
         )
-    readiness = vm.health.readiness if vm.health else None
-    sockets = []  # the notify sockets this VM needs (workers/vm.py `_open_notify`)
-    if vm.watchdog_ms is not None or (readiness is not None and readiness.notify):
-        sockets.append(
-            ("notify socket", f"{at}.health", os.fsencode(state_dir / "vms" / f"{vm.name}.notify"))
-        )
-    if any("{notify_chardev}" in arg for arg in vm.command):
-        sockets.append(
-            (
-                "notify serial socket",
+    serial = os.fsencode(state_dir / "vms" / f"{vm.name}.serial")  # QEMU connects by path
+    if any("{notify_chardev}" in arg for arg in vm.command) and len(serial) > UNIX_PATH_MAX:
+        problems.append(
+            Problem(
+                source,
                 f"{at}.command",
-                os.fsencode(state_dir / "vms" / f"{vm.name}.serial"),
+                f"the notify serial socket path {os.fsdecode(serial)} ({{notify_chardev}}) is "
+                f"{len(serial)} bytes; unix socket paths must be under 108 bytes: choose a "
+                "shorter state_dir or VM name",
             )
         )
-    for what, where, path in sockets:
-        if len(path) > UNIX_PATH_MAX:
-            problems.append(
-                Problem(
-                    source,
-                    where,
-                    f"the {what} path {os.fsdecode(path)} is {len(path)} bytes; unix socket "
-                    "paths must be under 108 bytes: choose a shorter state_dir or VM name",
-                )
-            )
     return problems
 
 

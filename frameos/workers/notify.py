@@ -73,10 +73,9 @@ class NotifyChannels:
     def open(cls, paths: VmPaths, *, serial: bool) -> NotifyChannels:
         """Bind the notify socket (and listen on the serial one); LaunchError when a path does
         not fit in a socket address or cannot be bound."""
-        paths.check_socket(paths.notify_socket, "notify socket")
         if serial:
             paths.check_socket(paths.serial_socket, "notify serial socket")
-        datagram = _bound(socket.SOCK_DGRAM, paths.notify_socket)
+        datagram = _bound(socket.SOCK_DGRAM, paths.notify_address)
         try:
             datagram.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             stream = _bound(socket.SOCK_STREAM, paths.serial_socket) if serial else None
@@ -283,13 +282,18 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def _bound(kind: int, path: Path) -> socket.socket:
+def _bound(kind: int, address: Path | str) -> socket.socket:
+    """A unix socket bound to a path, or to an abstract name (`@name`, a str)."""
     sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    path = Path(address) if not str(address).startswith("@") else None
     try:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # left by a crashed instance
-        sock.bind(os.fsencode(path))
+        if path is None:
+            sock.bind(b"\0" + os.fsencode(str(address)[1:]))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # left by a crashed instance
+            sock.bind(os.fsencode(path))
     except OSError as exc:
         sock.close()
-        raise LaunchError(f"cannot bind {path}: {exc.strerror or exc}") from None
+        raise LaunchError(f"cannot bind {address}: {exc.strerror or exc}") from None
     return sock

@@ -12,6 +12,7 @@ state_dir/bootstrap/NAME.stamp  digest of the last successful bootstrap (plan.py
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +64,16 @@ class VmPaths:
         for path in (self.pidfile, self.stamp, self.overlay):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def notify_address(self) -> str:
+        """`NOTIFY_SOCKET` of the VM: its socket in the state dir, or, when that path does not
+        fit in a unix socket address, an abstract socket named after it (`@frameos-notify-…`,
+        the form systemd's sd_notify also reads). Either way the sender's credentials decide."""
+        raw = os.fsencode(self.notify_socket)
+        if len(raw) <= UNIX_PATH_MAX:
+            return str(self.notify_socket)
+        return "@frameos-notify-" + hashlib.sha256(raw).hexdigest()[:32]
 
     def check_socket(self, path: Path | None = None, what: str = "QMP socket") -> None:
         """Raise LaunchError when a socket path (the QMP socket's by default) does not fit in a

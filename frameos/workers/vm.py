@@ -435,7 +435,7 @@ class VmWorker:
         vm = self.launched_vm
         facts = {"FRAMEOS_VM": self.name, "FRAMEOS_VM_ATTEMPT": str(self.attempt)}
         if self.notify is not None:
-            facts["NOTIFY_SOCKET"] = str(self.paths.notify_socket)
+            facts["NOTIFY_SOCKET"] = self.paths.notify_address
         if vm.watchdog_ms is not None:
             facts["WATCHDOG_USEC"] = str(vm.watchdog_ms * 1000)
         env = child_env(self.base_env, {**facts, **vm.env})
