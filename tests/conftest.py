@@ -208,3 +208,17 @@ async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
     with trio.fail_after(timeout):
         while not condition():
             await trio.sleep(0.002)
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`frameos ARGS` in process: (exit status, stdout, stderr); argparse's exits become the
+    status, and no command ever prints a traceback."""
+    from frameos.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err

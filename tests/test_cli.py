@@ -12,19 +12,8 @@ from pathlib import Path
 import pytest
 
 from frameos import events as ev
-from frameos.cli import main
 from frameos.commands import COMMANDS
-from tests.conftest import frameos_argv
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """main(args) → (exit status, stdout, stderr); argparse's exits become the status."""
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
+from tests.conftest import frameos_argv, run_main
 
 
 @pytest.mark.parametrize(

@@ -17,20 +17,9 @@ import pytest
 import trio
 
 from frameos import events as ev
-from frameos.cli import main
 from frameos.client import control
 from tests.client_fake import READ_TOKEN, TOKEN, FakeFrameos, cancels, fails, running_fake
-from tests.conftest import frameos_argv
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
+from tests.conftest import frameos_argv, run_main
 
 
 @pytest.fixture

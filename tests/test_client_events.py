@@ -15,22 +15,12 @@ import pytest
 import trio
 
 from frameos import events as ev
-from frameos.cli import main
 from frameos.client import history
 from frameos.client.discover import discover
 from frameos.envelope import Envelope, encode
 from frameos.eventlog import EventLog
 from tests.client_fake import READ_TOKEN, FakeFrameos, running_fake
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
+from tests.conftest import run_main
 
 
 def sample(count: int) -> list[ev.Event]:

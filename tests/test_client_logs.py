@@ -9,21 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from frameos.cli import main
 from frameos.client import logs as logs_module
 from frameos.client.discover import discover
 from tests.client_fake import TOKEN, FakeFrameos, running_fake
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
-
+from tests.conftest import run_main
 
 OUTPUT = b"".join(b"line %05d of the VM's output\n" % i for i in range(20_000))
 

@@ -11,23 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from frameos.cli import main
 from frameos.client.api import Api, ClientError
 from frameos.client.discover import discover
 from frameos.errors import ConfigError
 from frameos.workers.demo import demo_config
+from tests.conftest import run_main
 
 URL = "http://127.0.0.1:9"
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        status = main(list(args))
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
 
 
 async def refusal(api: Api, answer: httpx.Response) -> ClientError:

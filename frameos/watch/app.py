@@ -16,7 +16,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import trio
@@ -28,6 +28,9 @@ from frameos.envelope import Envelope, decode
 from frameos.errors import FrameosError
 from frameos.watch import wsread
 from frameos.watch.model import STOPPED, Model, Run
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
 
 REDRAW_HZ = 10
 RECEIVE_BYTES = 1 << 18
@@ -49,6 +52,34 @@ async def head(api: Api) -> int:
     if response.status_code != 200:
         raise await api.refusal(response, "GET", "/v1/events")
     return int(body["head_cursor"])
+
+
+class Dirty(Protocol):
+    dirty: bool
+
+
+async def redraw(
+    model: Dirty,
+    console: Console,
+    measure: bool,
+    live: Any,
+    picture: Callable[[int, int], RenderableType],
+) -> None:
+    """Forever: at most REDRAW_HZ draws a second, each only when `model` is dirty (and once a
+    second anyway: ages and uptimes move on); `measure`: follow the terminal's size."""
+    ticks = 0
+    while True:
+        ticks += 1
+        if ticks % REDRAW_HZ == 0:
+            model.dirty = True
+        if model.dirty:
+            model.dirty = False
+            if measure:
+                with contextlib.suppress(OSError):
+                    console.size = os.get_terminal_size(sys.stdout.fileno())
+            width, height = console.size
+            live.update(picture(width, height), refresh=True)
+        await trio.sleep(1 / REDRAW_HZ)
 
 
 async def snapshots(api: Api, model: Model, *, everything: bool) -> None:
@@ -220,19 +251,9 @@ class App:
     async def draw(self, live: Any) -> None:
         from frameos.watch.view import screen
 
-        ticks = 0
-        while True:
-            ticks += 1
-            if ticks % REDRAW_HZ == 0:
-                self.model.dirty = True  # the uptimes move on
-            if self.model.dirty:
-                self.model.dirty = False
-                if self.measure:
-                    with contextlib.suppress(OSError):
-                        self.console.size = os.get_terminal_size(sys.stdout.fileno())
-                width, height = self.console.size
-                live.update(screen(self.model, width, height), refresh=True)
-            await trio.sleep(1 / REDRAW_HZ)
+        await redraw(
+            self.model, self.console, self.measure, live, lambda w, h: screen(self.model, w, h)
+        )
 
     async def winch(self) -> None:
         with trio.open_signal_receiver(signal.SIGWINCH) as signals:

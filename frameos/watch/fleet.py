@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -254,22 +253,14 @@ class FleetApp:
         return chosen
 
     async def _draw(self, live: Any) -> None:
+        from frameos.watch.app import redraw
         from frameos.watch.fleet_view import fleet_screen
 
-        ticks = 0
-        while True:
-            ticks += 1
-            if ticks % REDRAW_HZ == 0:
-                self.model.dirty = True  # the ages move on
-            if self.model.dirty:
-                self.model.dirty = False
-                if self.measure:
-                    with contextlib.suppress(OSError):
-                        self.console.size = os.get_terminal_size(sys.stdout.fileno())
-                with self.model.lock:
-                    picture = fleet_screen(self.model, self.console.size.width, time.time())
-                live.update(picture, refresh=True)
-            await trio.sleep(1 / REDRAW_HZ)
+        def picture(width: int, height: int) -> Any:
+            with self.model.lock:  # the follower's thread writes it
+                return fleet_screen(self.model, width, time.time())
+
+        await redraw(self.model, self.console, self.measure, live, picture)
 
 
 async def pump_keys(keys: AsyncIterator[str], send: trio.MemorySendChannel[str]) -> None:
