@@ -91,14 +91,16 @@ class Session:
 
 def churn_vm(name: str, lifetime_s: float = 0.3) -> dict[str, Any]:
     """A VM that lives `lifetime_s`, restarts at once, and whose every launch runs a bootstrap
-    step printing CHATTER_LINES lines: the load generator (all of it real frameos paths)."""
+    step printing CHATTER_LINES lines: the load generator (all of it real frameos paths).
+    `transient` (it exits 1, so it is restarted): a VM that is never up for long holds back no
+    READY=1, which waits only for permanent VMs (SPEC §9)."""
     return {
         "name": name,
-        "command": ["sh", "-c", f"sleep {lifetime_s}"],
+        "command": ["sh", "-c", f"sleep {lifetime_s}; exit 1"],
         "cooperative": {"method": "none"},
         "timeouts": {"cooperative_ms": 0, "sigterm_ms": 1000, "sigkill_ms": 1000},
         "restart": {
-            "policy": "permanent",
+            "policy": "transient",
             "backoff_initial_ms": 0,
             "backoff_max_ms": 0,
             "max_restarts": 10_000,
@@ -322,7 +324,13 @@ def r1(session: Session, rounds: int, churners: int) -> None:
         base,
         log_dir,
         [
-            steady_vm("slow", ["sh", "-c", "seq 1 20; exec sleep 120"]),
+            # its bootstrap step runs for the whole round (an orphan for the next instance to
+            # stop); a VM that is bootstrapping is not ready, so it is not `permanent`: READY=1
+            # waits for permanent VMs only (SPEC §9)
+            {
+                **steady_vm("slow", ["sh", "-c", "seq 1 20; exec sleep 120"]),
+                "restart": {"policy": "temporary"},
+            },
             *(churn_vm(f"churn{i}") for i in range(churners)),
         ],
         event_log={"max_bytes": 2 << 20, "keep": 5},
