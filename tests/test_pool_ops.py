@@ -521,8 +521,14 @@ async def test_a_running_vms_output_is_rotated(
         async with trio.open_nursery() as work:
             await work.start(pool.run)
             rotated = log.with_name("chatty.log.1")
-            await until(lambda: rotated.exists() and rotated.stat().st_size == 200_000)
-            assert log.stat().st_size == 0  # nothing written since
+            # the rotation (a worker thread) copies, then truncates: wait for both
+            await until(
+                lambda: (
+                    rotated.exists()
+                    and rotated.stat().st_size == 200_000
+                    and log.stat().st_size == 0
+                )
+            )
             work.cancel_scope.cancel()
 
 
