@@ -65,7 +65,15 @@ READY_SLEEPER = [
 
 
 def ready_sleeper(name: str, **kw: Any) -> dict[str, Any]:
-    return sleeper(name, command=READY_SLEEPER, health={"readiness": {"notify": True}}, **kw)
+    # a generous cooperative rung: a loaded machine (coverage in every python) exits slowly
+    timeouts = {"cooperative_ms": 10_000, "sigterm_ms": 2000, "sigkill_ms": 1000}
+    return sleeper(
+        name,
+        command=READY_SLEEPER,
+        health={"readiness": {"notify": True}},
+        timeouts=timeouts,
+        **kw,
+    )
 
 
 async def test_a_vm_starts_after_its_dependencies_and_stops_before_them(tmp_path: Path) -> None:
@@ -97,7 +105,8 @@ async def test_a_vm_starts_after_its_dependencies_and_stops_before_them(tmp_path
         for e in events
         if e["event"] == ev.VmShutdownComplete.NAME
     }
-    assert outcomes == {"web": "graceful", "db": "graceful", "cache": "graceful"}
+    ladders = [(e["event"], e["fields"]) for e in events if e["event"].startswith("vm.")]
+    assert outcomes == {"web": "graceful", "db": "graceful", "cache": "graceful"}, ladders
 
 
 async def test_a_dependency_that_never_becomes_ready_holds_back_its_dependant_and_ready(
