@@ -49,8 +49,11 @@ def note(text: str) -> None:
     print(f"[{Path(sys.argv[0]).stem}] {text}", file=sys.stderr, flush=True)
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None,
-               argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=int, default=5, help="rounds to take the median of (5)")
     parser.add_argument("--quick", action="store_true", help="1 round, shorter phases")
@@ -78,14 +81,27 @@ def rnd(value: float | None, digits: int = 3) -> float | None:
     return round(value, max(0, digits - 1 - floor(log10(abs(value)))))
 
 
-def result(bench: str, metric: str, values: Sequence[float], *, unit: str, bar: str | None = None,
-           ok: Callable[[float], bool] | None = None, **extra: Any) -> dict[str, Any]:
+def result(
+    bench: str,
+    metric: str,
+    values: Sequence[float],
+    *,
+    unit: str,
+    bar: str | None = None,
+    ok: Callable[[float], bool] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Build and emit one result line: the median of `values`, the bar and whether it is met."""
     values = [v for v in values if v is not None and v == v]
     value = median(values)
-    record: dict[str, Any] = {"bench": bench, "metric": metric, "value": rnd(value, 4),
-                              "unit": unit, "runs": len(values),
-                              "median_of": [rnd(v, 4) for v in values]}
+    record: dict[str, Any] = {
+        "bench": bench,
+        "metric": metric,
+        "value": rnd(value, 4),
+        "unit": unit,
+        "runs": len(values),
+        "median_of": [rnd(v, 4) for v in values],
+    }
     if bar is not None:
         record["bar"] = bar
         record["met"] = bool(values) and ok is not None and bool(ok(value))
@@ -101,7 +117,7 @@ def proc_cpu_s(pid: int) -> float:
     """utime+stime of a process in seconds, from /proc/PID/stat (includes exited threads)."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         data = handle.read()
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -182,12 +198,21 @@ class FrameosRun:
     `ready_s` is the wall time from spawning until the runtime:ready line was read.
     """
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None,
-                 on_line: Callable[[bytes], None] | None = None,
-                 argv: Sequence[str] = (), stderr: int | None = subprocess.PIPE,
-                 cwd: Path | None = None) -> None:
-        env = {k: v for k, v in (env if env is not None else os.environ).items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        on_line: Callable[[bytes], None] | None = None,
+        argv: Sequence[str] = (),
+        stderr: int | None = subprocess.PIPE,
+        cwd: Path | None = None,
+    ) -> None:
+        env = {
+            k: v
+            for k, v in (env if env is not None else os.environ).items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
         self.ready = threading.Event()
         self.lines = 0
         self.tail: deque[str] = deque(maxlen=50)  # the last lines of stdout
@@ -195,9 +220,13 @@ class FrameosRun:
         self.on_line = on_line
         self.started = time.perf_counter()
         self.ready_s = float("nan")
-        self.proc = subprocess.Popen([*argv, *frameos_argv(), "run", "--config", str(config),
-                                      "--output", "json"],
-                                     stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=cwd)
+        self.proc = subprocess.Popen(
+            [*argv, *frameos_argv(), "run", "--config", str(config), "--output", "json"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -228,8 +257,10 @@ class FrameosRun:
         if not self.ready.wait(timeout):
             self.stop()
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-            raise RuntimeError(f"frameos run was not ready within {timeout} s; "
-                               f"stdout: {list(self.tail)[-5:]}; stderr: {err[-2000:]}")
+            raise RuntimeError(
+                f"frameos run was not ready within {timeout} s; "
+                f"stdout: {list(self.tail)[-5:]}; stderr: {err[-2000:]}"
+            )
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
@@ -260,8 +291,9 @@ def fs_type(path: Path) -> str:
             for line in handle:
                 parts = line.split()
                 mount, fstype = parts[1], parts[2]
-                if (target == mount or target.startswith(mount.rstrip("/") + "/")) \
-                        and len(mount) >= len(best):
+                if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(
+                    mount
+                ) >= len(best):
                     best, kind = mount, fstype
     except OSError:
         pass
@@ -271,8 +303,9 @@ def fs_type(path: Path) -> str:
 # --- loopback HTTP and websocket clients (stdlib, for the depth and chaos benches) -------------
 
 
-def http_get(port: int, path: str = "/healthz", timeout: float = 10.0,
-             headers: str = "Connection: close\r\n") -> tuple[int, bytes]:
+def http_get(
+    port: int, path: str = "/healthz", timeout: float = 10.0, headers: str = "Connection: close\r\n"
+) -> tuple[int, bytes]:
     """One GET on a new connection; reads to the end of the body (Content-Length or chunked),
     so a server that keeps the socket open does not stall it. Returns status and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -288,7 +321,7 @@ def http_get(port: int, path: str = "/healthz", timeout: float = 10.0,
                 lower = head.lower()
                 at = lower.find(b"content-length:")
                 if at >= 0:
-                    length = int(lower[at + 15:].split(b"\r\n", 1)[0])
+                    length = int(lower[at + 15 :].split(b"\r\n", 1)[0])
                     if len(body) >= length:
                         break
                 elif b"chunked" in lower and body.endswith(b"0\r\n\r\n"):
@@ -302,7 +335,7 @@ def http_get(port: int, path: str = "/healthz", timeout: float = 10.0,
             size = int(body[pos:end].split(b";")[0], 16)
             if size == 0:
                 break
-            out += body[end + 2:end + 2 + size]
+            out += body[end + 2 : end + 2 + size]
             pos = end + 2 + size + 2
         body = out
     return status, body
@@ -316,10 +349,13 @@ class WsReader:
 
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                           f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = self.sock.recv(65536)
@@ -346,16 +382,16 @@ class WsReader:
                 if size == 126:
                     if len(buf) - pos < 4:
                         break
-                    size = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                    size = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                     start = pos + 4
                 elif size == 127:
                     if len(buf) - pos < 10:
                         break
-                    size = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                    size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                     start = pos + 10
                 if len(buf) < start + size:
                     break
-                payload = bytes(buf[start:start + size])
+                payload = bytes(buf[start : start + size])
                 pos = start + size
                 if opcode == 0x8:
                     self.closed = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
@@ -384,7 +420,7 @@ class WsReader:
 def seq_of(line: bytes) -> int:
     """The seq of an envelope from its fixed prefix `{"v":1,"seq":N,` (no JSON decode)."""
     start = line.index(b'"seq":') + 6
-    return int(line[start:line.index(b",", start)])
+    return int(line[start : line.index(b",", start)])
 
 
 # --- processes of one instance, found by an environment tag -----------------------------------
@@ -407,7 +443,7 @@ def tagged(tag: str) -> set[int]:
                 stat = handle.read()
         except OSError:
             continue
-        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+        state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
         if needle in environ and state not in (b"Z", b"X"):
             found.add(int(name))
     return found

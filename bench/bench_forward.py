@@ -45,7 +45,8 @@ def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
         ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import socket
 
@@ -178,9 +179,13 @@ def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--seconds", type=float, default=10.0)
         parser.add_argument("--events", type=int, default=100_000)
-        parser.add_argument("--code", type=Path, default=REPO,
-                            help="the frameos tree to measure (a checkout of another commit: "
-                            "before/after in one run)")
+        parser.add_argument(
+            "--code",
+            type=Path,
+            default=REPO,
+            help="the frameos tree to measure (a checkout of another commit: "
+            "before/after in one run)",
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
     sys.path.insert(0, str(args.code.resolve()))
@@ -204,19 +209,36 @@ def main() -> None:
         note(f"round {index + 1}: " + ", ".join(f"{k}={rnd(v)}" for k, v in figures.items()))
         rounds.append(figures)
     ok = all(r["broker_ok"] for r in rounds)
-    result(BENCH, "catchup_throughput", [r["catchup_events_s"] for r in rounds], unit="events/s",
-           broker_exactly_once=ok, start_s=[rnd(r["start_s"]) for r in rounds])
-    result(BENCH, "flat_out_publish_with_forwarder", [r["flat_publish_events_s"] for r in rounds],
-           unit="events/s", bar=">= 50000", ok=lambda v: v >= 50_000,
-           without_forwarder=[rnd(r["alone_publish_events_s"]) for r in rounds],
-           cpu_us_per_event_alone=[rnd(r["alone_cpu_us"]) for r in rounds],
-           cpu_us_per_event_with_forwarder=[rnd(r["flat_cpu_us"]) for r in rounds],
-           sender_cpu_us_per_event=[rnd(r["sender_cpu_us"]) for r in rounds],
-           behind_at_end=[r["flat_behind_at_end"] for r in rounds],
-           drain_s=[rnd(r["flat_drain_s"]) for r in rounds])
-    result(BENCH, "lag_p99_at_1000_per_s", [r["lag_p99_ms"] for r in rounds], unit="ms",
-           p50_ms=[rnd(r["lag_p50_ms"]) for r in rounds],
-           max_ms=[rnd(r["lag_max_ms"]) for r in rounds])
+    result(
+        BENCH,
+        "catchup_throughput",
+        [r["catchup_events_s"] for r in rounds],
+        unit="events/s",
+        broker_exactly_once=ok,
+        start_s=[rnd(r["start_s"]) for r in rounds],
+    )
+    result(
+        BENCH,
+        "flat_out_publish_with_forwarder",
+        [r["flat_publish_events_s"] for r in rounds],
+        unit="events/s",
+        bar=">= 50000",
+        ok=lambda v: v >= 50_000,
+        without_forwarder=[rnd(r["alone_publish_events_s"]) for r in rounds],
+        cpu_us_per_event_alone=[rnd(r["alone_cpu_us"]) for r in rounds],
+        cpu_us_per_event_with_forwarder=[rnd(r["flat_cpu_us"]) for r in rounds],
+        sender_cpu_us_per_event=[rnd(r["sender_cpu_us"]) for r in rounds],
+        behind_at_end=[r["flat_behind_at_end"] for r in rounds],
+        drain_s=[rnd(r["flat_drain_s"]) for r in rounds],
+    )
+    result(
+        BENCH,
+        "lag_p99_at_1000_per_s",
+        [r["lag_p99_ms"] for r in rounds],
+        unit="ms",
+        p50_ms=[rnd(r["lag_p50_ms"]) for r in rounds],
+        max_ms=[rnd(r["lag_max_ms"]) for r in rounds],
+    )
     emit(bench=BENCH, metric="broker_exactly_once_in_order", value=ok)
 
 

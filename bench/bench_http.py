@@ -61,12 +61,20 @@ def serve_peer(port: int) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         now = time.time()
-        return {"status": "ok", "server_time": now, "started_at": started,
-                "uptime_seconds": round(now - started, 3), "version": "0.1.0",
-                "apps_loaded": 0, "scenes_loaded": 0, "metrics_interval_seconds": 60.0,
-                "heartbeats": 0, "metrics_ticks": 0,
-                "event_stream": {"transport": "websocket", "connected_clients": 0},
-                "workers": {"total": 0, "running": 0}}
+        return {
+            "status": "ok",
+            "server_time": now,
+            "started_at": started,
+            "uptime_seconds": round(now - started, 3),
+            "version": "0.1.0",
+            "apps_loaded": 0,
+            "scenes_loaded": 0,
+            "metrics_interval_seconds": 60.0,
+            "heartbeats": 0,
+            "metrics_ticks": 0,
+            "event_stream": {"transport": "websocket", "connected_clients": 0},
+            "workers": {"total": 0, "running": 0},
+        }
 
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -81,8 +89,9 @@ def serve_peer(port: int) -> None:
 def get(port: int, path: str = "/healthz", timeout: float = 5.0) -> tuple[int, bytes]:
     """One GET on a new connection (Connection: close); returns status and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                     .encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
         data = b""
         while True:  # to the end of the body (some servers keep the socket open a while)
             chunk = sock.recv(65536)
@@ -110,7 +119,7 @@ def dechunk(body: bytes) -> bytes:
         size = int(body[pos:end].split(b";")[0], 16)
         if size == 0:
             return out
-        out += body[end + 2:end + 2 + size]
+        out += body[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
 
 
@@ -134,9 +143,13 @@ def wrk(port: int, seconds: float) -> dict[str, Any]:
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    done = subprocess.run([exe, "-t2", "-c32", f"-d{seconds:g}s", "--latency",
-                           f"http://127.0.0.1:{port}/healthz"],
-                          capture_output=True, text=True, timeout=seconds + 30, check=False)
+    done = subprocess.run(
+        [exe, "-t2", "-c32", f"-d{seconds:g}s", "--latency", f"http://127.0.0.1:{port}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     out = done.stdout
@@ -147,8 +160,7 @@ def wrk(port: int, seconds: float) -> dict[str, Any]:
         figures[f"p{pct}_ms"] = float(found.group(1)) * _UNITS[found.group(2)] if found else None
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     figures["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     figures["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
     return figures
 
@@ -159,12 +171,16 @@ def wrk(port: int, seconds: float) -> dict[str, Any]:
 def throughput(runs: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="frameos-b3-") as tmp:
         port = free_port()
-        config = write_config(Path(tmp), frame_port=port, state_dir=str(Path(tmp) / "state"),
-                              heartbeat_interval=1)
+        config = write_config(
+            Path(tmp), frame_port=port, state_dir=str(Path(tmp) / "state"), heartbeat_interval=1
+        )
         frameos = FrameosRun(config)
         peer_port = free_port()
-        peer = subprocess.Popen([sys.executable, __file__, "--serve-peer", str(peer_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peer = subprocess.Popen(
+            [sys.executable, __file__, "--serve-peer", str(peer_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             frameos.wait_ready()
             wait_http(peer_port)
@@ -177,8 +193,10 @@ def throughput(runs: int, seconds: float) -> None:
                 order = ("frameos", "peer") if index % 2 == 0 else ("peer", "frameos")
                 figures = {name: wrk(ports[name], seconds) for name in order}
                 rounds.append(figures)
-                note(f"round {index + 1}: frameos {figures['frameos']['rps']:,.0f} req/s, "
-                     f"peer {figures['peer']['rps']:,.0f} req/s")
+                note(
+                    f"round {index + 1}: frameos {figures['frameos']['rps']:,.0f} req/s, "
+                    f"peer {figures['peer']['rps']:,.0f} req/s"
+                )
             alive = frameos.proc.poll() is None and peer.poll() is None
         finally:
             frameos.stop()
@@ -187,19 +205,34 @@ def throughput(runs: int, seconds: float) -> None:
     f_rps = [r["frameos"]["rps"] for r in rounds]
     p_rps = [r["peer"]["rps"] for r in rounds]
     common = {"wrk": f"-t2 -c32 -d{seconds:g}s", "path": "/healthz"}
-    result(BENCH, "frameos_healthz_req_per_s", f_rps, unit="req/s",
-           peer=rnd(median(p_rps)), peer_median_of=[rnd(v) for v in p_rps],
-           peer_name="bare quart-trio app on hypercorn (trio worker)",
-           p99_ms=rnd(median([r["frameos"]["p99_ms"] for r in rounds])),
-           peer_p99_ms=rnd(median([r["peer"]["p99_ms"] for r in rounds])),
-           non_2xx=sum(r["frameos"]["non_2xx"] for r in rounds),
-           socket_errors=sum(r["frameos"]["socket_errors"] for r in rounds),
-           body_bytes=sizes["frameos"], peer_body_bytes=sizes["peer"],
-           server="the real `frameos run` (temp config, no VMs, heartbeat 1 s)",
-           both_alive_after=alive, **common)
-    result(BENCH, "healthz_req_per_s_ratio", [f / p for f, p in zip(f_rps, p_rps, strict=True)],
-           unit="ratio", bar=f">= {RATIO_BAR}", ok=lambda v: v >= RATIO_BAR,
-           note="frameos / bare quart-trio, per round", **common)
+    result(
+        BENCH,
+        "frameos_healthz_req_per_s",
+        f_rps,
+        unit="req/s",
+        peer=rnd(median(p_rps)),
+        peer_median_of=[rnd(v) for v in p_rps],
+        peer_name="bare quart-trio app on hypercorn (trio worker)",
+        p99_ms=rnd(median([r["frameos"]["p99_ms"] for r in rounds])),
+        peer_p99_ms=rnd(median([r["peer"]["p99_ms"] for r in rounds])),
+        non_2xx=sum(r["frameos"]["non_2xx"] for r in rounds),
+        socket_errors=sum(r["frameos"]["socket_errors"] for r in rounds),
+        body_bytes=sizes["frameos"],
+        peer_body_bytes=sizes["peer"],
+        server="the real `frameos run` (temp config, no VMs, heartbeat 1 s)",
+        both_alive_after=alive,
+        **common,
+    )
+    result(
+        BENCH,
+        "healthz_req_per_s_ratio",
+        [f / p for f, p in zip(f_rps, p_rps, strict=True)],
+        unit="ratio",
+        bar=f">= {RATIO_BAR}",
+        ok=lambda v: v >= RATIO_BAR,
+        note="frameos / bare quart-trio, per round",
+        **common,
+    )
 
 
 # --- (b) /healthz under the websocket load -----------------------------------------------------
@@ -258,25 +291,43 @@ def under_ws_load(runs: int, seconds: float) -> None:
             finally:
                 client.close()
             bench_ws.wait_clients(server, 0)
-            rounds.append({"p99_ms": p99(probe.samples), "p50_ms": median(probe.samples),
-                           "max_ms": max(probe.samples, default=float("nan")),
-                           "n": len(probe.samples), "failures": probe.failures,
-                           "samples": probe.samples, "ws_p99_ms": ws["p99_ms"],
-                           "ws_complete": ws["complete"]})
-            note(f"round {index + 1}: /healthz p99 {rounds[-1]['p99_ms']:.1f} ms over "
-                 f"{len(probe.samples)} probes; websocket p99 {ws['p99_ms']:.2f} ms")
+            rounds.append(
+                {
+                    "p99_ms": p99(probe.samples),
+                    "p50_ms": median(probe.samples),
+                    "max_ms": max(probe.samples, default=float("nan")),
+                    "n": len(probe.samples),
+                    "failures": probe.failures,
+                    "samples": probe.samples,
+                    "ws_p99_ms": ws["p99_ms"],
+                    "ws_complete": ws["complete"],
+                }
+            )
+            note(
+                f"round {index + 1}: /healthz p99 {rounds[-1]['p99_ms']:.1f} ms over "
+                f"{len(probe.samples)} probes; websocket p99 {ws['p99_ms']:.2f} ms"
+            )
     finally:
         server.close()
     pooled = [s for r in rounds for s in r["samples"]]
-    result(BENCH, "healthz_p99_ms_under_ws_load", [r["p99_ms"] for r in rounds], unit="ms",
-           bar=f"<= {P99_BAR_MS:g} ms", ok=lambda v: v <= P99_BAR_MS,
-           p50_ms=rnd(median([r["p50_ms"] for r in rounds])), pooled_p99_ms=rnd(p99(pooled)),
-           max_ms=rnd(max(r["max_ms"] for r in rounds)), probes=len(pooled),
-           probe_failures=sum(r["failures"] for r in rounds),
-           probe=f"new connection every {PROBE_INTERVAL_S * 1000:g} ms, GET /healthz",
-           load="bench_ws frameos server, 50 websocket clients, 200 events/s",
-           ws_p99_ms_meanwhile=[rnd(r["ws_p99_ms"]) for r in rounds],
-           ws_every_event_delivered=all(r["ws_complete"] for r in rounds), seconds=seconds)
+    result(
+        BENCH,
+        "healthz_p99_ms_under_ws_load",
+        [r["p99_ms"] for r in rounds],
+        unit="ms",
+        bar=f"<= {P99_BAR_MS:g} ms",
+        ok=lambda v: v <= P99_BAR_MS,
+        p50_ms=rnd(median([r["p50_ms"] for r in rounds])),
+        pooled_p99_ms=rnd(p99(pooled)),
+        max_ms=rnd(max(r["max_ms"] for r in rounds)),
+        probes=len(pooled),
+        probe_failures=sum(r["failures"] for r in rounds),
+        probe=f"new connection every {PROBE_INTERVAL_S * 1000:g} ms, GET /healthz",
+        load="bench_ws frameos server, 50 websocket clients, 200 events/s",
+        ws_p99_ms_meanwhile=[rnd(r["ws_p99_ms"]) for r in rounds],
+        ws_every_event_delivered=all(r["ws_complete"] for r in rounds),
+        seconds=seconds,
+    )
 
 
 def main() -> int:
@@ -290,8 +341,15 @@ def main() -> int:
         return 0
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     if shutil.which("wrk") is None:
-        emit(bench=BENCH, metric="healthz_req_per_s_ratio", value=None, runs=0,
-             bar=f">= {RATIO_BAR}", met=None, skipped="wrk is not installed (apt-get install wrk)")
+        emit(
+            bench=BENCH,
+            metric="healthz_req_per_s_ratio",
+            value=None,
+            runs=0,
+            bar=f">= {RATIO_BAR}",
+            met=None,
+            skipped="wrk is not installed (apt-get install wrk)",
+        )
     else:
         throughput(args.runs, seconds)
     under_ws_load(args.runs, 2.0 if args.quick else 3.0)

@@ -53,9 +53,13 @@ def main() -> int:
             for index in range(args.runs):
                 home = Path(tmp) / f"i{index}"
                 home.mkdir()
-                config = write_config(home, frame_port=free_port(),
-                                      state_dir=str(home / "state"), heartbeat_interval=1,
-                                      metrics_interval=60)
+                config = write_config(
+                    home,
+                    frame_port=free_port(),
+                    state_dir=str(home / "state"),
+                    heartbeat_interval=1,
+                    metrics_interval=60,
+                )
                 runs.append(FrameosRun(config))
             for run in runs:
                 run.wait_ready()
@@ -74,19 +78,38 @@ def main() -> int:
     factor = scale * window / elapsed
     cpu = [(e[0] - s[0]) * factor for s, e in zip(start, end, strict=True)]
     precise = [(e[1] - s[1]) * factor for s, e in zip(start, end, strict=True)]
-    note(f"cpu per 10 s: {[rnd(c) for c in cpu]} (stat), {[rnd(c) for c in precise]} "
-         f"(schedstat); rss MiB {[rnd(r) for r in rss]}")
-    result(BENCH, "cpu_s_per_10s", cpu, unit="s", bar=f"<= {CPU_BAR_S:g} s per 10 s",
-           ok=lambda v: v <= CPU_BAR_S, window_s=window, scaled_to_10s=scale != 1.0,
-           schedstat_cpu_s_per_10s=[rnd(c) for c in precise],
-           schedstat_median=rnd(median(precise)),
-           met_by_schedstat=median(precise) <= CPU_BAR_S,
-           resolution="utime+stime in 10 ms ticks; schedstat in ns (live threads only)",
-           instances_side_by_side=len(runs), config="heartbeat 1 s, metrics 60 s, no clients",
-           stdout_lines_read=lines)
-    result(BENCH, "rss_mib", rss, unit="MiB", bar=f"<= {RSS_BAR_MIB:g} MiB",
-           ok=lambda v: v <= RSS_BAR_MIB, peak_hwm_mib=rnd(median(hwm)), threads=threads,
-           clean_exit=all(s == 0 for s in statuses))
+    note(
+        f"cpu per 10 s: {[rnd(c) for c in cpu]} (stat), {[rnd(c) for c in precise]} "
+        f"(schedstat); rss MiB {[rnd(r) for r in rss]}"
+    )
+    result(
+        BENCH,
+        "cpu_s_per_10s",
+        cpu,
+        unit="s",
+        bar=f"<= {CPU_BAR_S:g} s per 10 s",
+        ok=lambda v: v <= CPU_BAR_S,
+        window_s=window,
+        scaled_to_10s=scale != 1.0,
+        schedstat_cpu_s_per_10s=[rnd(c) for c in precise],
+        schedstat_median=rnd(median(precise)),
+        met_by_schedstat=median(precise) <= CPU_BAR_S,
+        resolution="utime+stime in 10 ms ticks; schedstat in ns (live threads only)",
+        instances_side_by_side=len(runs),
+        config="heartbeat 1 s, metrics 60 s, no clients",
+        stdout_lines_read=lines,
+    )
+    result(
+        BENCH,
+        "rss_mib",
+        rss,
+        unit="MiB",
+        bar=f"<= {RSS_BAR_MIB:g} MiB",
+        ok=lambda v: v <= RSS_BAR_MIB,
+        peak_hwm_mib=rnd(median(hwm)),
+        threads=threads,
+        clean_exit=all(s == 0 for s in statuses),
+    )
     return 0
 
 

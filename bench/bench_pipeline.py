@@ -85,13 +85,21 @@ async def child_main(log_dir: Path, seconds: float, burst: int, out: Path) -> No
             sink.close()
     t_printed = time.perf_counter()
     log.close()
-    out.write_text(json.dumps({
-        "published": published, "last_seq": bus.last_seq, "elapsed_s": t_printed - t0,
-        "publish_s": t_published - t0, "logged_s": t_logged - t0,
-        "sink_dropped": sink.dropped, "bytes_logged": bus.bytes_logged,
-        "frameos_file": sys.modules["frameos"].__file__,
-        "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0,
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "published": published,
+                "last_seq": bus.last_seq,
+                "elapsed_s": t_printed - t0,
+                "publish_s": t_published - t0,
+                "logged_s": t_logged - t0,
+                "sink_dropped": sink.dropped,
+                "bytes_logged": bus.bytes_logged,
+                "frameos_file": sys.modules["frameos"].__file__,
+                "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0,
+            }
+        )
+    )
 
 
 # --- verification -----------------------------------------------------------------------------
@@ -129,8 +137,12 @@ def verify(log_dir: Path, published: int) -> dict[str, Any]:
     found = expected_index
     if found != published:
         problems.append(f"{published} published, the log ends at event {found}")
-    return {"ok": not problems, "problems": problems[:5], "other_events": others,
-            "files": len(files)}
+    return {
+        "ok": not problems,
+        "problems": problems[:5],
+        "other_events": others,
+        "files": len(files),
+    }
 
 
 # --- the driver -------------------------------------------------------------------------------
@@ -144,16 +156,34 @@ def one_round(seconds: float, burst: int, base: Path | None, root: Path) -> dict
         assert cat.stdin is not None
         try:
             child = subprocess.run(
-                [sys.executable, __file__, "--child", "--frameos", str(root),
-                 "--log-dir", str(tmp_path / "log"),
-                 "--seconds", str(seconds), "--burst", str(burst), "--out", str(out)],
-                stdout=cat.stdin, stderr=subprocess.PIPE, timeout=seconds + 60, check=False)
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--frameos",
+                    str(root),
+                    "--log-dir",
+                    str(tmp_path / "log"),
+                    "--seconds",
+                    str(seconds),
+                    "--burst",
+                    str(burst),
+                    "--out",
+                    str(out),
+                ],
+                stdout=cat.stdin,
+                stderr=subprocess.PIPE,
+                timeout=seconds + 60,
+                check=False,
+            )
         finally:
             cat.stdin.close()
             cat.wait(10)
         if child.returncode != 0:
-            raise RuntimeError(f"pipeline child failed ({child.returncode}): "
-                               f"{child.stderr.decode(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"pipeline child failed ({child.returncode}): "
+                f"{child.stderr.decode(errors='replace')[-3000:]}"
+            )
         figures = json.loads(out.read_text())
         figures["verify"] = verify(tmp_path / "log", figures["published"])
         figures["log_fs"] = fs_type(tmp_path)
@@ -174,9 +204,12 @@ def cursor_reads(events: int, base: Path | None) -> None:
         log.open()
         t0 = time.perf_counter()
         for start in range(1, events + 1, 10_000):
-            log.append(b"".join(
-                encode(Message(text=f"r {seq:09d} {TEXT_PAD}"), seq, time.time()).line
-                for seq in range(start, min(start + 10_000, events + 1))))
+            log.append(
+                b"".join(
+                    encode(Message(text=f"r {seq:09d} {TEXT_PAD}"), seq, time.time()).line
+                    for seq in range(start, min(start + 10_000, events + 1))
+                )
+            )
         built_s = time.perf_counter() - t0
         size = log.path.stat().st_size
         head = log.head_seq()
@@ -205,30 +238,61 @@ def cursor_reads(events: int, base: Path | None) -> None:
         assert cursor == head, (cursor, head)
         log.close()
     head_ms, one_ms = median(at_head) * 1e3, median(at_one) * 1e3
-    note(f"{events:,} events ({size / 1e6:.0f} MB, built in {built_s:.1f} s): page of 100 at the "
-         f"head {head_ms:.3f} ms, at after=1 {one_ms:.3f} ms (ratio {head_ms / one_ms:.2f}); "
-         f"page of 1000 at the head {median(head_1000) * 1e3:.2f} ms; full replay "
-         f"{replay_s:.2f} s in {pages} pages, page p99 {p99 * 1e3:.2f} ms, "
-         f"slowest {slowest * 1e3:.2f} ms")
-    emit(bench="eventlog_reads", metric="head_vs_after1_ratio", value=rnd(head_ms / one_ms),
-         head_ms=rnd(head_ms), after1_ms=rnd(one_ms), page=100, events=events,
-         bar="<= 3", met=head_ms <= 3 * one_ms)
-    emit(bench="eventlog_reads", metric="full_replay_s", value=rnd(replay_s), pages=pages,
-         page=1000, slowest_page_ms=rnd(slowest * 1e3), p99_page_ms=rnd(p99 * 1e3),
-         head_page_1000_ms=rnd(median(head_1000) * 1e3), events=events,
-         bar="<= 30 s", met=replay_s <= 30)
+    note(
+        f"{events:,} events ({size / 1e6:.0f} MB, built in {built_s:.1f} s): page of 100 at the "
+        f"head {head_ms:.3f} ms, at after=1 {one_ms:.3f} ms (ratio {head_ms / one_ms:.2f}); "
+        f"page of 1000 at the head {median(head_1000) * 1e3:.2f} ms; full replay "
+        f"{replay_s:.2f} s in {pages} pages, page p99 {p99 * 1e3:.2f} ms, "
+        f"slowest {slowest * 1e3:.2f} ms"
+    )
+    emit(
+        bench="eventlog_reads",
+        metric="head_vs_after1_ratio",
+        value=rnd(head_ms / one_ms),
+        head_ms=rnd(head_ms),
+        after1_ms=rnd(one_ms),
+        page=100,
+        events=events,
+        bar="<= 3",
+        met=head_ms <= 3 * one_ms,
+    )
+    emit(
+        bench="eventlog_reads",
+        metric="full_replay_s",
+        value=rnd(replay_s),
+        pages=pages,
+        page=1000,
+        slowest_page_ms=rnd(slowest * 1e3),
+        p99_page_ms=rnd(p99 * 1e3),
+        head_page_1000_ms=rnd(median(head_1000) * 1e3),
+        events=events,
+        bar="<= 30 s",
+        met=replay_s <= 30,
+    )
 
 
 def main() -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seconds", type=float, default=None)
-        p.add_argument("--burst", type=int, default=100,
-                       help="events published between two yields to the scheduler")
+        p.add_argument(
+            "--burst",
+            type=int,
+            default=100,
+            help="events published between two yields to the scheduler",
+        )
         p.add_argument("--dir", type=Path, default=None, help="where the log goes (a disk)")
-        p.add_argument("--compare", type=Path, default=None,
-                       help="another frameos checkout to alternate rounds with (before/after)")
-        p.add_argument("--reads", type=int, default=0,
-                       help="then time cursor reads on a log of this many events (300000)")
+        p.add_argument(
+            "--compare",
+            type=Path,
+            default=None,
+            help="another frameos checkout to alternate rounds with (before/after)",
+        )
+        p.add_argument(
+            "--reads",
+            type=int,
+            default=0,
+            help="then time cursor reads on a log of this many events (300000)",
+        )
         p.add_argument("--reads-only", action="store_true", help="skip the pipeline rounds")
         p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
         p.add_argument("--frameos", type=Path, default=REPO, help=argparse.SUPPRESS)
@@ -253,47 +317,80 @@ def main() -> int:
                 figures["rate"] = figures["published"] / figures["elapsed_s"]
                 rounds[label].append(figures)
                 assert str(figures["frameos_file"]).startswith(str(root)), figures
-                note(f"round {index + 1}{label}: {figures['rate']:,.0f} events/s, "
-                     f"{figures['cpu_s'] / figures['published'] * 1e6:.2f} µs CPU/event, "
-                     f"{figures['published']:,} events, verify "
-                     f"{'ok' if figures['verify']['ok'] else figures['verify']['problems']}")
+                note(
+                    f"round {index + 1}{label}: {figures['rate']:,.0f} events/s, "
+                    f"{figures['cpu_s'] / figures['published'] * 1e6:.2f} µs CPU/event, "
+                    f"{figures['published']:,} events, verify "
+                    f"{'ok' if figures['verify']['ok'] else figures['verify']['problems']}"
+                )
         for label, root in roots.items():
             report(BENCH + label, rounds[label], seconds, args.burst, root)
         if args.compare is not None:
             this = median([r["rate"] for r in rounds[""]])
             other = median([r["rate"] for r in rounds["_compare"]])
-            emit(bench=BENCH, metric="events_per_s_vs_compare", value=rnd(this / other),
-                 this=rnd(this), compare=rnd(other), compare_root=str(args.compare),
-                 bar="no regression", met=this >= 0.95 * other)
+            emit(
+                bench=BENCH,
+                metric="events_per_s_vs_compare",
+                value=rnd(this / other),
+                this=rnd(this),
+                compare=rnd(other),
+                compare_root=str(args.compare),
+                bar="no regression",
+                met=this >= 0.95 * other,
+            )
             # CPU per event: steadier than events/s on a shared machine
             this_cpu = median([r["cpu_s"] / r["published"] * 1e6 for r in rounds[""]])
             other_cpu = median([r["cpu_s"] / r["published"] * 1e6 for r in rounds["_compare"]])
-            emit(bench=BENCH, metric="cpu_us_per_event_vs_compare",
-                 value=rnd(this_cpu / other_cpu), this_us=rnd(this_cpu), compare_us=rnd(other_cpu),
-                 bar="no regression", met=this_cpu <= 1.05 * other_cpu)
+            emit(
+                bench=BENCH,
+                metric="cpu_us_per_event_vs_compare",
+                value=rnd(this_cpu / other_cpu),
+                this_us=rnd(this_cpu),
+                compare_us=rnd(other_cpu),
+                bar="no regression",
+                met=this_cpu <= 1.05 * other_cpu,
+            )
     if args.reads:
         cursor_reads(args.reads, args.dir)
     return 0
 
 
-def report(bench: str, rounds: list[dict[str, Any]], seconds: float, burst: int,
-           root: Path) -> None:
+def report(
+    bench: str, rounds: list[dict[str, Any]], seconds: float, burst: int, root: Path
+) -> None:
     rates = [r["rate"] for r in rounds]
     lossless = all(r["verify"]["ok"] for r in rounds)
-    result(bench, "events_per_s", rates, unit="events/s", bar=f">= {BAR} with zero loss",
-           ok=lambda v: v >= BAR and lossless,
-           zero_loss=lossless, seconds=seconds, burst=burst,
-           events=[r["published"] for r in rounds],
-           publish_only_events_per_s=rnd(
-               sorted(r["published"] / r["publish_s"] for r in rounds)[len(rounds) // 2]),
-           sink_dropped=sum(r["sink_dropped"] for r in rounds),
-           other_events_in_log=sum(r["verify"]["other_events"] for r in rounds),
-           log_bytes_per_event=rnd(rounds[0]["bytes_logged"] / max(1, rounds[0]["published"])),
-           log_fs=rounds[0]["log_fs"], stdout="pipe to a child `cat > /dev/null`",
-           fsync="batch", frameos=str(root))
-    emit(bench=bench, metric="zero_loss", value=lossless, runs=len(rounds),
-         problems=[p for r in rounds for p in r["verify"]["problems"]][:5],
-         bar="every published seq in the log exactly once, in order", met=lossless)
+    result(
+        bench,
+        "events_per_s",
+        rates,
+        unit="events/s",
+        bar=f">= {BAR} with zero loss",
+        ok=lambda v: v >= BAR and lossless,
+        zero_loss=lossless,
+        seconds=seconds,
+        burst=burst,
+        events=[r["published"] for r in rounds],
+        publish_only_events_per_s=rnd(
+            sorted(r["published"] / r["publish_s"] for r in rounds)[len(rounds) // 2]
+        ),
+        sink_dropped=sum(r["sink_dropped"] for r in rounds),
+        other_events_in_log=sum(r["verify"]["other_events"] for r in rounds),
+        log_bytes_per_event=rnd(rounds[0]["bytes_logged"] / max(1, rounds[0]["published"])),
+        log_fs=rounds[0]["log_fs"],
+        stdout="pipe to a child `cat > /dev/null`",
+        fsync="batch",
+        frameos=str(root),
+    )
+    emit(
+        bench=bench,
+        metric="zero_loss",
+        value=lossless,
+        runs=len(rounds),
+        problems=[p for r in rounds for p in r["verify"]["problems"]][:5],
+        bar="every published seq in the log exactly once, in order",
+        met=lossless,
+    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def children_cpu_s(pid: int) -> float:
     """cutime+cstime: the CPU of frameos's reaped children (exec probes, gate shells)."""
     with open(f"/proc/{pid}/stat", "rb") as handle:
         data = handle.read()
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return (int(fields[13]) + int(fields[14])) / CLK_TCK
 
 
@@ -78,11 +78,22 @@ def probe_for(kind: str, port: int) -> dict[str, Any] | None:
 def one(home: Path, kind: str, vms: int, port: int, window: float) -> dict[str, float]:
     probe = probe_for(kind, port)
     config = write_config(
-        home, frame_port=free_port(), state_dir=str(home / "state"), heartbeat_interval=0.2,
-        metrics_interval=60, shutdown_timeout_s=60,
-        vms=[{"name": f"vm{i}", "command": ["sleep", "600"],
-              "cooperative": {"method": "signal", "signal": "SIGTERM"},
-              **({"health": {"readiness": probe}} if probe else {})} for i in range(vms)])
+        home,
+        frame_port=free_port(),
+        state_dir=str(home / "state"),
+        heartbeat_interval=0.2,
+        metrics_interval=60,
+        shutdown_timeout_s=60,
+        vms=[
+            {
+                "name": f"vm{i}",
+                "command": ["sleep", "600"],
+                "cooperative": {"method": "signal", "signal": "SIGTERM"},
+                **({"health": {"readiness": probe}} if probe else {}),
+            }
+            for i in range(vms)
+        ],
+    )
     lags: list[float] = []
     ready = threading.Semaphore(0)
     measuring = threading.Event()
@@ -113,10 +124,16 @@ def one(home: Path, kind: str, vms: int, port: int, window: float) -> dict[str, 
         status = run.stop(60)
     scale = 10.0 / elapsed
     lags.sort()
-    return {"cpu": cpu * scale, "sched": sched * scale, "children": kids * scale,
-            "lag_median": median(lags), "lag_max": lags[-1] if lags else float("nan"),
-            "lag_p90": lags[int(len(lags) * 0.9)] if lags else float("nan"),
-            "samples": len(lags), "status": status}
+    return {
+        "cpu": cpu * scale,
+        "sched": sched * scale,
+        "children": kids * scale,
+        "lag_median": median(lags),
+        "lag_max": lags[-1] if lags else float("nan"),
+        "lag_p90": lags[int(len(lags) * 0.9)] if lags else float("nan"),
+        "samples": len(lags),
+        "status": status,
+    }
 
 
 def main() -> int:
@@ -143,9 +160,11 @@ def main() -> int:
                     home.mkdir()
                     figures[kind].append(one(home, kind, args.vms, port, window))
                     f = figures[kind][-1]
-                    note(f"round {round_ + 1} {kind}: cpu {rnd(f['cpu'])} s/10 s, lag median "
-                         f"{rnd(f['lag_median'])} ms, p90 {rnd(f['lag_p90'])}, max "
-                         f"{rnd(f['lag_max'])}, children {rnd(f['children'])} s")
+                    note(
+                        f"round {round_ + 1} {kind}: cpu {rnd(f['cpu'])} s/10 s, lag median "
+                        f"{rnd(f['lag_median'])} ms, p90 {rnd(f['lag_p90'])}, max "
+                        f"{rnd(f['lag_max'])}, children {rnd(f['children'])} s"
+                    )
     finally:
         server.shutdown()
     base = median([f["cpu"] for f in figures.get("none", [])]) if "none" in figures else None
@@ -154,14 +173,29 @@ def main() -> int:
         extra_fields: dict[str, Any] = {}
         if base is not None and kind != "none":
             extra_fields["cpu_over_none_s_per_10s"] = rnd(median(cpu) - base)
-        result(BENCH, f"{kind}_cpu_s_per_10s", cpu, unit="s", vms=args.vms, window_s=window,
-               schedstat=[rnd(f["sched"]) for f in runs],
-               children_cpu_s_per_10s=[rnd(f["children"]) for f in runs], **extra_fields)
-        result(BENCH, f"{kind}_loop_lag_ms", [f["lag_median"] for f in runs], unit="ms",
-               bar=f"median <= {LAG_BAR_MS:g} ms", ok=lambda v: v <= LAG_BAR_MS,
-               p90=[rnd(f["lag_p90"]) for f in runs], max=[rnd(f["lag_max"]) for f in runs],
-               samples=[int(f["samples"]) for f in runs],
-               clean_exit=all(f["status"] == 0 for f in runs))
+        result(
+            BENCH,
+            f"{kind}_cpu_s_per_10s",
+            cpu,
+            unit="s",
+            vms=args.vms,
+            window_s=window,
+            schedstat=[rnd(f["sched"]) for f in runs],
+            children_cpu_s_per_10s=[rnd(f["children"]) for f in runs],
+            **extra_fields,
+        )
+        result(
+            BENCH,
+            f"{kind}_loop_lag_ms",
+            [f["lag_median"] for f in runs],
+            unit="ms",
+            bar=f"median <= {LAG_BAR_MS:g} ms",
+            ok=lambda v: v <= LAG_BAR_MS,
+            p90=[rnd(f["lag_p90"]) for f in runs],
+            max=[rnd(f["lag_max"]) for f in runs],
+            samples=[int(f["samples"]) for f in runs],
+            clean_exit=all(f["status"] == 0 for f in runs),
+        )
     return 0
 
 

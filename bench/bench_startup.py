@@ -46,18 +46,32 @@ from _common import (
 BENCH = "b4_startup"
 CLI_BAR_MS = 250.0
 RUN_BAR_MS = 800.0
-SERVER_STACK = ("trio", "quart", "quart_trio", "hypercorn", "wsproto", "h11", "h2",
-                "prometheus_client", "rich", "werkzeug", "jinja2")
+SERVER_STACK = (
+    "trio",
+    "quart",
+    "quart_trio",
+    "hypercorn",
+    "wsproto",
+    "h11",
+    "h2",
+    "prometheus_client",
+    "rich",
+    "werkzeug",
+    "jinja2",
+)
 
 
 def wall_ms(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                          check=False)
+    done = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+    )
     elapsed = (time.perf_counter() - start) * 1000
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: "
-                           f"{done.stderr.decode(errors='replace')[-1000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {done.returncode}: "
+            f"{done.stderr.decode(errors='replace')[-1000:]}"
+        )
     return elapsed
 
 
@@ -66,15 +80,21 @@ _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 def import_profile(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run `python -X importtime -m frameos ARGS`; summarize where import time goes."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "frameos", *args],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "frameos", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        check=False,
+    )
     entries = []  # (self_us, cumulative_us, depth, module), in the order printed (post-order)
     for line in done.stderr.splitlines():
         found = _LINE.match(line)
         if found:
-            entries.append((int(found.group(1)), int(found.group(2)),
-                            len(found.group(3)) // 2, found.group(4)))
+            entries.append(
+                (int(found.group(1)), int(found.group(2)), len(found.group(3)) // 2, found.group(4))
+            )
     by_package: dict[str, int] = defaultdict(int)
     for self_us, _cum, _depth, module in entries:
         by_package[module.split(".")[0]] += self_us
@@ -84,17 +104,20 @@ def import_profile(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     for index, (_self, cum, depth, module) in enumerate(entries):
         root = module.split(".")[0]
         if module == root and root not in importer:
-            parent = next((m for _s, _c, d, m in entries[index + 1:] if d < depth), "(main)")
+            parent = next((m for _s, _c, d, m in entries[index + 1 :] if d < depth), "(main)")
             importer[root] = parent
             cumulative[root] = cum
     total = sum(cum for _self, cum, depth, _m in entries if depth == 0)
     heavy = sorted(cumulative.items(), key=lambda kv: -kv[1])
     return {
         "total_import_ms": rnd(total / 1000),
-        "self_ms_by_package": {k: rnd(v / 1000) for k, v in
-                               sorted(by_package.items(), key=lambda kv: -kv[1])[:12]},
-        "heaviest_packages": [{"package": k, "cumulative_ms": rnd(v / 1000),
-                               "imported_by": importer[k]} for k, v in heavy[:10]],
+        "self_ms_by_package": {
+            k: rnd(v / 1000) for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])[:12]
+        },
+        "heaviest_packages": [
+            {"package": k, "cumulative_ms": rnd(v / 1000), "imported_by": importer[k]}
+            for k, v in heavy[:10]
+        ],
         "server_stack_imported": sorted(p for p in SERVER_STACK if p in importer),
     }
 
@@ -131,28 +154,43 @@ def work_profile(args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """cProfile one run: how much of it is imports, and the costliest calls that are not."""
     import ast
 
-    done = subprocess.run([sys.executable, "-c", _PROFILE, *args], capture_output=True,
-                          text=True, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROFILE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     try:
         data = ast.literal_eval(done.stdout.strip())
     except (ValueError, SyntaxError):
         return {"error": done.stderr[-500:]}
-    return {"profiled_ms": rnd(data["total_ms"]), "in_imports_ms": rnd(data["import_ms"]),
-            "not_imports_ms": rnd(data["total_ms"] - data["import_ms"]),
-            "building_pydantic_models_ms": rnd(data["models_ms"]),
-            "top_calls_not_imports": [{"call": name, "cumulative_ms": rnd(ms)}
-                                      for name, ms in data["top"]]}
+    return {
+        "profiled_ms": rnd(data["total_ms"]),
+        "in_imports_ms": rnd(data["import_ms"]),
+        "not_imports_ms": rnd(data["total_ms"] - data["import_ms"]),
+        "building_pydantic_models_ms": rnd(data["models_ms"]),
+        "top_calls_not_imports": [
+            {"call": name, "cumulative_ms": rnd(ms)} for name, ms in data["top"]
+        ],
+    }
 
 
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory(prefix="frameos-b4-") as tmp:
-        config = write_config(Path(tmp), frame_port=free_port(),
-                              state_dir=str(Path(tmp) / "state"), heartbeat_interval=1)
+        config = write_config(
+            Path(tmp),
+            frame_port=free_port(),
+            state_dir=str(Path(tmp) / "state"),
+            heartbeat_interval=1,
+        )
         env = bytecode_env(Path(tmp) / "pycache")
         cli = frameos_argv()
-        commands = {"check": [*cli, "check", "--config", str(config)],
-                    "contract": [*cli, "contract"]}
+        commands = {
+            "check": [*cli, "check", "--config", str(config)],
+            "contract": [*cli, "contract"],
+        }
         # warm-up: the page cache, and bytecode for every module the three commands import
         for argv in commands.values():
             wall_ms(argv, env)
@@ -175,20 +213,39 @@ def main() -> int:
         note("medians: " + ", ".join(f"{k} {median(v):.0f} ms" for k, v in times.items()))
         bare = rnd(median(times["bare"]))
         for name in ("check", "contract"):
-            record = result(BENCH, f"{name}_wall_ms", times[name], unit="ms",
-                            bar=f"<= {CLI_BAR_MS:g} ms", ok=lambda v: v <= CLI_BAR_MS,
-                            command=" ".join(["frameos", *commands[name][len(cli):]]),
-                            interpreter_start_ms=bare, bytecode="cached (as installed)")
-            profile_args = commands[name][len(cli):]
+            record = result(
+                BENCH,
+                f"{name}_wall_ms",
+                times[name],
+                unit="ms",
+                bar=f"<= {CLI_BAR_MS:g} ms",
+                ok=lambda v: v <= CLI_BAR_MS,
+                command=" ".join(["frameos", *commands[name][len(cli) :]]),
+                interpreter_start_ms=bare,
+                bytecode="cached (as installed)",
+            )
+            profile_args = commands[name][len(cli) :]
             profile = import_profile(profile_args, env)
             profile["under_cprofile"] = work_profile(profile_args, env)
-            emit(bench=BENCH, metric=f"{name}_import_profile",
-                 value=profile["total_import_ms"], unit="ms (under -X importtime)",
-                 bar_missed=not record["met"], **profile)
-        result(BENCH, "run_to_ready_ms", times["run"], unit="ms", bar=f"<= {RUN_BAR_MS:g} ms",
-               ok=lambda v: v <= RUN_BAR_MS, command="frameos run --config X (until the "
-               "runtime:ready line on stdout)", interpreter_start_ms=bare,
-               bytecode="cached (as installed)")
+            emit(
+                bench=BENCH,
+                metric=f"{name}_import_profile",
+                value=profile["total_import_ms"],
+                unit="ms (under -X importtime)",
+                bar_missed=not record["met"],
+                **profile,
+            )
+        result(
+            BENCH,
+            "run_to_ready_ms",
+            times["run"],
+            unit="ms",
+            bar=f"<= {RUN_BAR_MS:g} ms",
+            ok=lambda v: v <= RUN_BAR_MS,
+            command="frameos run --config X (until the runtime:ready line on stdout)",
+            interpreter_start_ms=bare,
+            bytecode="cached (as installed)",
+        )
     return 0
 
 

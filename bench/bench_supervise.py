@@ -56,10 +56,14 @@ GRACE_S = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHILDREN = {
     "sh": ["sh", "-c", "trap 'sleep 0.2; exit 0' TERM; sleep 1000 & wait", MARKER],
-    "py": [sys.executable, "-c",
-           "import signal, sys, time; "
-           "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.2), sys.exit(0))); "
-           "[signal.pause() for _ in iter(int, 1)]", MARKER],
+    "py": [
+        sys.executable,
+        "-c",
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.2), sys.exit(0))); "
+        "[signal.pause() for _ in iter(int, 1)]",
+        MARKER,
+    ],
 }
 PHASE_TIMEOUT_S = 30.0
 
@@ -87,7 +91,7 @@ def stat_fields(pid: int) -> list[str] | None:
             raw = handle.read()
     except OSError:
         return None
-    return raw[raw.rfind(b")") + 2:].decode().split()
+    return raw[raw.rfind(b")") + 2 :].decode().split()
 
 
 def alive(pid: int) -> bool:
@@ -174,8 +178,14 @@ class Supervisor:
 
     def start(self) -> subprocess.Popen[bytes]:
         out = open(self.workdir / f"{self.name}.out", "wb")  # noqa: SIM115  # the child owns it
-        self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True, env=self.env())
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+            env=self.env(),
+        )
         out.close()
         return self.proc
 
@@ -191,14 +201,22 @@ class Frameos(Supervisor):
         return {**base, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
     def argv(self) -> list[str]:
-        vms = [{"name": f"child-{i:02d}", "command": self.child,
+        vms = [
+            {
+                "name": f"child-{i:02d}",
+                "command": self.child,
                 "cooperative": {"method": "none"},
-                "timeouts": {"cooperative_ms": 0, "sigterm_ms": GRACE_S * 1000,
-                             "sigkill_ms": 1000},
-                "restart": {"backoff_initial_ms": 0, "max_restarts": 10_000}}
-               for i in range(self.n)]
-        config = {"frame_port": 0, "state_dir": str(self.workdir / "state"),
-                  "shutdown_timeout_s": 15, "vms": vms}
+                "timeouts": {"cooperative_ms": 0, "sigterm_ms": GRACE_S * 1000, "sigkill_ms": 1000},
+                "restart": {"backoff_initial_ms": 0, "max_restarts": 10_000},
+            }
+            for i in range(self.n)
+        ]
+        config = {
+            "frame_port": 0,
+            "state_dir": str(self.workdir / "state"),
+            "shutdown_timeout_s": 15,
+            "vms": vms,
+        }
         path = self.workdir / "frame.json"
         path.write_text(json.dumps(config))
         return [sys.executable, "-m", "frameos", "run", "--config", str(path), "--output", "json"]
@@ -285,8 +303,7 @@ copy_env = True
 
         client = self.state.get("client")
         if client is None:
-            client = self.state["client"] = CircusClient(endpoint=self.state["endpoint"],
-                                                         timeout=1)
+            client = self.state["client"] = CircusClient(endpoint=self.state["endpoint"], timeout=1)
         try:
             answer = client.call({"command": "list", "properties": {"name": "w"}})
         except Exception:  # not up yet (CallError, timeouts)
@@ -295,13 +312,18 @@ copy_env = True
 
 
 def _ini_quote(arg: str) -> str:
-    return arg if arg and all(c.isalnum() or c in "-_./=:" for c in arg) else (
-        "'" + arg.replace("'", "'\"'\"'") + "'")
+    return (
+        arg
+        if arg and all(c.isalnum() or c in "-_./=:" for c in arg)
+        else ("'" + arg.replace("'", "'\"'\"'") + "'")
+    )
 
 
 SUPERVISORS: dict[str, tuple[type[Supervisor], str | None]] = {
-    "frameos": (Frameos, None), "supervisord": (Supervisord, "supervisor"),
-    "circus": (Circus, "circus")}
+    "frameos": (Frameos, None),
+    "supervisord": (Supervisord, "supervisor"),
+    "circus": (Circus, "circus"),
+}
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -311,10 +333,15 @@ def measure(sup: Supervisor, idle_s: float) -> dict[str, float]:
     started = time.perf_counter()
     proc = sup.start()
     try:
-        wait_until(sup.all_running, f"{sup.name}: all running", interval=0.02
-                   if sup.name != "frameos" else 0.005)
-        result = {"start_all_s": time.perf_counter() - started,
-                  "start_all_cpu_s": cpu_seconds(proc.pid)}
+        wait_until(
+            sup.all_running,
+            f"{sup.name}: all running",
+            interval=0.02 if sup.name != "frameos" else 0.005,
+        )
+        result = {
+            "start_all_s": time.perf_counter() - started,
+            "start_all_cpu_s": cpu_seconds(proc.pid),
+        }
         wait_until(lambda: len(marked_children(proc.pid)) == sup.n, "children visible", 0.01)
         wait_until(sup.settled, f"{sup.name}: settled", 0.01)
         time.sleep(0.5)
@@ -375,8 +402,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> float:
     everything = descendants(proc.pid)
     start = time.perf_counter()
     proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: proc.poll() is not None and not any(alive(p) for p in everything),
-               "all gone after SIGTERM")
+    wait_until(
+        lambda: proc.poll() is not None and not any(alive(p) for p in everything),
+        "all gone after SIGTERM",
+    )
     return time.perf_counter() - start
 
 
@@ -398,10 +427,14 @@ def available(names: list[str]) -> list[str]:
         if module is None or importlib.util.find_spec(module) is not None:
             out.append(name)
             continue
-        emit(bench="supervise", supervisor=name, status="absent",
-             detail=f"python module {module!r} is not installed in {sys.executable}; "
-                    f"`pip install {'supervisor' if name == 'supervisord' else name}` "
-                    f"(nox -s bench does) to compare against it")
+        emit(
+            bench="supervise",
+            supervisor=name,
+            status="absent",
+            detail=f"python module {module!r} is not installed in {sys.executable}; "
+            f"`pip install {'supervisor' if name == 'supervisord' else name}` "
+            f"(nox -s bench does) to compare against it",
+        )
         print(f"bench_supervise: {name} is ABSENT: no ratio against it", file=sys.stderr)
     return out
 
@@ -418,8 +451,9 @@ def warm_up(n: int, child: list[str]) -> None:
             _kill_everything(proc)
 
 
-def run(names: list[str], kinds: list[str], runs: int, n: int,
-        idle_s: float) -> dict[tuple[str, str], dict[str, float]]:
+def run(
+    names: list[str], kinds: list[str], runs: int, n: int, idle_s: float
+) -> dict[tuple[str, str], dict[str, float]]:
     medians: dict[tuple[str, str], dict[str, float]] = {}
     if "frameos" in names:
         warm_up(n, CHILDREN[kinds[0]])
@@ -432,8 +466,13 @@ def run(names: list[str], kinds: list[str], runs: int, n: int,
                     try:
                         result = measure(sup, idle_s)
                     except TimeoutError as exc:
-                        emit(bench="supervise", supervisor=name, child=kind, run=index,
-                             error=str(exc))
+                        emit(
+                            bench="supervise",
+                            supervisor=name,
+                            child=kind,
+                            run=index,
+                            error=str(exc),
+                        )
                         continue
                 for metric, value in result.items():
                     samples[name].setdefault(metric, []).append(value)
@@ -442,8 +481,15 @@ def run(names: list[str], kinds: list[str], runs: int, n: int,
             for metric, values in samples[name].items():
                 median = statistics.median(values)
                 medians[(name, kind)][metric] = median
-                emit(bench="supervise", supervisor=name, child=kind, metric=metric,
-                     median=round(median, 4), runs=[round(v, 4) for v in values], n=n)
+                emit(
+                    bench="supervise",
+                    supervisor=name,
+                    child=kind,
+                    metric=metric,
+                    median=round(median, 4),
+                    runs=[round(v, 4) for v in values],
+                    n=n,
+                )
     return medians
 
 
@@ -458,18 +504,34 @@ def report(medians: dict[tuple[str, str], dict[str, float]], kinds: list[str]) -
                 if metric not in theirs:
                     continue
                 ratio = round(value / theirs[metric], 3) if theirs[metric] else None
-                emit(bench="supervise", ratio=f"frameos/{peer}", child=kind, metric=metric,
-                     value=ratio, ours=round(value, 4), theirs=round(theirs[metric], 4))
+                emit(
+                    bench="supervise",
+                    ratio=f"frameos/{peer}",
+                    child=kind,
+                    metric=metric,
+                    value=ratio,
+                    ours=round(value, 4),
+                    theirs=round(theirs[metric], 4),
+                )
         peer_start = medians.get(("supervisord", kind), {}).get("start_all_s")
-        bars = [("B6-start", "start_all_s", None if peer_start is None else 0.8 * peer_start),
-                ("B6-stop", "stop_s", 0.35), ("B7-restart", "restart_s", 0.05),
-                ("B8-rss", "rss_mib", 64.0), ("B8-idle-cpu", "idle_cpu_s", 0.02)]
+        bars = [
+            ("B6-start", "start_all_s", None if peer_start is None else 0.8 * peer_start),
+            ("B6-stop", "stop_s", 0.35),
+            ("B7-restart", "restart_s", 0.05),
+            ("B8-rss", "rss_mib", 64.0),
+            ("B8-idle-cpu", "idle_cpu_s", 0.02),
+        ]
         for bar, metric, target in bars:
             found = ours.get(metric)
-            emit(bench="supervise", bar=bar, child=kind, metric=metric,
-                 value=None if found is None else round(found, 4),
-                 target=None if target is None else round(target, 4),
-                 passed=None if found is None or target is None else found <= target + 1e-9)
+            emit(
+                bench="supervise",
+                bar=bar,
+                child=kind,
+                metric=metric,
+                value=None if found is None else round(found, 4),
+                target=None if target is None else round(target, 4),
+                passed=None if found is None or target is None else found <= target + 1e-9,
+            )
 
 
 def main() -> int:

@@ -104,8 +104,9 @@ async def serve_frameos(queue_depth: int | None = None, fsync: str | None = None
     if fsync is not None:
         raw["event_log"] = {"fsync": fsync}
     config = validate_config(raw, "bench")
-    log = EventLog(tmp / "events.jsonl", max_bytes=config.event_log.max_bytes,
-                   keep=config.event_log.keep)
+    log = EventLog(
+        tmp / "events.jsonl", max_bytes=config.event_log.max_bytes, keep=config.event_log.keep
+    )
     bus = Bus(log, last_seq=log.open().last_seq, fsync=config.event_log.fsync)
     state = RuntimeState(config=config, config_source="bench")
     hub = WsHub(bus, config.websocket)
@@ -128,9 +129,16 @@ async def serve_frameos(queue_depth: int | None = None, fsync: str | None = None
         await flushed(last)
         cpu = self_cpu_s() - cpu0
         split1 = thread_split_s(os.getpid())
-        return {"first": first, "last": last, "published": count, "cpu_s": cpu,
-                "cpu_main_s": split1[0] - split0[0], "cpu_threads_s": split1[1] - split0[1],
-                "t0": wall0, "clients": len(hub.clients)}
+        return {
+            "first": first,
+            "last": last,
+            "published": count,
+            "cpu_s": cpu,
+            "cpu_main_s": split1[0] - split0[0],
+            "cpu_threads_s": split1[1] - split0[1],
+            "t0": wall0,
+            "clients": len(hub.clients),
+        }
 
     async def burst(count: int) -> dict[str, Any]:
         checkpoint = trio.lowlevel.checkpoint
@@ -143,12 +151,19 @@ async def serve_frameos(queue_depth: int | None = None, fsync: str | None = None
         t_pub = time.time()
         await flushed(last)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        return {"first": first, "last": last, "published": count,
-                "cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
-                "utime_s": ru1.ru_utime - ru0.ru_utime, "stime_s": ru1.ru_stime - ru0.ru_stime,
-                "write_syscalls": syscw() - writes0,
-                "t0": wall0, "publish_s": t_pub - wall0, "flushed_s": time.time() - t_pub,
-                "clients": len(hub.clients)}
+        return {
+            "first": first,
+            "last": last,
+            "published": count,
+            "cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
+            "utime_s": ru1.ru_utime - ru0.ru_utime,
+            "stime_s": ru1.ru_stime - ru0.ru_stime,
+            "write_syscalls": syscw() - writes0,
+            "t0": wall0,
+            "publish_s": t_pub - wall0,
+            "flushed_s": time.time() - t_pub,
+            "clients": len(hub.clients),
+        }
 
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
@@ -164,8 +179,12 @@ async def serve_frameos(queue_depth: int | None = None, fsync: str | None = None
             elif cmd["cmd"] == "burst":
                 reply(**await burst(cmd["count"]))
             elif cmd["cmd"] == "stats":
-                reply(clients=len(hub.clients), dropped_slow=hub.dropped_slow,
-                      frames_sent=hub.frames_sent, pid=os.getpid())
+                reply(
+                    clients=len(hub.clients),
+                    dropped_slow=hub.dropped_slow,
+                    frames_sent=hub.frames_sent,
+                    pid=os.getpid(),
+                )
             else:
                 break
         stop.set()
@@ -220,8 +239,16 @@ async def serve_websockets() -> None:
     def event() -> bytes:
         nonlocal seq
         seq += 1
-        return orjson.dumps({"v": 1, "seq": seq, "timestamp": time.time(), "event": "message",
-                             "severity": "info", "fields": {"text": TEXT}})
+        return orjson.dumps(
+            {
+                "v": 1,
+                "seq": seq,
+                "timestamp": time.time(),
+                "event": "message",
+                "severity": "info",
+                "fields": {"text": TEXT},
+            }
+        )
 
     async def flushed() -> None:
         while any(ws.transport.get_write_buffer_size() for ws in clients):
@@ -241,9 +268,16 @@ async def serve_websockets() -> None:
         await flushed()
         cpu = self_cpu_s() - cpu0
         split1 = thread_split_s(os.getpid())
-        return {"first": first, "last": seq, "published": count, "cpu_s": cpu,
-                "cpu_main_s": split1[0] - split0[0], "cpu_threads_s": split1[1] - split0[1],
-                "t0": wall0, "clients": len(clients)}
+        return {
+            "first": first,
+            "last": seq,
+            "published": count,
+            "cpu_s": cpu,
+            "cpu_main_s": split1[0] - split0[0],
+            "cpu_threads_s": split1[1] - split0[1],
+            "t0": wall0,
+            "clients": len(clients),
+        }
 
     async def burst(count: int) -> dict[str, Any]:
         cpu0, wall0 = self_cpu_s(), time.time()
@@ -253,8 +287,15 @@ async def serve_websockets() -> None:
             await asyncio.sleep(0)
         t_pub = time.time()
         await flushed()
-        return {"first": first, "last": seq, "published": count, "cpu_s": self_cpu_s() - cpu0,
-                "t0": wall0, "publish_s": t_pub - wall0, "clients": len(clients)}
+        return {
+            "first": first,
+            "last": seq,
+            "published": count,
+            "cpu_s": self_cpu_s() - cpu0,
+            "t0": wall0,
+            "publish_s": t_pub - wall0,
+            "clients": len(clients),
+        }
 
     loop = asyncio.get_running_loop()
     async with serve(handler, "127.0.0.1", 0, compression=None) as server:
@@ -295,9 +336,13 @@ def handshake(port: int, path: str, rcvbuf: int | None = None) -> Conn:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -386,7 +431,7 @@ def client_main(port: int, readers: int, stuck: int, path: str) -> None:
                 else:
                     if size - pos < 10:
                         break
-                    b1 = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                    b1 = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                     start = pos + 10
                 end = start + b1
                 if end > size:
@@ -394,14 +439,14 @@ def client_main(port: int, readers: int, stuck: int, path: str) -> None:
                 opcode = buf[pos] & 0x0F
                 if opcode == 1:
                     comma = buf.find(b",", start + 13, start + 40)
-                    seq = int(buf[start + 13:comma])
+                    seq = int(buf[start + 13 : comma])
                     if last_seq and seq != last_seq + 1:
                         conn.order_errors += 1
                     last_seq = seq
                     count += 1
                     if track:
                         t_start = comma + 13
-                        latencies.append(now - float(buf[t_start:buf.find(b",", t_start)]))
+                        latencies.append(now - float(buf[t_start : buf.find(b",", t_start)]))
                 elif opcode == 9:  # ping: answer with a masked pong (mask key 0)
                     payload = bytes(buf[start:end])
                     with contextlib.suppress(OSError):
@@ -420,17 +465,20 @@ def client_main(port: int, readers: int, stuck: int, path: str) -> None:
             done = all(c.closed or c.last_seq >= target for c in conns)
             if done or time.monotonic() > deadline:
                 lat = sorted(latencies)
-                reply(complete=done and all(c.count == waiting["count"] and not c.closed
-                                            for c in conns),
-                      counts=sorted({c.count for c in conns}),
-                      deliveries=sum(c.count for c in conns),
-                      closed=sum(c.closed for c in conns),
-                      order_errors=sum(c.order_errors for c in conns),
-                      t_last=max(c.t_last for c in conns), client_cpu_s=self_cpu_s() - cpu0,
-                      latency_n=len(lat),
-                      p50_ms=lat[len(lat) // 2] * 1000 if lat else None,
-                      p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else None,
-                      max_ms=lat[-1] * 1000 if lat else None)
+                reply(
+                    complete=done
+                    and all(c.count == waiting["count"] and not c.closed for c in conns),
+                    counts=sorted({c.count for c in conns}),
+                    deliveries=sum(c.count for c in conns),
+                    closed=sum(c.closed for c in conns),
+                    order_errors=sum(c.order_errors for c in conns),
+                    t_last=max(c.t_last for c in conns),
+                    client_cpu_s=self_cpu_s() - cpu0,
+                    latency_n=len(lat),
+                    p50_ms=lat[len(lat) // 2] * 1000 if lat else None,
+                    p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else None,
+                    max_ms=lat[-1] * 1000 if lat else None,
+                )
                 waiting = None
     for conn in conns + stuck_conns:
         conn.sock.close()
@@ -448,8 +496,14 @@ class Child:
 
     def __init__(self, argv: list[str], name: str) -> None:
         self.name = name
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.errors: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -479,8 +533,9 @@ class Child:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self.proc.wait(5)
-            raise ChildExited(f"{self.name} exited ({self.proc.returncode}): "
-                              f"{self.last_error()}") from None
+            raise ChildExited(
+                f"{self.name} exited ({self.proc.returncode}): {self.last_error()}"
+            ) from None
 
     def last_error(self) -> str:
         """The last line of the child's stderr that says what went wrong."""
@@ -494,12 +549,12 @@ class Child:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise RuntimeError(f"{self.name}: no answer within {timeout} s; stderr: "
-                               f"{''.join(self.errors)[-2000:]}") from None
+            raise RuntimeError(
+                f"{self.name}: no answer within {timeout} s; stderr: {''.join(self.errors)[-2000:]}"
+            ) from None
         if line is None:
             self.proc.wait(5)
-            raise ChildExited(f"{self.name} exited ({self.proc.returncode}): "
-                              f"{self.last_error()}")
+            raise ChildExited(f"{self.name} exited ({self.proc.returncode}): {self.last_error()}")
         record: dict[str, Any] = json.loads(line)
         return record
 
@@ -531,8 +586,9 @@ class Server:
         design = "frameos" if self.design.startswith("frameos") else self.design
         if self.design.startswith("frameos-fsync-"):
             self.extra = ["--fsync", self.design.rsplit("-", 1)[1]]
-        child = Child([sys.executable, __file__, "--serve", design, *self.extra],
-                      f"{self.design} server")
+        child = Child(
+            [sys.executable, __file__, "--serve", design, *self.extra], f"{self.design} server"
+        )
         return child, int(child.recv(30)["port"])
 
     def ensure(self) -> None:
@@ -553,8 +609,20 @@ def start_server(design: str, *extra: str) -> Server:
 
 
 def start_client(port: int, readers: int, stuck: int = 0) -> Child:
-    client = Child([sys.executable, __file__, "--client", "--port", str(port),
-                    "--readers", str(readers), "--stuck", str(stuck)], "client")
+    client = Child(
+        [
+            sys.executable,
+            __file__,
+            "--client",
+            "--port",
+            str(port),
+            "--readers",
+            str(readers),
+            "--stuck",
+            str(stuck),
+        ],
+        "client",
+    )
     client.recv(30)
     return client
 
@@ -566,23 +634,29 @@ def wait_clients(server: Server, expected: int, timeout: float = 10.0) -> None:
         if stats["clients"] == expected:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.design}: {stats['clients']} clients connected, "
-                               f"expected {expected}")
+            raise RuntimeError(
+                f"{server.design}: {stats['clients']} clients connected, expected {expected}"
+            )
         time.sleep(0.05)
 
 
 def rate_phase(server: Server, client: Child, seconds: float) -> dict[str, Any]:
     client.send(cmd="reset", latency=True)
     pub = server.call(cmd="rate", rate=RATE, seconds=seconds, timeout=seconds + 30)
-    got = client.call(cmd="wait", last_seq=pub["last"], count=pub["published"],
-                      within=10, timeout=20)
-    return {"p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "max_ms": got["max_ms"],
-            "complete": got["complete"] and got["order_errors"] == 0,
-            "deliveries": got["deliveries"], "closed": got["closed"],
-            "cpu_us_per_delivery": pub["cpu_s"] / max(1, got["deliveries"]) * 1e6,
-            "main_thread_us_per_delivery": pub["cpu_main_s"] / max(1, got["deliveries"]) * 1e6,
-            "other_threads_us_per_delivery":
-                pub["cpu_threads_s"] / max(1, got["deliveries"]) * 1e6}
+    got = client.call(
+        cmd="wait", last_seq=pub["last"], count=pub["published"], within=10, timeout=20
+    )
+    return {
+        "p50_ms": got["p50_ms"],
+        "p99_ms": got["p99_ms"],
+        "max_ms": got["max_ms"],
+        "complete": got["complete"] and got["order_errors"] == 0,
+        "deliveries": got["deliveries"],
+        "closed": got["closed"],
+        "cpu_us_per_delivery": pub["cpu_s"] / max(1, got["deliveries"]) * 1e6,
+        "main_thread_us_per_delivery": pub["cpu_main_s"] / max(1, got["deliveries"]) * 1e6,
+        "other_threads_us_per_delivery": pub["cpu_threads_s"] / max(1, got["deliveries"]) * 1e6,
+    }
 
 
 def burst_phase(server: Server, client: Child, count: int) -> dict[str, Any]:
@@ -590,25 +664,33 @@ def burst_phase(server: Server, client: Child, count: int) -> dict[str, Any]:
     time.sleep(0.05)
     before = server.call(cmd="stats")["dropped_slow"]
     pub = server.call(cmd="burst", count=count, timeout=120)
-    got = client.call(cmd="wait", last_seq=pub["last"], count=pub["published"],
-                      within=30, timeout=40)
+    got = client.call(
+        cmd="wait", last_seq=pub["last"], count=pub["published"], within=30, timeout=40
+    )
     elapsed = got["t_last"] - pub["t0"]
     stats = server.call(cmd="stats")
-    return {"deliveries_per_s": got["deliveries"] / elapsed if elapsed > 0 else 0.0,
-            "complete": got["complete"] and got["order_errors"] == 0,
-            "deliveries": got["deliveries"], "closed": got["closed"],
-            "dropped_slow": stats["dropped_slow"] - before, "clients_left": stats["clients"],
-            "cpu_us_per_delivery": pub["cpu_s"] / max(1, got["deliveries"]) * 1e6,
-            "client_cpu_share": got["client_cpu_s"] / elapsed if elapsed > 0 else 0.0,
-            "elapsed_s": elapsed, "utime_s": pub["utime_s"], "stime_s": pub["stime_s"],
-            "writes_per_delivery": pub.get("write_syscalls", -1) / max(1, got["deliveries"])}
+    return {
+        "deliveries_per_s": got["deliveries"] / elapsed if elapsed > 0 else 0.0,
+        "complete": got["complete"] and got["order_errors"] == 0,
+        "deliveries": got["deliveries"],
+        "closed": got["closed"],
+        "dropped_slow": stats["dropped_slow"] - before,
+        "clients_left": stats["clients"],
+        "cpu_us_per_delivery": pub["cpu_s"] / max(1, got["deliveries"]) * 1e6,
+        "client_cpu_share": got["client_cpu_s"] / elapsed if elapsed > 0 else 0.0,
+        "elapsed_s": elapsed,
+        "utime_s": pub["utime_s"],
+        "stime_s": pub["stime_s"],
+        "writes_per_delivery": pub.get("write_syscalls", -1) / max(1, got["deliveries"]),
+    }
 
 
 CRASHED = {"complete": False, "crashed": True}
 
 
-def phase(server: Server, readers: int, stuck: int, steps: list[tuple[str, Any]],
-          out: dict[str, Any]) -> None:
+def phase(
+    server: Server, readers: int, stuck: int, steps: list[tuple[str, Any]], out: dict[str, Any]
+) -> None:
     """Connect a client process, run the phases; a server death is recorded, not raised."""
     server.ensure()
     client = start_client(server.port, readers, stuck)
@@ -652,8 +734,13 @@ def r3_pairs(server: Server, pairs: int, events: int) -> list[dict[str, dict[str
         pair: dict[str, dict[str, Any]] = {}
         for stuck in (0, 1) if index % 2 == 0 else (1, 0):
             name = "stuck" if stuck else "base"
-            phase(server, CLIENTS - stuck, stuck,
-                  [(name, lambda s, c: burst_phase(s, c, events))], pair)
+            phase(
+                server,
+                CLIENTS - stuck,
+                stuck,
+                [(name, lambda s, c: burst_phase(s, c, events))],
+                pair,
+            )
         out.append(pair)
         note(f"R3 pair {index + 1}: " + summary({"frameos": pair}))
     return out
@@ -669,11 +756,18 @@ def main() -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seconds", type=float, default=None, help="200 events/s phase (5 s)")
         p.add_argument("--events", type=int, default=None, help="flat-out burst (4000)")
-        p.add_argument("--r3-pairs", type=int, default=None,
-                       help=f"R3: burst pairs without/with a stuck client ({R3_PAIRS}; 3 quick)")
+        p.add_argument(
+            "--r3-pairs",
+            type=int,
+            default=None,
+            help=f"R3: burst pairs without/with a stuck client ({R3_PAIRS}; 3 quick)",
+        )
         p.add_argument("--r3-only", action="store_true", help="run only the R3 pairs")
-        p.add_argument("--diagnose", action="store_true",
-                       help="also run the 200 events/s phase with fsync=never and =always")
+        p.add_argument(
+            "--diagnose",
+            action="store_true",
+            help="also run the 200 events/s phase with fsync=never and =always",
+        )
         p.add_argument("--serve", choices=("frameos", "websockets"), help=argparse.SUPPRESS)
         p.add_argument("--queue-depth", type=int, default=None, help=argparse.SUPPRESS)
         p.add_argument("--fsync", default=None, help=argparse.SUPPRESS)
@@ -705,9 +799,12 @@ def main() -> int:
         designs = ()
     servers = {"frameos": start_server("frameos")}
     if designs:
-        servers.update({
-            "websockets": start_server("websockets"),
-            "frameos-deep": start_server("frameos-deep", "--queue-depth", str(DEEP_QUEUE))})
+        servers.update(
+            {
+                "websockets": start_server("websockets"),
+                "frameos-deep": start_server("frameos-deep", "--queue-depth", str(DEEP_QUEUE)),
+            }
+        )
         servers.update({d: start_server(d) for d in designs if d not in servers})
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
@@ -735,17 +832,25 @@ def summary(figures: dict[str, dict[str, Any]]) -> str:
                 continue
             text = f"{design}/{name} "
             if name == "rate":
-                text += (f"p50 {fig['p50_ms']:.2f} p99 {fig['p99_ms']:.2f} ms, "
-                         f"{fig['cpu_us_per_delivery']:.1f} µs/delivery")
+                text += (
+                    f"p50 {fig['p50_ms']:.2f} p99 {fig['p99_ms']:.2f} ms, "
+                    f"{fig['cpu_us_per_delivery']:.1f} µs/delivery"
+                )
             else:
-                text += (f"{fig['deliveries_per_s']:,.0f}/s, {fig['dropped_slow']} dropped, "
-                         f"{fig['cpu_us_per_delivery']:.2f} µs/delivery")
+                text += (
+                    f"{fig['deliveries_per_s']:,.0f}/s, {fig['dropped_slow']} dropped, "
+                    f"{fig['cpu_us_per_delivery']:.2f} µs/delivery"
+                )
             parts.append(text + ("" if fig["complete"] else " INCOMPLETE"))
     return "; ".join(parts)
 
 
-def report(rounds: list[dict[str, dict[str, Any]]], seconds: float, events: int,
-           crashes: dict[str, list[str]]) -> None:
+def report(
+    rounds: list[dict[str, dict[str, Any]]],
+    seconds: float,
+    events: int,
+    crashes: dict[str, list[str]],
+) -> None:
     def col(design: str, phase: str, key: str, only_complete: bool = False) -> list[float]:
         values = []
         for r in rounds:
@@ -762,84 +867,152 @@ def report(rounds: list[dict[str, dict[str, Any]]], seconds: float, events: int,
     n = len(rounds)
     rate_complete = ok_rounds("frameos", "rate") == n and ok_rounds("websockets", "rate") == n
     w50, w99 = col("websockets", "rate", "p50_ms"), col("websockets", "rate", "p99_ms")
-    result(BENCH, "frameos_p50_ms_at_200_per_s", col("frameos", "rate", "p50_ms"), unit="ms",
-           peer=rnd(median(w50)), peer_median_of=[rnd(v) for v in w50], peer_name=peer,
-           every_event_delivered=rate_complete, **common)
-    result(BENCH, "frameos_p99_ms_at_200_per_s", col("frameos", "rate", "p99_ms"), unit="ms",
-           bar=f"<= {LATENCY_P99_BAR_MS:g} ms", ok=lambda v: v <= LATENCY_P99_BAR_MS,
-           peer=rnd(median(w99)), peer_median_of=[rnd(v) for v in w99], peer_name=peer,
-           **common)
-    fcpu, wcpu = (col("frameos", "rate", "cpu_us_per_delivery"),
-                  col("websockets", "rate", "cpu_us_per_delivery"))
-    result(BENCH, "frameos_cpu_us_per_delivery_at_200_per_s", fcpu, unit="µs",
-           peer=rnd(median(wcpu)), peer_median_of=[rnd(v) for v in wcpu], peer_name=peer,
-           **common)
-    ratios = [r["frameos"]["rate"]["cpu_us_per_delivery"]
-              / r["websockets"]["rate"]["cpu_us_per_delivery"] for r in rounds
-              if "cpu_us_per_delivery" in r["frameos"].get("rate", {})
-              and "cpu_us_per_delivery" in r["websockets"].get("rate", {})]
-    result(BENCH, "cpu_per_delivery_ratio_at_200_per_s", ratios, unit="ratio",
-           bar=f"<= {CPU_RATIO_BAR}", ok=lambda v: v <= CPU_RATIO_BAR,
-           note="frameos / websockets per round; frameos also appends every event to its log "
-                "(fsync=batch), the peer keeps no log", **common)
+    result(
+        BENCH,
+        "frameos_p50_ms_at_200_per_s",
+        col("frameos", "rate", "p50_ms"),
+        unit="ms",
+        peer=rnd(median(w50)),
+        peer_median_of=[rnd(v) for v in w50],
+        peer_name=peer,
+        every_event_delivered=rate_complete,
+        **common,
+    )
+    result(
+        BENCH,
+        "frameos_p99_ms_at_200_per_s",
+        col("frameos", "rate", "p99_ms"),
+        unit="ms",
+        bar=f"<= {LATENCY_P99_BAR_MS:g} ms",
+        ok=lambda v: v <= LATENCY_P99_BAR_MS,
+        peer=rnd(median(w99)),
+        peer_median_of=[rnd(v) for v in w99],
+        peer_name=peer,
+        **common,
+    )
+    fcpu, wcpu = (
+        col("frameos", "rate", "cpu_us_per_delivery"),
+        col("websockets", "rate", "cpu_us_per_delivery"),
+    )
+    result(
+        BENCH,
+        "frameos_cpu_us_per_delivery_at_200_per_s",
+        fcpu,
+        unit="µs",
+        peer=rnd(median(wcpu)),
+        peer_median_of=[rnd(v) for v in wcpu],
+        peer_name=peer,
+        **common,
+    )
+    ratios = [
+        r["frameos"]["rate"]["cpu_us_per_delivery"] / r["websockets"]["rate"]["cpu_us_per_delivery"]
+        for r in rounds
+        if "cpu_us_per_delivery" in r["frameos"].get("rate", {})
+        and "cpu_us_per_delivery" in r["websockets"].get("rate", {})
+    ]
+    result(
+        BENCH,
+        "cpu_per_delivery_ratio_at_200_per_s",
+        ratios,
+        unit="ratio",
+        bar=f"<= {CPU_RATIO_BAR}",
+        ok=lambda v: v <= CPU_RATIO_BAR,
+        note="frameos / websockets per round; frameos also appends every event to its log "
+        "(fsync=batch), the peer keeps no log",
+        **common,
+    )
 
-    result(BENCH, "frameos_cpu_us_per_delivery_split_at_200_per_s",
-           col("frameos", "rate", "main_thread_us_per_delivery"), unit="µs",
-           other_threads=rnd(median(col("frameos", "rate", "other_threads_us_per_delivery"))),
-           peer_main_thread=rnd(median(col("websockets", "rate",
-                                           "main_thread_us_per_delivery"))),
-           note="value: frameos's main (trio) thread; other_threads: its worker threads "
-                "(the log's write and fsync); schedstat, live threads", **common)
+    result(
+        BENCH,
+        "frameos_cpu_us_per_delivery_split_at_200_per_s",
+        col("frameos", "rate", "main_thread_us_per_delivery"),
+        unit="µs",
+        other_threads=rnd(median(col("frameos", "rate", "other_threads_us_per_delivery"))),
+        peer_main_thread=rnd(median(col("websockets", "rate", "main_thread_us_per_delivery"))),
+        note="value: frameos's main (trio) thread; other_threads: its worker threads "
+        "(the log's write and fsync); schedstat, live threads",
+        **common,
+    )
     for design in DIAGNOSE:
         if design in rounds[0]:
             cpu = col(design, "rate", "cpu_us_per_delivery")
-            result(BENCH, f"diagnostic_{design.replace('-', '_')}_cpu_us_per_delivery", cpu,
-                   unit="µs", p99_ms=rnd(median(col(design, "rate", "p99_ms"))),
-                   ratio_to_peer=rnd(median(cpu) / median(wcpu)) if cpu and wcpu else None,
-                   other_threads=rnd(median(col(design, "rate",
-                                                "other_threads_us_per_delivery"))),
-                   note="the 200 events/s phase with event_log.fsync changed; no bar", **common)
+            result(
+                BENCH,
+                f"diagnostic_{design.replace('-', '_')}_cpu_us_per_delivery",
+                cpu,
+                unit="µs",
+                p99_ms=rnd(median(col(design, "rate", "p99_ms"))),
+                ratio_to_peer=rnd(median(cpu) / median(wcpu)) if cpu and wcpu else None,
+                other_threads=rnd(median(col(design, "rate", "other_threads_us_per_delivery"))),
+                note="the 200 events/s phase with event_log.fsync changed; no bar",
+                **common,
+            )
     flat = {"clients": CLIENTS, "events": events}
     complete_rounds = ok_rounds("frameos", "burst")
     ftp_all = col("frameos", "burst", "deliveries_per_s")
     ftp = col("frameos", "burst", "deliveries_per_s", only_complete=True)
     wtp = col("websockets", "burst", "deliveries_per_s", only_complete=True)
     dtp = col("frameos-deep", "burst", "deliveries_per_s", only_complete=True)
-    result(BENCH, "frameos_flat_out_deliveries_per_s", ftp, unit="deliveries/s",
-           bar=f">= {THROUGHPUT_BAR} with every event delivered",
-           ok=lambda v: complete_rounds == n and v >= THROUGHPUT_BAR,
-           rounds_with_every_event_delivered=f"{complete_rounds}/{n}",
-           rate_of_incomplete_rounds=[rnd(v) for v in ftp_all] if complete_rounds < n else None,
-           clients_dropped_per_round=[r["frameos"].get("burst", {}).get("dropped_slow")
-                                      for r in rounds],
-           server_crashes=len(crashes.get("frameos", [])),
-           crash_errors=sorted(set(crashes.get("frameos", [])))[:3],
-           peer=rnd(median(wtp)), peer_median_of=[rnd(v) for v in wtp], peer_name=peer,
-           peer_rounds_with_every_event_delivered=f"{ok_rounds('websockets', 'burst')}/{n}",
-           client_cpu_share=rnd(median(col("frameos", "burst", "client_cpu_share"))),
-           **flat)
-    pairs = [(r["frameos"]["burst"]["deliveries_per_s"], r["websockets"]["burst"]
-              ["deliveries_per_s"]) for r in rounds
-             if r["frameos"].get("burst", CRASHED)["complete"]
-             and r["websockets"].get("burst", CRASHED)["complete"]]
-    result(BENCH, "flat_out_throughput_ratio", [f / w for f, w in pairs], unit="ratio",
-           note="frameos / websockets deliveries/s, rounds where both delivered everything",
-           **flat)
-    result(BENCH, "frameos_flat_out_cpu_us_per_delivery",
-           col("frameos", "burst", "cpu_us_per_delivery", only_complete=True), unit="µs",
-           peer=rnd(median(col("websockets", "burst", "cpu_us_per_delivery"))), peer_name=peer,
-           **flat)
-    result(BENCH, "diagnostic_flat_out_deliveries_per_s_queue_depth_100000", dtp,
-           unit="deliveries/s",
-           rounds_with_every_event_delivered=f"{ok_rounds('frameos-deep', 'burst')}/{n}",
-           ratio_to_peer=rnd(median(dtp) / median(wtp)) if dtp and wtp else None,
-           cpu_us_per_delivery=rnd(median(col("frameos-deep", "burst", "cpu_us_per_delivery",
-                                              only_complete=True))),
-           client_cpu_share=rnd(median(col("frameos-deep", "burst", "client_cpu_share"))),
-           note="frameos with websocket.queue_depth=100000: the fan-out path without the "
-                "frame-count drop; not the product default, no bar",
-           clients=CLIENTS, events=events * DEEP_BURST_FACTOR)
-
+    result(
+        BENCH,
+        "frameos_flat_out_deliveries_per_s",
+        ftp,
+        unit="deliveries/s",
+        bar=f">= {THROUGHPUT_BAR} with every event delivered",
+        ok=lambda v: complete_rounds == n and v >= THROUGHPUT_BAR,
+        rounds_with_every_event_delivered=f"{complete_rounds}/{n}",
+        rate_of_incomplete_rounds=[rnd(v) for v in ftp_all] if complete_rounds < n else None,
+        clients_dropped_per_round=[
+            r["frameos"].get("burst", {}).get("dropped_slow") for r in rounds
+        ],
+        server_crashes=len(crashes.get("frameos", [])),
+        crash_errors=sorted(set(crashes.get("frameos", [])))[:3],
+        peer=rnd(median(wtp)),
+        peer_median_of=[rnd(v) for v in wtp],
+        peer_name=peer,
+        peer_rounds_with_every_event_delivered=f"{ok_rounds('websockets', 'burst')}/{n}",
+        client_cpu_share=rnd(median(col("frameos", "burst", "client_cpu_share"))),
+        **flat,
+    )
+    pairs = [
+        (r["frameos"]["burst"]["deliveries_per_s"], r["websockets"]["burst"]["deliveries_per_s"])
+        for r in rounds
+        if r["frameos"].get("burst", CRASHED)["complete"]
+        and r["websockets"].get("burst", CRASHED)["complete"]
+    ]
+    result(
+        BENCH,
+        "flat_out_throughput_ratio",
+        [f / w for f, w in pairs],
+        unit="ratio",
+        note="frameos / websockets deliveries/s, rounds where both delivered everything",
+        **flat,
+    )
+    result(
+        BENCH,
+        "frameos_flat_out_cpu_us_per_delivery",
+        col("frameos", "burst", "cpu_us_per_delivery", only_complete=True),
+        unit="µs",
+        peer=rnd(median(col("websockets", "burst", "cpu_us_per_delivery"))),
+        peer_name=peer,
+        **flat,
+    )
+    result(
+        BENCH,
+        "diagnostic_flat_out_deliveries_per_s_queue_depth_100000",
+        dtp,
+        unit="deliveries/s",
+        rounds_with_every_event_delivered=f"{ok_rounds('frameos-deep', 'burst')}/{n}",
+        ratio_to_peer=rnd(median(dtp) / median(wtp)) if dtp and wtp else None,
+        cpu_us_per_delivery=rnd(
+            median(col("frameos-deep", "burst", "cpu_us_per_delivery", only_complete=True))
+        ),
+        client_cpu_share=rnd(median(col("frameos-deep", "burst", "client_cpu_share"))),
+        note="frameos with websocket.queue_depth=100000: the fan-out path without the "
+        "frame-count drop; not the product default, no bar",
+        clients=CLIENTS,
+        events=events * DEEP_BURST_FACTOR,
+    )
 
 
 def quartiles(values: list[float]) -> list[float | None]:
@@ -853,42 +1026,67 @@ def quartiles(values: list[float]) -> list[float | None]:
 
 def report_r3(pairs: list[dict[str, dict[str, Any]]], events: int) -> None:
     n = len(pairs)
-    whole = [p for p in pairs if p.get("base", CRASHED)["complete"]
-             and p.get("stuck", CRASHED)["complete"]]
+    whole = [
+        p
+        for p in pairs
+        if p.get("base", CRASHED)["complete"] and p.get("stuck", CRASHED)["complete"]
+    ]
 
     def paired(key: str) -> list[float]:
         return [p["stuck"][key] / p["base"][key] for p in whole if p["base"][key] > 0]
 
     moves = [ratio - 1 for ratio in paired("deliveries_per_s")]
     readers_whole = sum(p.get("stuck", CRASHED)["complete"] for p in pairs)
-    dropped = all(p.get("stuck", {}).get("dropped_slow") == 1
-                  and p.get("stuck", {}).get("clients_left") == CLIENTS - 1 for p in pairs)
-    result("r3_slow_consumer", "throughput_move", moves, unit="fraction",
-           bar="|median| < 0.10; the 49 get every event; the stuck one is dropped",
-           ok=lambda v: abs(v) < R3_MOVE_BAR and readers_whole == n and dropped
-           and len(moves) == n,
-           move_quartiles=quartiles(moves),
-           median_abs_move=rnd(median([abs(m) for m in moves])),
-           readers_got_every_event=f"{readers_whole}/{n}",
-           stuck_client_dropped_alone=dropped,
-           clients_dropped_per_pair=[p.get("stuck", {}).get("dropped_slow") for p in pairs],
-           base_deliveries_per_s=quartiles([p["base"]["deliveries_per_s"] for p in whole]),
-           note="per pair: stuck / readers-only deliveries/s - 1, the two bursts back to back, "
-                "the order alternating; median_abs_move is the old method's statistic",
-           pairs=n, readers=CLIENTS - 1, stuck=1, events=events)
+    dropped = all(
+        p.get("stuck", {}).get("dropped_slow") == 1
+        and p.get("stuck", {}).get("clients_left") == CLIENTS - 1
+        for p in pairs
+    )
+    result(
+        "r3_slow_consumer",
+        "throughput_move",
+        moves,
+        unit="fraction",
+        bar="|median| < 0.10; the 49 get every event; the stuck one is dropped",
+        ok=lambda v: abs(v) < R3_MOVE_BAR and readers_whole == n and dropped and len(moves) == n,
+        move_quartiles=quartiles(moves),
+        median_abs_move=rnd(median([abs(m) for m in moves])),
+        readers_got_every_event=f"{readers_whole}/{n}",
+        stuck_client_dropped_alone=dropped,
+        clients_dropped_per_pair=[p.get("stuck", {}).get("dropped_slow") for p in pairs],
+        base_deliveries_per_s=quartiles([p["base"]["deliveries_per_s"] for p in whole]),
+        note="per pair: stuck / readers-only deliveries/s - 1, the two bursts back to back, "
+        "the order alternating; median_abs_move is the old method's statistic",
+        pairs=n,
+        readers=CLIENTS - 1,
+        stuck=1,
+        events=events,
+    )
     cpu = paired("cpu_us_per_delivery")
-    result("r3_slow_consumer", "cpu_per_delivery_ratio", cpu, unit="ratio",
-           ratio_quartiles=quartiles(cpu),
-           base_cpu_us_per_delivery=quartiles([p["base"]["cpu_us_per_delivery"] for p in whole]),
-           note="server CPU (getrusage utime+stime) per delivery, stuck / readers-only, per pair",
-           pairs=n, events=events)
+    result(
+        "r3_slow_consumer",
+        "cpu_per_delivery_ratio",
+        cpu,
+        unit="ratio",
+        ratio_quartiles=quartiles(cpu),
+        base_cpu_us_per_delivery=quartiles([p["base"]["cpu_us_per_delivery"] for p in whole]),
+        note="server CPU (getrusage utime+stime) per delivery, stuck / readers-only, per pair",
+        pairs=n,
+        events=events,
+    )
     writes = paired("writes_per_delivery")
-    result("r3_slow_consumer", "write_syscalls_per_delivery_ratio", writes, unit="ratio",
-           ratio_quartiles=quartiles(writes),
-           base_writes_per_delivery=quartiles([p["base"]["writes_per_delivery"]
-                                               for p in whole]),
-           note="the server's write syscalls (/proc/self/io syscw) per delivery, stuck / "
-                "readers-only, per pair", pairs=n, events=events)
+    result(
+        "r3_slow_consumer",
+        "write_syscalls_per_delivery_ratio",
+        writes,
+        unit="ratio",
+        ratio_quartiles=quartiles(writes),
+        base_writes_per_delivery=quartiles([p["base"]["writes_per_delivery"] for p in whole]),
+        note="the server's write syscalls (/proc/self/io syscw) per delivery, stuck / "
+        "readers-only, per pair",
+        pairs=n,
+        events=events,
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,15 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = (
-    "pipeline", "ws", "http", "startup", "idle", "supervise", "depth", "recovery", "control",
+    "pipeline",
+    "ws",
+    "http",
+    "startup",
+    "idle",
+    "supervise",
+    "depth",
+    "recovery",
+    "control",
     "watch",
 )
 
@@ -30,8 +38,9 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated names, e.g. ws,http")
     args = parser.parse_args()
     names = [n for n in ORDER if args.only is None or n in args.only.split(",")]
-    passthrough = (["--runs", str(args.runs)] if args.runs is not None else []) + \
-        (["--quick"] if args.quick else [])
+    passthrough = (["--runs", str(args.runs)] if args.runs is not None else []) + (
+        ["--quick"] if args.quick else []
+    )
     broken: list[str] = []
     bars: list[dict[str, object]] = []
     started = time.perf_counter()
@@ -42,8 +51,12 @@ def main() -> int:
             continue
         print(f"[run_all] {script.name} {' '.join(passthrough)}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(script), *passthrough],
-                                stdout=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), *passthrough],
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         assert proc.stdout is not None
         lines = 0
         for line in proc.stdout:
@@ -61,16 +74,25 @@ def main() -> int:
                 bars.append(record)
         status = proc.wait()
         took = time.perf_counter() - t0
-        print(f"[run_all] {script.name}: exit {status}, {lines} results, {took:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[run_all] {script.name}: exit {status}, {lines} results, {took:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if status != 0 or lines == 0:
             broken.append(script.name)
-    print(f"[run_all] {len(bars)} bars, {sum(1 for b in bars if b['met'])} met, "
-          f"{time.perf_counter() - started:.0f} s in all", file=sys.stderr)
+    print(
+        f"[run_all] {len(bars)} bars, {sum(1 for b in bars if b['met'])} met, "
+        f"{time.perf_counter() - started:.0f} s in all",
+        file=sys.stderr,
+    )
     for bar in bars:
         mark = {True: "met    ", False: "MISSED ", None: "SKIPPED"}[bar["met"]]  # type: ignore[index]
-        print(f"  {mark} {bar['bench']}.{bar['metric']} = {bar.get('value')} "
-              f"{bar.get('unit', '')} (bar {bar['bar']})", file=sys.stderr)
+        print(
+            f"  {mark} {bar['bench']}.{bar['metric']} = {bar.get('value')} "
+            f"{bar.get('unit', '')} (bar {bar['bar']})",
+            file=sys.stderr,
+        )
     if broken:
         print(f"[run_all] broken: {', '.join(broken)}", file=sys.stderr)
         return 1
