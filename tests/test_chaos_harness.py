@@ -73,7 +73,8 @@ def test_tagged_finds_a_reparented_grandchild() -> None:
         found = tagged(tag)
         assert len(found) == 1
         (pid,) = found
-        assert Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
+        comm = Path(f"/proc/{pid}/comm")  # the forked shell execs `sleep` a moment later
+        assert chaos.wait_for(lambda: comm.read_text().strip() == "sleep", 5.0)
         assert tagged(f"{tag}-other") == set()
     finally:
         assert kill_tagged(tag) == 1
