@@ -25,7 +25,9 @@ dropped, counted (`dropped`) and said once (a `message` warn).
 write end and waits until it is closed: the sender stays alive until frameos has checked and
 handled what it said, and is answered by the close. A sender found gone already (reaped) cannot
 be placed in a group any more: it is believed only when this launch believed that pid before
-(`KNOWN_PIDS` are kept), otherwise dropped with a line saying it exited before it could be checked.
+(`KNOWN_PIDS` are kept), otherwise dropped with a line saying it exited before it could be
+checked. A datagram that is only `BARRIER=1` says nothing to believe: its fd is closed whoever
+sent it (a sender whose own barrier timed out, under load, has gone by then).
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ class _Reader:
         fds = _fds(ancillary)
         try:
             pid = _sender(ancillary)
-            if flags & socket.MSG_TRUNC:
+            if data.strip() == b"BARRIER=1" and not flags & socket.MSG_TRUNC:
+                pass  # says nothing to believe: closing its fd (below) is the whole answer
+            elif flags & socket.MSG_TRUNC:
                 self._drop(f"a notify datagram over {MAX_MESSAGE} bytes from pid {pid}")
             elif pid is None:
                 self._drop("a notify datagram without its sender's credentials")
