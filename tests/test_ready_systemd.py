@@ -14,11 +14,7 @@ the `frameos` entry point in the venv (a checkout, not an install), a wrapper ru
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,17 +24,7 @@ from typing import Any
 import pytest
 
 from frameos import events as ev
-from tests.conftest import require, require_tools
-from tests.test_systemd_e2e import (
-    REPO,
-    SHIPPED_CONFIG,
-    SHIPPED_PROGRAM,
-    SHIPPED_UNIT,
-    UNIT,
-    Systemd,
-    drop_in,
-    harness_dir,
-)
+from tests.test_systemd_e2e import REPO, UNIT, Systemd, booted
 
 pytestmark = pytest.mark.systemd
 
@@ -69,52 +55,10 @@ def shell_vm(name: str, **kw: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Systemd, Path]]:
     """The harness booted once (`--no-start`); yields it and the config path the unit reads."""
-    harness = harness_dir() / "run-unit-under-systemd.sh"
-    require(os.geteuid() == 0, "root (the systemd harness needs CAP_SYS_ADMIN)")
-    require(harness.is_file(), f"the systemd harness at {harness}")
-    require(Path("/lib/systemd/systemd").exists(), "systemd (/lib/systemd/systemd)")
-    require_tools("nsenter", "unshare")
     root = tmp_path_factory.mktemp("ready-systemd")
-    root.chmod(0o755)
     config = root / "frame.json"
-    unit = root / UNIT
-    unit.write_text(
-        SHIPPED_UNIT.read_text()
-        .replace(SHIPPED_PROGRAM, "@PROGRAM@")
-        .replace(SHIPPED_CONFIG, str(config))
-    )
-    ready, done = root / "harness-ready", root / "harness-done"
-    wait = (
-        'echo "$HARNESS_DIR" > "$1.tmp" && mv "$1.tmp" "$1"; '
-        'while [ ! -e "$2" ]; do sleep 0.1; done'
-    )
-    check = ["/bin/sh", "-c", wait, "sh", str(ready), str(done)]
-    env = dict(os.environ, CHECK_TIMEOUT="150", SYSTEMD_ARGS="--log-level=debug")
-    with (root / "harness.log").open("w") as log:
-        proc = subprocess.Popen(
-            [str(harness), "--no-start", str(unit), str(program(root)), *check],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the harness did not boot:\n" + (root / "harness.log").read_text())
-            time.sleep(0.05)
-        hdir = Path(ready.read_text().strip())
-        systemd = Systemd(hdir / "bin", hdir / "units", root)
-        systemd.set_drop_in("test.conf", drop_in(root))
+    with booted(root, config, program(root)) as systemd:
         yield systemd, config
-    finally:
-        done.touch()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the harness we started, and its helpers
-            proc.wait()
 
 
 def start_with(systemd: Systemd, config: Path, vms: list[dict[str, Any]]) -> int:

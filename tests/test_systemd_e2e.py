@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -218,19 +219,16 @@ class Systemd:
         self.systemctl("daemon-reload")
 
 
-@pytest.fixture(scope="module")
-def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
-    """Boot the harness once (`--no-start`), hand out its wrappers, tear it down at the end."""
+@contextmanager
+def booted(root: Path, config: Path, program: Path) -> Iterator[Systemd]:
+    """The harness booted (`--no-start`) with the shipped unit reading `config` and running
+    `program`; its wrappers handed out, the harness torn down at the end."""
     harness = harness_dir() / "run-unit-under-systemd.sh"
     require(os.geteuid() == 0, "root (the systemd harness needs CAP_SYS_ADMIN)")
     require(harness.is_file(), f"the systemd harness at {harness}")
     require(Path("/lib/systemd/systemd").exists(), "systemd (/lib/systemd/systemd)")
-    require_tools("nsenter", "unshare", "systemd-analyze")
-    require(frameos_program().is_file(), f"the frameos entry point ({frameos_program()})")
-    root = tmp_path_factory.mktemp("systemd-e2e")
+    require_tools("nsenter", "unshare")
     root.chmod(0o755)
-    config = root / "frame.json"
-    config.write_text(json.dumps(e2e_config(root)))
     unit = root / UNIT
     unit.write_text(
         SHIPPED_UNIT.read_text()
@@ -242,21 +240,11 @@ def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
         'echo "$HARNESS_DIR" > "$1.tmp" && mv "$1.tmp" "$1"; '
         'while [ ! -e "$2" ]; do sleep 0.1; done'
     )
+    check = ["/bin/sh", "-c", wait, "sh", str(ready), str(done)]
     env = dict(os.environ, CHECK_TIMEOUT="150", SYSTEMD_ARGS="--log-level=debug")
     with (root / "harness.log").open("w") as log:
         proc = subprocess.Popen(
-            [
-                str(harness),
-                "--no-start",
-                str(unit),
-                str(frameos_program()),
-                "/bin/sh",
-                "-c",
-                wait,
-                "sh",
-                str(ready),
-                str(done),
-            ],
+            [str(harness), "--no-start", str(unit), str(program), *check],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -279,6 +267,18 @@ def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the harness we started, and its helpers
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def systemd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Systemd]:
+    """Boot the harness once for this module's tests."""
+    require_tools("systemd-analyze")
+    require(frameos_program().is_file(), f"the frameos entry point ({frameos_program()})")
+    root = tmp_path_factory.mktemp("systemd-e2e")
+    config = root / "frame.json"
+    config.write_text(json.dumps(e2e_config(root)))
+    with booted(root, config, frameos_program()) as box:
+        yield box
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
