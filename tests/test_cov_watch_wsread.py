@@ -71,6 +71,27 @@ async def test_a_101_split_across_reads_is_one_handshake() -> None:
     assert str(why) == "the connection closed"
 
 
+async def test_a_refusal_whose_body_is_cut_keeps_what_came() -> None:
+    async def raw(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 500\r\n\r\n" + b'{"error": "bad_to'
+        )
+        await stream.aclose()
+
+    _, why = await against(raw)
+    assert isinstance(why, wsread.Rejected)
+    assert (why.status_code, why.body) == (401, b'{"error": "bad_to')
+
+
+async def test_a_close_before_any_answer_is_said_as_such() -> None:
+    async def raw(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.aclose()
+
+    _, why = await against(raw)
+    assert type(why) is wsread.WsError
+    assert str(why) == "the connection closed during the handshake"
+
+
 async def test_an_informational_answer_other_than_101_is_a_refusal_without_a_body() -> None:
     async def raw(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
