@@ -28,6 +28,7 @@ Afterwards the broker's subject is checked: seq 1..N, each once, in order.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import shutil
 import subprocess
@@ -66,7 +67,32 @@ def start_nats(store: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.02)
 
 
-async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[str, Any]:
+def cpu_of(pid: int) -> float:
+    """utime + stime of a process, in seconds (10 ms ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def sender_pid() -> int:
+    """The sender process this process started (found in /proc by its command line)."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        try:
+            if b"frameos.forward.sender" not in (entry / "cmdline").read_bytes():
+                continue
+            if (entry / "stat").read_text().rpartition(")")[2].split()[1] == me:
+                return int(entry.name)
+        except OSError:
+            continue
+    return 0
+
+
+async def one_round(
+    tmp: Path, url: str, events: int, seconds: float, broker: int
+) -> dict[str, Any]:
     import trio
 
     from frameos.bus import Bus
@@ -126,6 +152,8 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         # sustained: 50,000 events/s (500 every 10 ms) for `seconds`, the forwarder attached;
         # what the broker took over the same window, and how far behind it ever was
         start, first = time.perf_counter(), bus.last_seq
+        sender = sender_pid()
+        cpu0 = (time.process_time(), cpu_of(sender), cpu_of(broker))
         behind_max = 0
         ticks = int(seconds * 100)
         for tick in range(ticks):
@@ -145,6 +173,12 @@ async def one_round(tmp: Path, url: str, events: int, seconds: float) -> dict[st
         out["sustained_drain_s"] = time.perf_counter() - t1
         # from the first publish until the broker acknowledged the last
         out["sustained_through_events_s"] = (bus.last_seq - first) / (time.perf_counter() - start)
+        # CPU per event of each process over the phase (its drain included): what the pipeline
+        # needs of the machine at 50,000 events/s is their sum × 50,000
+        cpu1 = (time.process_time(), cpu_of(sender), cpu_of(broker))
+        n = bus.last_seq - first
+        for key, before, after in zip(("frameos", "sender", "broker"), cpu0, cpu1, strict=True):
+            out[f"sustained_{key}_cpu_us"] = (after - before) / n * 1e6
 
         # paced: 1,000 events/s, lag = ack seen − published
         published: dict[int, float] = {}
@@ -228,7 +262,7 @@ def main() -> None:
             tmp = Path(name)
             proc, url = start_nats(tmp / "nats")
             try:
-                figures = trio.run(one_round, tmp, url, args.events, args.seconds)
+                figures = trio.run(one_round, tmp, url, args.events, args.seconds, proc.pid)
                 figures["broker_ok"] = check_broker(url, figures["total"])
             finally:
                 proc.terminate()
@@ -269,6 +303,14 @@ def main() -> None:
         behind_max=[r["sustained_behind_max"] for r in rounds],
         behind_at_end=[r["sustained_behind_at_end"] for r in rounds],
         drain_s=[rnd(r["sustained_drain_s"]) for r in rounds],
+        cpu_us_per_event={
+            key: [rnd(r[f"sustained_{key}_cpu_us"]) for r in rounds]
+            for key in ("frameos", "sender", "broker")
+        },
+        cores_at_50k=[
+            rnd(sum(r[f"sustained_{k}_cpu_us"] for k in ("frameos", "sender", "broker")) * 0.05)
+            for r in rounds
+        ],
     )
     result(
         BENCH,
