@@ -19,7 +19,7 @@ stdin: when frameos closed it (a stop), the sender goes on until everything logg
 acknowledged, at most `drain_s` of the spec, then saves the cursor and exits 0; when frameos is gone
 (SIGKILL: the parent pid changed), it saves the cursor and exits at once: the next frameos
 starts a new sender, which resumes from the cursor or the broker's last seq, whichever is
-further. nats-py runs on asyncio, in this process alone, so its CPU (~18 µs a message) never
+further. nats-py runs on asyncio, in this process alone, so its CPU (~7-10 µs a message) never
 competes with frameos's event loop for the GIL (docs/performance.md, B13).
 """
 
