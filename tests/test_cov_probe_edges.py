@@ -49,6 +49,14 @@ async def test_an_informational_answer_is_read_past_to_the_response() -> None:
     assert (ok, detail) == (True, "HTTP 204")
 
 
+async def test_a_server_that_closes_without_answering_fails_the_attempt() -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
+    ok, detail, url = await attempt_against(serve)
+    assert (ok, detail) == (False, f"GET {url}: the connection closed before a response")
+
+
 async def test_an_answer_that_is_not_http_fails_the_attempt_in_one_line() -> None:
     async def serve(stream: trio.SocketStream) -> None:
         await stream.send_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
