@@ -129,6 +129,7 @@ class JetStreamLink:
         self._outstanding.clear()
         self._done.clear()
         self.in_flight = self._unasked = 0
+        self.too_large.clear()  # what a broken send skipped is read and skipped again
         try:
             self._nc = await open_connection(
                 self.config.url,
