@@ -19,7 +19,7 @@ stdin: when frameos closed it (a stop), the sender goes on until everything logg
 acknowledged, at most `drain_s` of the spec, then saves the cursor and exits 0; when frameos is gone
 (SIGKILL: the parent pid changed), it saves the cursor and exits at once: the next frameos
 starts a new sender, which resumes from the cursor or the broker's last seq, whichever is
-further. nats-py runs on asyncio, in this process alone, so its CPU (~18 µs a message) never
+further. nats-py runs on asyncio, in this process alone, so its CPU (~7-10 µs a message) never
 competes with frameos's event loop for the GIL (docs/performance.md, B13).
 """
 
@@ -237,7 +237,19 @@ class Sender:
         if page.next_cursor - after != len(page.lines):  # never seen: seq is dense in the log
             raise BrokerError(f"event log {self.log.path}: seq is not contiguous after {after}")
         await self.link.send(after + 1, page.lines)
+        self._report_too_large()
         return True
+
+    def _report_too_large(self) -> None:
+        for seq, size in self.link.too_large:
+            self.report(
+                message=f"NATS forwarder: event {seq} is {size} bytes, more than {self.nats.url} "
+                f"takes ({self.link.max_msg}: the stream's max_msg_size or the server's "
+                f"max_payload); not forwarded, it stays in the event log: raise max_msg_size of "
+                f"stream {self.nats.stream.name} or the server's max_payload",
+                severity="error",
+            )
+        self.link.too_large.clear()
 
 
 def main(argv: list[str]) -> int:

@@ -198,7 +198,11 @@ async def _handshake(stream: trio.abc.Stream, conn: WSConnection, receive_bytes:
     body = b""
     while True:
         data = await stream.receive_some(receive_bytes)
-        conn.receive_data(bytes(data) or None)
+        if not data:  # not fed to h11: it calls an answer cut short "Bad HTTP message"
+            if status is not None:
+                raise Rejected(status, body)
+            raise WsError("the connection closed during the handshake")
+        conn.receive_data(bytes(data))
         for event in conn.events():
             if isinstance(event, AcceptConnection):
                 return
@@ -210,10 +214,6 @@ async def _handshake(stream: trio.abc.Stream, conn: WSConnection, receive_bytes:
                 body = (body + event.data)[:MAX_REJECT_BODY]
                 if event.body_finished:
                     raise Rejected(status, body)
-        if not data:
-            if status is not None:
-                raise Rejected(status, body)
-            raise WsError("the connection closed during the handshake")
 
 
 def _reason(exc: BaseException) -> str:

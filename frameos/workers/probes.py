@@ -362,7 +362,10 @@ async def _get(https: bool, host: str, port: int, authority: str, target: str) -
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(HEAD_BYTES)))
+                data = await stream.receive_some(HEAD_BYTES)
+                if not data:  # not fed to h11: it would say "can't handle event type Conn…"
+                    raise h11.RemoteProtocolError("the connection closed before a response")
+                conn.receive_data(bytes(data))
             elif isinstance(event, h11.Response):
                 return int(event.status_code)
             elif not isinstance(event, h11.InformationalResponse):
