@@ -21,6 +21,16 @@ site-packages with theirs): a private PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECO
 one unmeasured start first (`_common.bytecode_env`, as bench_startup.py does). From a checkout
 with PYTHONDONTWRITEBYTECODE=1, frameos would otherwise compile its own sources on every start.
 
+The floors (bench/supervise_floor.py, run like the others, interleaved in every round):
+`trio-floor` is shared/notes/peer-supervisors.md's ~45-line trio supervisor (import trio, the
+children started one by one with trio.lowlevel.open_process in their own sessions, a line on
+stdout once all are started; on SIGTERM each child's group SIGTERMed and waited for);
+`trio+pydantic-floor` first validates the same config with a minimal two-model pydantic schema.
+They are measured for start_all_s, start_all_cpu_s, rss_mib and stop_s only (no restart, no
+idle window): what any trio supervisor, and any whose config pydantic validates before the
+first launch, pays on this machine. Ratios frameos/floor and floor/supervisord are reported
+like the others, and whether the B6 target (0.8x supervisord's start-all) is below each floor.
+
 Children: `sh` (traps SIGTERM, sleeps 0.2 s, exits; has a `sleep` grandchild) and `py`
 (the same in Python). Every supervisor signals the whole process group (supervisord
 stopasgroup/killasgroup, circus stop_children), grace 2 s. Medians of `--runs` runs (5; `--quick`
@@ -29,6 +39,7 @@ ratios and the bars. supervisord and circus are import-checked: absent ones are 
 (`nox -s bench` installs them; by hand: `pip install supervisor circus`).
 
     python bench/bench_supervise.py [--runs N] [--quick] [--children 50] [--child sh,py]
+        [--supervisors frameos,supervisord,circus,trio-floor,trio+pydantic-floor]
 """
 
 from __future__ import annotations
@@ -190,6 +201,29 @@ class Supervisor:
         return self.proc
 
 
+def write_config(workdir: Path, n: int, child: list[str]) -> Path:
+    """The frameos config of n children (the floors read the same file)."""
+    vms = [
+        {
+            "name": f"child-{i:02d}",
+            "command": child,
+            "cooperative": {"method": "none"},
+            "timeouts": {"cooperative_ms": 0, "sigterm_ms": GRACE_S * 1000, "sigkill_ms": 1000},
+            "restart": {"backoff_initial_ms": 0, "max_restarts": 10_000},
+        }
+        for i in range(n)
+    ]
+    config = {
+        "frame_port": 0,
+        "state_dir": str(workdir / "state"),
+        "shutdown_timeout_s": 15,
+        "vms": vms,
+    }
+    path = workdir / "frame.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 class Frameos(Supervisor):
     pycache: Path | None = None  # the bytecode cache every run shares (see the module docstring)
 
@@ -201,24 +235,7 @@ class Frameos(Supervisor):
         return {**base, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
     def argv(self) -> list[str]:
-        vms = [
-            {
-                "name": f"child-{i:02d}",
-                "command": self.child,
-                "cooperative": {"method": "none"},
-                "timeouts": {"cooperative_ms": 0, "sigterm_ms": GRACE_S * 1000, "sigkill_ms": 1000},
-                "restart": {"backoff_initial_ms": 0, "max_restarts": 10_000},
-            }
-            for i in range(self.n)
-        ]
-        config = {
-            "frame_port": 0,
-            "state_dir": str(self.workdir / "state"),
-            "shutdown_timeout_s": 15,
-            "vms": vms,
-        }
-        path = self.workdir / "frame.json"
-        path.write_text(json.dumps(config))
+        path = write_config(self.workdir, self.n, self.child)
         return [sys.executable, "-m", "frameos", "run", "--config", str(path), "--output", "json"]
 
     def all_running(self) -> bool:
@@ -236,6 +253,21 @@ class Frameos(Supervisor):
         # the HTTP stack is imported after the launches: under load that spills into the idle
         # window unless it starts after runtime:ready
         return b'"event":"runtime:ready"' in (self.workdir / f"{self.name}.out").read_bytes()
+
+
+class Floor(Supervisor):
+    """bench/supervise_floor.py: trio alone (`trio-floor`), or trio after a minimal pydantic
+    validation of the same config (`trio+pydantic-floor`). Measured for start-all, its CPU,
+    RSS and stop only (FLOORS: no restart, no idle window)."""
+
+    def argv(self) -> list[str]:
+        path = write_config(self.workdir, self.n, self.child)
+        script = Path(__file__).resolve().parent / "supervise_floor.py"
+        extra = ["--pydantic"] if "pydantic" in self.name else []
+        return [sys.executable, str(script), str(path), *extra]
+
+    def all_running(self) -> bool:
+        return b"all running\n" in (self.workdir / f"{self.name}.out").read_bytes()
 
 
 class Supervisord(Supervisor):
@@ -323,7 +355,10 @@ SUPERVISORS: dict[str, tuple[type[Supervisor], str | None]] = {
     "frameos": (Frameos, None),
     "supervisord": (Supervisord, "supervisor"),
     "circus": (Circus, "circus"),
+    "trio-floor": (Floor, None),
+    "trio+pydantic-floor": (Floor, "pydantic"),
 }
+FLOORS = ("trio-floor", "trio+pydantic-floor")
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -343,6 +378,10 @@ def measure(sup: Supervisor, idle_s: float) -> dict[str, float]:
             "start_all_cpu_s": cpu_seconds(proc.pid),
         }
         wait_until(lambda: len(marked_children(proc.pid)) == sup.n, "children visible", 0.01)
+        if sup.name in FLOORS:
+            result["rss_mib"] = peak_rss_mib(proc.pid)
+            result["stop_s"] = _stop(proc)
+            return result
         wait_until(sup.settled, f"{sup.name}: settled", 0.01)
         time.sleep(0.5)
         cpu0 = cpu_seconds(proc.pid)
@@ -494,19 +533,21 @@ def run(
 
 
 def report(medians: dict[tuple[str, str], dict[str, float]], kinds: list[str]) -> None:
+    pairs = [("frameos", peer) for peer in ("supervisord", "circus", *FLOORS)]
+    pairs += [(floor, "supervisord") for floor in FLOORS]
     for kind in kinds:
         ours = medians.get(("frameos", kind), {})
-        for peer in ("supervisord", "circus"):
-            theirs = medians.get((peer, kind))
-            if not theirs:
+        for mine, peer in pairs:
+            values, theirs = medians.get((mine, kind)), medians.get((peer, kind))
+            if not values or not theirs:
                 continue
-            for metric, value in ours.items():
+            for metric, value in values.items():
                 if metric not in theirs:
                     continue
                 ratio = round(value / theirs[metric], 3) if theirs[metric] else None
                 emit(
                     bench="supervise",
-                    ratio=f"frameos/{peer}",
+                    ratio=f"{mine}/{peer}",
                     child=kind,
                     metric=metric,
                     value=ratio,
@@ -532,6 +573,19 @@ def report(medians: dict[tuple[str, str], dict[str, float]], kinds: list[str]) -
                 target=None if target is None else round(target, 4),
                 passed=None if found is None or target is None else found <= target + 1e-9,
             )
+        for floor in FLOORS:  # is the B6 bar reachable at all by a trio supervisor?
+            floor_start = medians.get((floor, kind), {}).get("start_all_s")
+            if floor_start is None or peer_start is None:
+                continue
+            emit(
+                bench="supervise",
+                floor=floor,
+                child=kind,
+                metric="start_all_s",
+                value=round(floor_start, 4),
+                b6_target=round(0.8 * peer_start, 4),
+                b6_target_below_floor=0.8 * peer_start < floor_start,
+            )
 
 
 def main() -> int:
@@ -540,7 +594,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 runs, 2 s idle window")
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--child", default="sh,py", help="child kinds: sh, py or both")
-    parser.add_argument("--supervisors", default="frameos,supervisord,circus")
+    parser.add_argument("--supervisors", default=",".join(SUPERVISORS))
     args = parser.parse_args()
     runs, idle_s = (2, 2.0) if args.quick else (args.runs, 10.0)
     kinds = [k for k in args.child.split(",") if k]

@@ -228,13 +228,14 @@ def _load_manifests(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 def cmd_run(args: argparse.Namespace) -> int:
     from frameos.config import find_config, load_config
     from frameos.emit import choose_output
-    from frameos.workers.demo import demo_config
 
     if args.demo and args.config:
         from frameos.errors import UsageError
 
         raise UsageError("--demo and --config exclude each other: the demo has its own config")
     if args.demo:
+        from frameos.workers.demo import demo_config
+
         config, source = demo_config(), "demo"
     else:
         path = find_config(args.config, os.environ)

@@ -47,17 +47,13 @@ from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile
 from frameos.workers.launch import LOG_MAX_BYTES, rotate_if_large
 from frameos.workers.orphans import clean_up_after, discard_overlay, stop_helpers
 from frameos.workers.publisher import Publisher
-from frameos.workers.reload import ReloadDiff, classify
-from frameos.workers.snapshot import (
-    BootstrapSnapshot,
-    LastExit,
-    StepSnapshot,
-    VmSnapshot,
-    redacted_config,
-)
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
+
+    # imported where used: their pydantic models are for reloads and the API, not the launches
+    from frameos.workers.reload import ReloadDiff
+    from frameos.workers.snapshot import VmSnapshot
 
 from frameos.workers.vm import (
     LADDER_SLACK_S,
@@ -81,7 +77,7 @@ NO_PROCESS = (VmState.IDLE, VmState.STOPPED)
 # A dependency in one of these states comes back only when an operator starts it (or never).
 DEAD_ENDS = (VmState.STOPPED, VmState.GAVE_UP, VmState.FINISHED)
 
-__all__ = ["EXIT_EXHAUSTED", "LOG_MAX_BYTES", "ReloadDiff", "VmPool", "VmSnapshot"]
+__all__ = ["EXIT_EXHAUSTED", "LOG_MAX_BYTES", "VmPool"]
 
 
 class VmPool:
@@ -427,6 +423,8 @@ class VmPool:
         The pool takes the new config (names, settings) before it awaits anything; a
         cancellation midway leaves the ladders under way to finish in the VMs' own tasks, and a
         VM it stopped but did not relaunch stays stopped as by an operator (start it)."""
+        from frameos.workers.reload import ReloadDiff, classify
+
         async with self._applying:
             planned = classify(self.config, new_config)
             wanted = {vm.name: vm for vm in new_config.vms}
@@ -468,6 +466,14 @@ class VmPool:
 
     def snapshot(self, name: str) -> VmSnapshot:
         """The VM's state for `GET /v1/vms/{name}`; KeyError when unknown."""
+        from frameos.workers.snapshot import (
+            BootstrapSnapshot,
+            LastExit,
+            StepSnapshot,
+            VmSnapshot,
+            redacted_config,
+        )
+
         worker = self.worker(name)
         last = worker.last_exit
         steps = worker.vm.bootstrap.steps if worker.vm.bootstrap else []

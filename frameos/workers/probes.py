@@ -35,7 +35,6 @@ from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import h11
 import trio
 
 from frameos import events as ev
@@ -325,7 +324,10 @@ def _tls() -> ssl.SSLContext:
 
 async def http_attempt(probe: HttpProbe) -> Outcome:
     """One GET on a fresh connection (`Connection: close`): h11 on a trio stream (TLS through
-    trio.SSLStream for https). Only the response head is read, at most `HEAD_BYTES`."""
+    trio.SSLStream for https). Only the response head is read, at most `HEAD_BYTES`. h11 is
+    imported here, by the first HTTP probe: not before the launches of `run` (B6)."""
+    import h11
+
     url = urlsplit(probe.url)
     https = url.scheme.lower() == "https"
     target = (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -342,6 +344,8 @@ async def http_attempt(probe: HttpProbe) -> Outcome:
 
 
 async def _get(https: bool, host: str, port: int, authority: str, target: str) -> int:
+    import h11
+
     stream: trio.abc.Stream = trio.SocketStream(await connect(host, port))
     try:
         if https:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -39,8 +40,10 @@ from frameos.workers.paths import VmPaths, child_env, substitute, uses_notify_ch
 from frameos.workers.probes import LaunchHealth, after_ms
 from frameos.workers.publisher import Publisher, RunTagger
 from frameos.workers.restart import Decision, RestartTracker, Verdict
-from frameos.workers.snapshot import HealthSnapshot, ProbeSnapshot
 from frameos.workers.states import BOOT_TRANSITIONS, TRANSITIONS, BootState, VmState
+
+if TYPE_CHECKING:  # imported where used: the API's pydantic models, not needed to launch
+    from frameos.workers.snapshot import HealthSnapshot
 
 __all__ = ["BootState", "LaunchRecord", "Spawner", "VmState", "VmWorker", "default_spawner"]
 
@@ -747,6 +750,8 @@ class VmWorker:
     def health_snapshot(self) -> HealthSnapshot:
         """The snapshot's `health`: the probes of the current launch (or of the last one, when
         not running: what they said last)."""
+        from frameos.workers.snapshot import HealthSnapshot, ProbeSnapshot
+
         health = self.health
         running = self.state is VmState.RUNNING
         probes = [health.readiness, health.liveness] if health else [None, None]
