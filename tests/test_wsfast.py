@@ -321,3 +321,24 @@ async def test_a_partial_upgrade_head_is_refused_with_400() -> None:
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"incomplete" in answer and hub.active == 0 and not hub.clients
     peer.close()
+
+
+async def test_the_keepalive_skips_a_client_that_is_closing_or_closed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A client closed by either side stays in `hub.clients` until its connection task ends;
+    the keepalive's ping must not reach wsproto then (it raised LocalProtocolError, which took
+    the whole front door down)."""
+    hub, client, peer = open_client()
+    hub.clients.add(client)
+    client.close(1001, "going")  # our close frame is out: LOCAL_CLOSING
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run_keepalive)
+        await trio.sleep(hub.limits.ping_interval_s * 1.5)
+        client._process(masked(0x8, b"\x03\xe9"))  # the client's answer: CLOSED
+        assert client.conn.state is ConnectionState.CLOSED
+        await trio.sleep(hub.limits.ping_interval_s)
+        nursery.cancel_scope.cancel()
+    assert client.close_reason == "going"
+    client.stream.socket.close()
+    peer.close()

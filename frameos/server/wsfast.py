@@ -229,6 +229,10 @@ class WsClient:
             pass
 
     def ping(self) -> None:
+        """A client that is closing or closed (still in `hub.clients` until its connection task
+        ends) is not pinged: wsproto would refuse."""
+        if self.closed or self.conn.state is not ConnectionState.OPEN:
+            return
         self.send(self.conn.send(Ping(b"frameos")))
 
     def close(self, code: int, reason: str) -> None:
