@@ -70,9 +70,9 @@ def test_tagged_finds_a_reparented_grandchild() -> None:
     # the shell exits at once: its `sleep` child is reparented, found by the tag alone
     subprocess.run(["sh", "-c", "sleep 30 >/dev/null 2>&1 &"], env=env, check=True, timeout=10)
     try:
-        found = tagged(tag)
-        assert len(found) == 1
-        (pid,) = found
+        # polled: while the forked shell execs `sleep`, its /proc environ can read empty
+        assert chaos.wait_for(lambda: len(tagged(tag)) == 1, 5.0), tagged(tag)
+        (pid,) = tagged(tag)
         comm = Path(f"/proc/{pid}/comm")  # the forked shell execs `sleep` a moment later
         assert chaos.wait_for(lambda: comm.read_text().strip() == "sleep", 5.0)
         assert tagged(f"{tag}-other") == set()
