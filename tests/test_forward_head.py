@@ -57,3 +57,22 @@ def test_a_full_pipe_never_blocks_and_the_head_is_told_again_later(tmp_path: Pat
         if read_end >= 0:
             os.close(read_end)
         fw.bus.log.close()
+
+
+def test_the_sender_is_this_frameos_whatever_its_cwd_holds(tmp_path: Path) -> None:
+    """A `frameos` package in the cwd (a checkout, say) is not what the sender imports: it
+    runs the code of the frameos that started it (was: `python -m` put the cwd first)."""
+    import subprocess
+
+    from frameos.forward.forwarder import sender_argv, sender_env
+
+    decoy = tmp_path / "frameos" / "forward"
+    decoy.mkdir(parents=True)
+    (tmp_path / "frameos" / "__init__.py").write_text("")
+    (decoy / "__init__.py").write_text("")
+    (decoy / "sender.py").write_text("print('decoy'); raise SystemExit(3)\n")
+    done = subprocess.run(
+        sender_argv(), cwd=tmp_path, env=sender_env(), capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "usage: python -m frameos.forward.sender SPEC" in done.stderr

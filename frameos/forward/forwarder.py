@@ -131,14 +131,10 @@ class Forwarder:
             "parent": os.getpid(),
             "drain_s": DRAIN_S,
         }
-        return [sys.executable, "-m", "frameos.forward.sender", orjson.dumps(spec).decode()]
+        return sender_argv(orjson.dumps(spec).decode())
 
     def _env(self) -> dict[str, str]:
-        """This environment, with frameos importable wherever the sender's cwd is."""
-        env = dict(os.environ)
-        root = str(Path(frameos.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        return env
+        return sender_env()
 
     async def _run_sender(self) -> str:
         """Start the sender and follow it until it exits; what happened, in words."""
@@ -267,3 +263,17 @@ class Forwarder:
             self._say(f"{self.name}: the sender process runs again", "info")
         self._outage = None
         self._crashing = False
+
+
+def sender_argv(*args: str) -> list[str]:
+    """`python -P -m frameos.forward.sender ARGS`: -P, so the cwd is not put first on sys.path
+    (a `frameos` directory there would be imported instead of this one)."""
+    return [sys.executable, "-P", "-m", "frameos.forward.sender", *args]
+
+
+def sender_env() -> dict[str, str]:
+    """This environment, with this frameos first on PYTHONPATH (the one running now)."""
+    env = dict(os.environ)
+    root = str(Path(frameos.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
