@@ -4,13 +4,14 @@ Bars are reported, not asserted: the exit status is 0 when every bench ran (bars
 1 when a bench itself broke (non-zero exit, or no result line). A short table of the bars goes
 to stderr at the end. `--runs` and `--quick` are passed through.
 
-    python bench/run_all.py [--runs N] [--quick] [--only pipeline,ws,...,depth,recovery]
+    python bench/run_all.py [--runs N] [--quick] [--only pipeline,ws,...,forward,sender,probes]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,11 @@ ORDER = (
     "recovery",
     "control",
     "watch",
+    "forward",
+    "sender",
+    "probes",
 )
+NEEDS = {"forward": "nats-server", "sender": "nats-server"}  # skipped (said so) without them
 
 
 def main() -> int:
@@ -48,6 +53,10 @@ def main() -> int:
         script = BENCH_DIR / f"bench_{name}.py"
         if not script.exists():
             print(f"[run_all] {script.name} not present; skipped", file=sys.stderr, flush=True)
+            continue
+        if name in NEEDS and shutil.which(NEEDS[name]) is None:
+            why = f"[run_all] {script.name}: no {NEEDS[name]} on PATH; skipped"
+            print(why, file=sys.stderr, flush=True)
             continue
         print(f"[run_all] {script.name} {' '.join(passthrough)}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
