@@ -6,7 +6,6 @@ nobody asked for, and a connect that times out or is cancelled."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
@@ -16,37 +15,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Pong, Request, TextMessage
 
 from frameos.watch import wsread
-
-Raw = Callable[[trio.SocketStream, bytes], Awaitable[None]]
-
-
-async def handshake_bytes(stream: trio.SocketStream) -> bytes:
-    """The client's whole upgrade request."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive_some(65536)
-    return data
-
-
-async def against(raw: Raw, *, scheme: str = "ws") -> tuple[list[bytes], BaseException]:
-    """A one-connection server that reads the upgrade request and runs `raw`; what the client
-    read, and the exception that ended it."""
-    got: list[bytes] = []
-    async with trio.open_nursery() as nursery:
-
-        async def handler(stream: trio.SocketStream) -> None:
-            await raw(stream, await handshake_bytes(stream))
-
-        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        url = f"{scheme}://127.0.0.1:{port}/ws/events?since=3"
-        with pytest.raises(wsread.WsError) as info:  # noqa: PT012
-            async with wsread.connect(url, [], connect_timeout=5, close_timeout=1) as ws:
-                with trio.fail_after(10):
-                    async for batch in ws:
-                        got.extend(batch)
-        nursery.cancel_scope.cancel()
-    return got, info.value
+from tests.test_watch_wsread import against
 
 
 def accept(request: bytes) -> tuple[WSConnection, bytes]:

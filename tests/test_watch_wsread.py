@@ -97,31 +97,51 @@ async def test_pings_are_answered_so_an_idle_view_stays(tmp_path: Path) -> None:
 Script = Callable[[trio.SocketStream, WSConnection], Awaitable[None]]
 
 
-async def scripted(script: Script) -> tuple[list[bytes], str]:
-    """A one-connection websocket server running `script` after the handshake; the messages
-    the reader handed on, and the WsError that ended it."""
+Raw = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+
+
+async def handshake_bytes(stream: trio.SocketStream) -> bytes:
+    """The client's whole upgrade request."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    return data
+
+
+async def against(raw: Raw, *, scheme: str = "ws") -> tuple[list[bytes], BaseException]:
+    """A one-connection server that reads the upgrade request and runs `raw` on it; what the
+    reader handed on, and the WsError that ended it."""
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:
 
         async def handler(stream: trio.SocketStream) -> None:
-            conn = WSConnection(ConnectionType.SERVER)
-            while True:
-                conn.receive_data(await stream.receive_some(65536))
-                if any(isinstance(e, Request) for e in conn.events()):
-                    break
-            await stream.send_all(conn.send(AcceptConnection()))
-            await script(stream, conn)
+            await raw(stream, await handshake_bytes(stream))
 
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        url = f"ws://127.0.0.1:{port}/ws/events"
+        url = f"{scheme}://127.0.0.1:{port}/ws/events?since=3"
         with pytest.raises(wsread.WsError) as info:  # noqa: PT012
             async with wsread.connect(url, [], connect_timeout=5, close_timeout=1) as ws:
                 with trio.fail_after(10):
                     async for batch in ws:
                         got.extend(batch)
         nursery.cancel_scope.cancel()
-    return got, str(info.value)
+    return got, info.value
+
+
+async def scripted(script: Script) -> tuple[list[bytes], str]:
+    """A one-connection websocket server running `script` after the handshake; the messages
+    the reader handed on, and the WsError that ended it."""
+
+    async def raw(stream: trio.SocketStream, request: bytes) -> None:
+        conn = WSConnection(ConnectionType.SERVER)
+        conn.receive_data(request)
+        assert any(isinstance(e, Request) for e in conn.events())
+        await stream.send_all(conn.send(AcceptConnection()))
+        await script(stream, conn)
+
+    got, why = await against(raw)
+    return got, str(why)
 
 
 async def test_fragments_across_reads_are_one_message_and_a_close_ends_it() -> None:
