@@ -15,10 +15,10 @@ covers every message sent before it on this connection: the server stores what o
 sends in the order it reads it, and what refuses one message refuses the next as well (no
 stream, no space, a closed connection), except a size limit, which is checked here: a line over
 the stream's `max_msg_size` (or the server's max_payload) is never sent, and the sender reports
-it. An
-acknowledgement a message costs 16-18 µs of the client's CPU and 14 µs of nats-server's; one per
-`ACK_EVERY` messages, 7 and 7 (nats-server 2.9.10, nats-py 2.16, docs/performance.md B13).
-nats-py's `publish_async` (a future, a semaphore and a decoded `PubAck` per message) costs 59.
+it. Catching up a backlog, an acknowledgement a message cost 22-23 µs of the sender's CPU and
+15-18 µs of nats-server's; one per `ACK_EVERY`, 9 and 8 (nats-server 2.9.10, nats-py 2.16;
+bench/bench_sender.py, docs/performance.md B13). nats-py's `publish_async` (a future, a semaphore
+and a decoded `PubAck` per message) cost 59 µs a message in the client alone.
 """
 
 from __future__ import annotations
