@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import nats
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 
 from frameos.config.models import ForwardConfig, NatsConfig
 from frameos.forward.jetstream import ACK_EVERY, JetStreamLink
@@ -95,6 +95,23 @@ def test_one_acknowledgement_covers_a_batch_and_every_line_is_stored_once_in_ord
     held = read_subject(nats_url, "frameos.h.events")
     assert [h["Nats-Msg-Id"] for h, _ in held] == [f"h:{seq}" for seq in range(1, n + 1)]
     assert [e["seq"] for _, e in held] == list(range(1, n + 1))
+
+
+def test_on_a_stream_that_discards_new_messages_every_message_asks(nats_url: str) -> None:
+    """Full, such a stream refuses one message and may take a smaller one after it: an
+    acknowledgement there covers only its own message."""
+
+    async def precreate() -> None:
+        nc = await nats.connect(nats_url)
+        config = StreamConfig(
+            name="FRAMEOS", subjects=["frameos.*.events"], discard=DiscardPolicy.NEW
+        )
+        await nc.jetstream().add_stream(config)
+        await nc.close()
+
+    asyncio.run(precreate())
+    link, answers = asyncio.run(send_all(nats_url, [envelope(seq) for seq in range(1, 301)]))
+    assert (link.ack_every, link.acked, answers) == (1, 300, 300)
 
 
 def test_a_line_over_the_streams_max_msg_size_is_not_sent_and_holds_nothing_up(

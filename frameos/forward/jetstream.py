@@ -15,10 +15,12 @@ covers every message sent before it on this connection: the server stores what o
 sends in the order it reads it, and what refuses one message refuses the next as well (no
 stream, no space, a closed connection), except a size limit, which is checked here: a line over
 the stream's `max_msg_size` (or the server's max_payload) is never sent, and the sender reports
-it. Catching up a backlog, an acknowledgement a message cost 22-23 µs of the sender's CPU and
-15-18 µs of nats-server's; one per `ACK_EVERY`, 9 and 8 (nats-server 2.9.10, nats-py 2.16;
-bench/bench_sender.py, docs/performance.md B13). nats-py's `publish_async` (a future, a semaphore
-and a decoded `PubAck` per message) cost 59 µs a message in the client alone.
+it. A stream that discards new messages when full (`discard: new`, an operator's choice) could
+refuse a large message and take a smaller one after it: there every message asks. Catching up a
+backlog, an acknowledgement a message cost 22-23 µs of the sender's CPU and 15-18 µs of
+nats-server's; one per `ACK_EVERY`, 9 and 8 (nats-server 2.9.10, nats-py 2.16;
+bench/bench_sender.py, docs/performance.md B13). nats-py's `publish_async` (a future, a
+semaphore and a decoded `PubAck` per message) cost 59 µs a message in the client alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class JetStreamLink:
         self._unasked = 0  # messages sent since the last one that asked
         self._done: set[int] = set()  # acknowledged out of order (not seen: acks come in order)
         self.max_msg = 0  # the largest line body the broker takes (stream and server limits)
+        self.ack_every = ACK_EVERY  # 1 on a stream that discards new messages when full
         self.too_large: list[tuple[int, int]] = []  # (seq, bytes) not sent; the sender reports
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -175,6 +178,7 @@ class JetStreamLink:
         # the server counts HPUB's headers in max_payload; ours are < HEADERS_MAX bytes
         caps = [self._nc.max_payload - HEADERS_MAX, info.config.max_msg_size or -1]
         self.max_msg = min(cap for cap in caps if cap > 0)
+        self.ack_every = 1 if info.config.discard == DiscardPolicy.NEW else ACK_EVERY
 
     async def _last_seq(self) -> int:
         assert self._js is not None
@@ -216,7 +220,8 @@ class JetStreamLink:
                 self._unasked += 1
                 self.in_flight += 1
                 # the last sent before a line that is not, too: its elders need an answer
-                ask = index + 1 == len(lines) or not fits[index + 1] or self._unasked >= ACK_EVERY
+                last = index + 1 == len(lines) or not fits[index + 1]
+                ask = last or self._unasked >= self.ack_every
                 if ask:
                     self._outstanding.append((seq, self._unasked))
                     self._unasked = 0
