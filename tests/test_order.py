@@ -9,37 +9,20 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import FrameConfig, graph, validate_config
+from frameos.config import graph, validate_config
 from frameos.errors import ConfigError
 from frameos.events import Event, Severity
 from frameos.workers import OperationFailed
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState, VmWorker
-
-QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
-
-
-def vm(name: str, **kw: object) -> dict[str, object]:
-    return {
-        "name": name,
-        "command": ["x"],
-        "cooperative": {"method": "signal"},
-        "timeouts": QUICK,
-        **kw,
-    }
-
-
-def frame(tmp_path: Path, vms: list[dict[str, object]], **kw: object) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms, **kw}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
+from tests.pool_helpers import frame, polite, vm
 
 
 class TimedPublisher(RecordingPublisher):
@@ -88,10 +71,6 @@ def readiness(monkeypatch: pytest.MonkeyPatch) -> Readiness:
 
     monkeypatch.setattr(VmWorker, "ready", property(ready))
     return switch
-
-
-def polite(nursery: trio.Nursery, **kw: Any) -> FakeSpawner:
-    return FakeSpawner(nursery, {int(signal.SIGINT): 0.1}, **kw)
 
 
 def launched(pub: RecordingPublisher) -> list[str]:
@@ -342,7 +321,7 @@ async def test_the_ordered_stop_fits_in_shutdown_timeout_s(
         shutdown_timeout_s=4,
     )
     async with trio.open_nursery() as outer:
-        spawner = FakeSpawner(outer, {int(signal.SIGINT): 0.1})
+        spawner = polite(outer)
         pool = VmPool(config, pub, spawner=spawner, base_env={})
         async with trio.open_nursery() as work:
             await work.start(pool.run)
@@ -364,7 +343,7 @@ async def test_force_ends_the_wait_for_dependants(
     pub = TimedPublisher()
     config = frame(tmp_path, [vm("db"), vm("web", depends_on={"db": "started"})])
     async with trio.open_nursery() as outer:
-        spawner = FakeSpawner(outer, {int(signal.SIGINT): 0.1})
+        spawner = polite(outer)
         pool = VmPool(config, pub, spawner=spawner, base_env={})
         async with trio.open_nursery() as work:
             await work.start(pool.run)

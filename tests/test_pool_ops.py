@@ -9,14 +9,12 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import FrameConfig, validate_config
 from frameos.workers import OperationCanceled, OperationFailed, VmBusy, pidfile, procfs
 from frameos.workers import pool as pool_module
 from frameos.workers.launch import rotate_if_large
@@ -25,33 +23,7 @@ from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeChild, FakeSpawner, RecordingPublisher
 from frameos.workers.vm import BootState, VmState
 from tests.conftest import until
-
-QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
-E = TypeVar("E", bound=ev.Event)
-
-
-def frame(tmp_path: Path, vms: list[dict[str, object]]) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
-
-
-def vm(name: str, **kw: object) -> dict[str, object]:
-    return {
-        "name": name,
-        "command": ["x"],
-        "cooperative": {"method": "signal"},
-        "timeouts": QUICK,
-        **kw,
-    }
-
-
-def of(pub: RecordingPublisher, cls: type[E], vm: str) -> list[E]:
-    return [e for e, _ in pub.events if isinstance(e, cls) and getattr(e, "vm", None) == vm]
-
-
-def polite(nursery: trio.Nursery, **kw: object) -> FakeSpawner:
-    """Fake VMs that exit 0.1 s after the cooperative signal (SIGINT)."""
-    return FakeSpawner(nursery, {int(signal.SIGINT): 0.1}, **kw)  # type: ignore[arg-type]
+from tests.pool_helpers import frame, of, polite, vm
 
 
 class GatedSpawner(FakeSpawner):

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import FrameConfig, validate_config
+from frameos.config import FrameConfig
 from frameos.envelope import encode
 from frameos.state import Phase, RuntimeState, WorkerCounts
 from frameos.systemd import ServiceView
@@ -20,13 +20,7 @@ from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState
 from tests.conftest import running_frameos, write_config
-
-QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
-
-
-def frame(tmp_path: Path, vms: list[dict[str, object]]) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
+from tests.pool_helpers import QUICK, frame
 
 
 def state_with(reasons: list[str]) -> RuntimeState:

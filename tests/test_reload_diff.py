@@ -7,42 +7,21 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import FrameConfig, validate_config
+from frameos.config import FrameConfig
 from frameos.workers import procfs
 from frameos.workers.pool import VmPool
 from frameos.workers.reload import ReloadDiff, classify
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmState
 from tests.conftest import require_tools
+from tests.pool_helpers import QUICK, frame, of, vm
 
-QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
 SIGINT = int(signal.SIGINT)
-E = TypeVar("E", bound=ev.Event)
-
-
-def frame(tmp_path: Path, vms: list[dict[str, object]], **kw: object) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms, **kw}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
-
-
-def vm(name: str, **kw: object) -> dict[str, object]:
-    return {
-        "name": name,
-        "command": ["x"],
-        "cooperative": {"method": "signal"},
-        "timeouts": QUICK,
-        **kw,
-    }
-
-
-def of(pub: RecordingPublisher, cls: type[E], vm: str) -> list[E]:
-    return [e for e, _ in pub.events if isinstance(e, cls) and getattr(e, "vm", None) == vm]
 
 
 async def environ(pid: int) -> list[bytes]:

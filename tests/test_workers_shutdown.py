@@ -11,14 +11,13 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import trio
 import trio.testing
 
 from frameos import events as ev
-from frameos.config import FrameConfig, VmConfig, validate_config
+from frameos.config import VmConfig
 from frameos.workers import pidfile, procfs
 from frameos.workers.bootstrap import BootstrapContext, run_bootstrap
 from frameos.workers.child import Tracking
@@ -27,25 +26,14 @@ from frameos.workers.paths import VmPaths, procs_dir
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeSpawner, RecordingPublisher
 from frameos.workers.vm import BootState, VmState, VmWorker
+from tests.pool_helpers import frame, of
 
 SIGINT = int(signal.SIGINT)
 QUICK = {"cooperative_ms": 1000, "sigterm_ms": 1000, "sigkill_ms": 1000}
 
 
-def frame(tmp_path: Path, vms: list[dict[str, object]]) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
-
-
 def vm(name: str, **kw: object) -> dict[str, object]:
     return {"name": name, "command": ["x"], "cooperative": {"method": "signal"}, **kw}
-
-
-E = TypeVar("E", bound=ev.Event)
-
-
-def of(pub: RecordingPublisher, cls: type[E], vm: str) -> list[E]:
-    return [e for e, _ in pub.events if isinstance(e, cls) and getattr(e, "vm", None) == vm]
 
 
 def texts(pub: RecordingPublisher) -> list[str]:

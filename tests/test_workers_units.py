@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 
-from frameos.config import FrameConfig, VmConfig, validate_config
+from frameos.config import VmConfig
 from frameos.state import WorkerCounts
 from frameos.workers import LaunchError, overlay, pidfile, procfs
 from frameos.workers import child as child_module
@@ -25,6 +25,7 @@ from frameos.workers.paths import VmPaths, child_env, substitute
 from frameos.workers.pool import VmPool
 from frameos.workers.testing import FakeChild, FakeSpawner, RecordingPublisher
 from frameos.workers.vm import VmWorker
+from tests.pool_helpers import frame
 
 
 def test_proc_stat_of_self_and_of_nothing() -> None:
@@ -120,11 +121,6 @@ async def test_overlay_errors(tmp_path: Path) -> None:
 
 
 # --- the pool ---------------------------------------------------------------------------------
-
-
-def frame(tmp_path: Path, vms: list[dict[str, object]]) -> FrameConfig:
-    config = validate_config({"state_dir": str(tmp_path), "vms": vms}, "test")
-    return config.model_copy(update={"state_dir": tmp_path})
 
 
 async def test_pool_health_readiness_and_metrics(
