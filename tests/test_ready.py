@@ -17,10 +17,10 @@ from frameos.envelope import encode
 from frameos.state import Phase, RuntimeState, WorkerCounts
 from frameos.systemd import ServiceView
 from frameos.workers.pool import VmPool
-from frameos.workers.testing import FakeSpawner, RecordingPublisher
+from frameos.workers.testing import RecordingPublisher
 from frameos.workers.vm import VmState
 from tests.conftest import running_frameos, write_config
-from tests.pool_helpers import QUICK, frame
+from tests.pool_helpers import frame, polite, vm
 
 
 def state_with(reasons: list[str]) -> RuntimeState:
@@ -88,19 +88,10 @@ async def test_wait_ready_waits_through_a_backoff_not_for_an_operators_stop(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     pub = RecordingPublisher()
-    crashy = {"name": "crashy", "command": ["x"], "cooperative": {"method": "signal"}}
-    config = frame(
-        tmp_path,
-        [
-            {
-                **crashy,
-                "timeouts": QUICK,
-                "restart": {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000},
-            }
-        ],
-    )
+    backoff = {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000}
+    config = frame(tmp_path, [vm("crashy", restart=backoff)])
     async with trio.open_nursery() as outer:
-        spawner = FakeSpawner(outer, {int(signal.SIGINT): 0.1}, lifetime=0.5, code=1)
+        spawner = polite(outer, lifetime=0.5, code=1)
         pool = VmPool(config, pub, spawner=spawner, base_env={})
         async with trio.open_nursery() as work:
             await work.start(pool.run)
@@ -124,20 +115,12 @@ async def test_ready_waits_for_names_only_what_holds_ready_back(
     `on_exhausted: stay`, which READY=1 does not wait for; /readyz (not_ready_reasons) still
     names it, the message (ready_waits_for) does not."""
     pub = RecordingPublisher()
-    base = {"command": ["x"], "cooperative": {"method": "signal"}, "timeouts": QUICK}
+    backoff = {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000}
     config = frame(
-        tmp_path,
-        [
-            {**base, "name": "gone", "restart": {"max_restarts": 0}},
-            {
-                **base,
-                "name": "crashy",
-                "restart": {"backoff_initial_ms": 60_000, "backoff_max_ms": 60_000},
-            },
-        ],
+        tmp_path, [vm("gone", restart={"max_restarts": 0}), vm("crashy", restart=backoff)]
     )
     async with trio.open_nursery() as outer:
-        spawner = FakeSpawner(outer, {int(signal.SIGINT): 0.1}, lifetime=0.5, code=1)
+        spawner = polite(outer, lifetime=0.5, code=1)
         pool = VmPool(config, pub, spawner=spawner, base_env={})
         async with trio.open_nursery() as work:
             await work.start(pool.run)
