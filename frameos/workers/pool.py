@@ -357,9 +357,7 @@ class VmPool:
         worker = self.worker(name)
         with self._tagged(worker, run_id):
             worker.operator_stopped = True
-            for scope in (self._ops.get(name), self._gates.get(name)):
-                if scope is not None:
-                    scope.cancel()
+            self._cancel_pending(name)
             await worker.stop(reason)
 
     async def restart_vm(self, name: str, *, run_id: str | None = None) -> None:
@@ -596,9 +594,7 @@ class VmPool:
 
     async def _remove_vm(self, worker: VmWorker, run_id: str | None) -> None:
         with self._tagged(worker, run_id):
-            for scope in (self._ops.get(worker.name), self._gates.get(worker.name)):
-                if scope is not None:
-                    scope.cancel()
+            self._cancel_pending(worker.name)
             await worker.stop(REMOVED_REASON)
             await discard_overlay(worker.name, worker.paths.overlay, "shutdown", worker.publisher)
 
@@ -616,6 +612,12 @@ class VmPool:
                 if worker.state in (VmState.STOPPING, VmState.STOPPED):
                     worker.operator_stopped = True  # the reload was canceled: it stays down
                 raise
+
+    def _cancel_pending(self, name: str) -> None:
+        """End the VM's operation in flight and its launch waiting on depends_on, if any."""
+        for scope in (self._ops.get(name), self._gates.get(name)):
+            if scope is not None:
+                scope.cancel()
 
     async def _launch_added(self, worker: VmWorker, run_id: str | None) -> None:
         if self._unmet(worker) and self._tasks is not None:  # the reload does not wait on it
